@@ -1,0 +1,249 @@
+//! The `datx` command line: parses arguments, loads the configuration, runs one command.
+//!
+//! Owns how results are shown to a person (tables, JSON lines) and exit codes. It must
+//! never implement storage or HTTP behaviour itself: each command calls one module.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::TryStreamExt;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::eventlog::{EventFilter, EventLog};
+use crate::store::Store;
+use crate::stream::Stream;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "datx",
+    version,
+    about = "Receive S-360 webhooks into an immutable event log, the base of a SQL lake",
+    long_about = "Receive S-360 webhooks into an immutable event log, the base of a SQL lake.\n\n\
+        S-360 posts contacts, orders and ticket checks to /s360/{stream}/{institution}; datx \
+        answers 200 only once the body is durably stored, byte for byte, with its envelope \
+        (event id, stream, institution, received-at, SHA-256, record count).\n\n\
+        Every command reads datx.toml from the working directory, or the file given with \
+        --config. Set RUST_LOG (e.g. RUST_LOG=debug) for more detailed logs."
+)]
+pub struct Cli {
+    /// Configuration file [default: datx.toml in the working directory]
+    #[arg(long, global = true, value_name = "PATH", env = "DATX_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive S-360 pushes over HTTP, with /healthz and /metrics, until Ctrl-C or SIGTERM
+    Serve,
+    /// Inspect the raw event log
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// List stored events, oldest first within each stream, institution and day
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Print one event: its envelope as JSON, a blank line, then the body as stored
+    Show {
+        /// The event id (a UUID, as answered to S-360)
+        id: Uuid,
+        /// Print only the body, byte for byte (for piping or diffing)
+        #[arg(long)]
+        body: bool,
+    },
+    /// Recompute every stored body's SHA-256, size and record count against its envelope;
+    /// exits with status 1 if any event does not match
+    Verify {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only this stream
+    #[arg(long, value_parser = parse_stream)]
+    stream: Option<Stream>,
+    /// Only this institution
+    #[arg(long)]
+    institution: Option<String>,
+    /// Only events received at or after this date (YYYY-MM-DD, UTC) or instant (RFC 3339)
+    #[arg(long, value_parser = parse_since)]
+    since: Option<DateTime<Utc>>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> EventFilter {
+        EventFilter {
+            stream: self.stream,
+            institution: self.institution,
+            since: self.since,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ListFormat {
+    /// Aligned columns for reading
+    Table,
+    /// One JSON envelope per line, for scripts
+    Json,
+}
+
+fn parse_stream(text: &str) -> Result<Stream, String> {
+    text.parse()
+        .map_err(|e: crate::stream::UnknownStream| e.to_string())
+}
+
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| format!("{text:?} is neither YYYY-MM-DD nor an RFC 3339 instant"))
+}
+
+/// Parses the command line, runs the command and maps failures to an exit status: 1 for a
+/// failed check (`events verify`), 2 for anything that stopped the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("datx: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can start");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("datx: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
+    match command {
+        Command::Serve => {
+            crate::serve::serve(config)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events(events) => {
+            let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
+            let log = EventLog::new(store);
+            match events {
+                EventsCommand::List { filter, format } => {
+                    list(&log, &filter.into_filter(), format).await
+                }
+                EventsCommand::Show { id, body } => show(&log, id, body).await,
+                EventsCommand::Verify { filter } => verify(&log, &filter.into_filter()).await,
+            }
+        }
+    }
+}
+
+async fn list(
+    log: &EventLog,
+    filter: &EventFilter,
+    format: ListFormat,
+) -> Result<ExitCode, String> {
+    let mut out = std::io::stdout().lock();
+    let write_error = |e: std::io::Error| e.to_string();
+    if let ListFormat::Table = format {
+        writeln!(
+            out,
+            "{:<36}  {:<24}  {:<12}  {:<16}  {:>7}  {:>9}  SHA-256",
+            "EVENT ID", "RECEIVED AT (UTC)", "STREAM", "INSTITUTION", "RECORDS", "BYTES"
+        )
+        .map_err(write_error)?;
+    }
+    let mut count = 0usize;
+    let mut days = std::pin::pin!(log.list(filter));
+    while let Some(keys) = days.try_next().await.map_err(|e| e.to_string())? {
+        for key in keys {
+            let envelope = log.read_envelope(&key).await.map_err(|e| e.to_string())?;
+            match format {
+                ListFormat::Table => writeln!(
+                    out,
+                    "{:<36}  {:<24}  {:<12}  {:<16}  {:>7}  {:>9}  {}",
+                    envelope.event_id,
+                    envelope.received_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    envelope.stream,
+                    envelope.institution,
+                    envelope.records,
+                    envelope.body_bytes,
+                    envelope.sha256
+                ),
+                ListFormat::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&envelope).expect("an envelope serialises")
+                ),
+            }
+            .map_err(write_error)?;
+            count += 1;
+        }
+    }
+    if let ListFormat::Table = format {
+        eprintln!("{count} events");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(log: &EventLog, id: Uuid, body_only: bool) -> Result<ExitCode, String> {
+    let event = log.find(id).await.map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    if !body_only {
+        let envelope =
+            serde_json::to_string_pretty(&event.envelope).expect("an envelope serialises");
+        writeln!(out, "{envelope}\n").map_err(|e| e.to_string())?;
+    }
+    out.write_all(&event.body).map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(log: &EventLog, filter: &EventFilter) -> Result<ExitCode, String> {
+    let (checked, mismatches) = log.verify(filter).await.map_err(|e| e.to_string())?;
+    for mismatch in &mismatches {
+        println!("MISMATCH {}: {}", mismatch.key, mismatch.problem);
+    }
+    println!("{checked} events checked, {} mismatched", mismatches.len());
+    Ok(if mismatches.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

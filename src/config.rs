@@ -1,0 +1,470 @@
+//! `datx.toml`: what every command reads before it starts.
+//!
+//! Owns parsing and validation, and turns secrets named by `*_env` keys into values once,
+//! at start. Anything wrong stops the start with the key's name and the problem; nothing
+//! later has to second-guess the configuration. It must never log a secret.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::stream::check_institution;
+
+/// The file every command reads when `--config` is not given.
+pub const DEFAULT_FILE: &str = "datx.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// A local directory (relative paths are resolved against the configuration file's
+    /// directory) or an `s3://bucket/prefix` URL.
+    pub lake: String,
+    pub max_body_bytes: usize,
+    /// `None` when background compaction is off.
+    pub compact_every: Option<Duration>,
+    pub institutions: BTreeMap<String, Institution>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Institution {
+    pub timezone: chrono_tz::Tz,
+    pub auth: Auth,
+}
+
+/// How S-360 proves it speaks for an institution. Secrets are resolved values, never the
+/// name of an environment variable.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Basic { user: String, password: String },
+    ApiKey { header: String, key: String },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Basic { user, .. } => write!(f, "Basic {{ user: {user:?}, password: *** }}"),
+            Auth::ApiKey { header, .. } => write!(f, "ApiKey {{ header: {header:?}, key: *** }}"),
+        }
+    }
+}
+
+/// The file as written, before validation. Unknown keys are refused so that a typo such as
+/// `pasword_env` stops the start instead of silently disabling a secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_lake")]
+    lake: String,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
+    #[serde(default = "default_compact_every")]
+    compact_every: String,
+    #[serde(default)]
+    institutions: BTreeMap<String, RawInstitution>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstitution {
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    #[serde(default = "default_auth")]
+    auth: String,
+    user: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    header: Option<String>,
+    key: Option<String>,
+    key_env: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8360".into()
+}
+fn default_lake() -> String {
+    "lake".into()
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_compact_every() -> String {
+    "60s".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_auth() -> String {
+    "none".into()
+}
+
+impl Config {
+    /// Reads `path`; when `path` is the implicit default and the file does not exist, every
+    /// key takes its default (no institutions are then declared).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let explicit = path.is_some();
+        let path = path.unwrap_or(Path::new(DEFAULT_FILE));
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Config::parse(&text, path, base_dir, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text`; `env` looks secrets up by variable name.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+
+        let listen = raw.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8360: {e}",
+                    raw.listen
+                ),
+            )
+        })?;
+        let lake = resolve_lake(&raw.lake, base_dir).map_err(|p| invalid("lake", p))?;
+        if raw.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be more than 0".into()));
+        }
+        let max_body_bytes = usize::try_from(raw.max_body_bytes)
+            .map_err(|_| invalid("max_body_bytes", "too large for this machine".into()))?;
+        let compact_every = match raw.compact_every.trim() {
+            "off" => None,
+            text => match humantime::parse_duration(text) {
+                Ok(every) if every.is_zero() => {
+                    return Err(invalid(
+                        "compact_every",
+                        "must be longer than 0; write \"off\" to disable".into(),
+                    ));
+                }
+                Ok(every) => Some(every),
+                Err(e) => {
+                    return Err(invalid(
+                        "compact_every",
+                        format!("{text:?} is not a duration such as \"60s\" or \"off\": {e}"),
+                    ));
+                }
+            },
+        };
+
+        let mut institutions = BTreeMap::new();
+        for (code, raw_institution) in raw.institutions {
+            let prefix = format!("institutions.{code}");
+            check_institution(&code).map_err(|e| invalid(&prefix, e.to_string()))?;
+            let institution = raw_institution
+                .validate(env)
+                .map_err(|(key, problem)| invalid(&format!("{prefix}.{key}"), problem))?;
+            institutions.insert(code, institution);
+        }
+
+        Ok(Config {
+            listen,
+            lake,
+            max_body_bytes,
+            compact_every,
+            institutions,
+        })
+    }
+}
+
+/// Local paths become absolute against the configuration file's directory, so the same
+/// file gives the same lake from any working directory.
+fn resolve_lake(lake: &str, base_dir: &Path) -> Result<String, String> {
+    if lake.trim().is_empty() {
+        return Err("must name a directory or an s3://bucket/prefix URL".into());
+    }
+    if lake.contains("://") {
+        return if lake.starts_with("s3://") {
+            Ok(lake.to_string())
+        } else {
+            Err(format!(
+                "{lake:?}: only local directories and s3:// URLs are supported"
+            ))
+        };
+    }
+    let path = base_dir.join(lake);
+    let path = if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("cannot resolve {lake:?}: {e}"))?
+            .join(path)
+    };
+    Ok(path.to_string_lossy().into_owned())
+}
+
+impl RawInstitution {
+    /// Returns the resolved institution, or the failing key (relative to the institution)
+    /// and the problem.
+    fn validate(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Institution, (&'static str, String)> {
+        let timezone = self.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+            (
+                "timezone",
+                format!(
+                    "{:?} is not an IANA time zone such as \"Europe/Zurich\"",
+                    self.timezone
+                ),
+            )
+        })?;
+        let auth = match self.auth.as_str() {
+            "none" => {
+                self.refuse_secret_keys(&[
+                    "user",
+                    "password",
+                    "password_env",
+                    "header",
+                    "key",
+                    "key_env",
+                ])?;
+                Auth::None
+            }
+            "basic" => {
+                self.refuse_secret_keys(&["header", "key", "key_env"])?;
+                let user = self
+                    .user
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .ok_or(("user", "auth = \"basic\" needs a user".to_string()))?;
+                if user.contains(':') {
+                    return Err(("user", "a Basic user name cannot contain ':'".into()));
+                }
+                let password = secret(
+                    ("password", &self.password),
+                    ("password_env", &self.password_env),
+                    env,
+                )?;
+                Auth::Basic { user, password }
+            }
+            "api_key" => {
+                self.refuse_secret_keys(&["user", "password", "password_env"])?;
+                let header = self.header.clone().ok_or((
+                    "header",
+                    "auth = \"api_key\" needs the header's name".to_string(),
+                ))?;
+                if warp::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err((
+                        "header",
+                        format!("{header:?} is not a valid HTTP header name"),
+                    ));
+                }
+                let key = secret(("key", &self.key), ("key_env", &self.key_env), env)?;
+                Auth::ApiKey {
+                    header: header.to_ascii_lowercase(),
+                    key,
+                }
+            }
+            other => {
+                return Err((
+                    "auth",
+                    format!("{other:?} is not one of \"none\", \"basic\", \"api_key\""),
+                ));
+            }
+        };
+        Ok(Institution { timezone, auth })
+    }
+
+    /// Keys that belong to another auth mode are refused rather than ignored: a password
+    /// left under `auth = "none"` means the operator believes the venue is protected.
+    fn refuse_secret_keys(&self, keys: &[&'static str]) -> Result<(), (&'static str, String)> {
+        for &key in keys {
+            let present = match key {
+                "user" => self.user.is_some(),
+                "password" => self.password.is_some(),
+                "password_env" => self.password_env.is_some(),
+                "header" => self.header.is_some(),
+                "key" => self.key.is_some(),
+                "key_env" => self.key_env.is_some(),
+                _ => unreachable!("unknown key {key}"),
+            };
+            if present {
+                return Err((key, format!("does not apply to auth = {:?}", self.auth)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A secret given inline or through an environment variable, exactly one of the two.
+fn secret(
+    (inline_key, inline): (&'static str, &Option<String>),
+    (env_key, env_name): (&'static str, &Option<String>),
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, (&'static str, String)> {
+    let value = match (inline, env_name) {
+        (Some(_), Some(_)) => {
+            return Err((
+                env_key,
+                format!("give either `{inline_key}` or `{env_key}`, not both"),
+            ));
+        }
+        (Some(value), None) => value.clone(),
+        (None, Some(name)) => {
+            env(name).ok_or((env_key, format!("environment variable {name} is not set")))?
+        }
+        (None, None) => {
+            return Err((inline_key, format!("is required (or `{env_key}`)")));
+        }
+    };
+    if value.is_empty() {
+        return Err((inline_key, "must not be empty".into()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("datx.toml"), Path::new("/srv"), &|name| {
+            (name == "SET").then(|| "s3cret".to_string())
+        })
+    }
+
+    fn problem(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_takes_every_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8360");
+        assert_eq!(config.lake, "/srv/lake");
+        assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.compact_every, Some(Duration::from_secs(60)));
+        assert!(config.institutions.is_empty());
+    }
+
+    #[test]
+    fn the_three_auth_modes_resolve_their_secrets() {
+        let config = parse(
+            r#"
+            compact_every = "off"
+            lake = "s3://bucket/prefix"
+            [institutions.a]
+            timezone = "Europe/Zurich"
+            [institutions.b]
+            auth = "basic"
+            user = "s360"
+            password_env = "SET"
+            [institutions.c]
+            auth = "api_key"
+            header = "X-Api-Key"
+            key = "inline"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.compact_every, None);
+        assert_eq!(config.lake, "s3://bucket/prefix");
+        assert_eq!(config.institutions["a"].timezone, chrono_tz::Europe::Zurich);
+        assert_eq!(config.institutions["a"].auth, Auth::None);
+        assert_eq!(
+            config.institutions["b"].auth,
+            Auth::Basic {
+                user: "s360".into(),
+                password: "s3cret".into()
+            }
+        );
+        assert_eq!(
+            config.institutions["c"].auth,
+            Auth::ApiKey {
+                header: "x-api-key".into(),
+                key: "inline".into()
+            }
+        );
+        assert!(!format!("{:?}", config.institutions["b"]).contains("s3cret"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let cases = [
+            ("listen = \"nowhere\"", "`listen`"),
+            ("max_body_bytes = 0", "`max_body_bytes`"),
+            ("compact_every = \"soon\"", "`compact_every`"),
+            ("lake = \"ftp://x\"", "`lake`"),
+            ("[institutions.\"a/b\"]", "`institutions.a/b`"),
+            (
+                "[institutions.v]\ntimezone = \"Mars/Base\"",
+                "`institutions.v.timezone`",
+            ),
+            (
+                "[institutions.v]\nauth = \"token\"",
+                "`institutions.v.auth`",
+            ),
+            (
+                "[institutions.v]\nauth = \"basic\"\npassword = \"p\"",
+                "`institutions.v.user`",
+            ),
+            (
+                "[institutions.v]\nauth = \"basic\"\nuser = \"u\"\npassword_env = \"UNSET\"",
+                "environment variable UNSET is not set",
+            ),
+            (
+                "[institutions.v]\nauth = \"api_key\"\nkey = \"k\"",
+                "`institutions.v.header`",
+            ),
+            (
+                "[institutions.v]\nauth = \"api_key\"\nheader = \"bad header\"\nkey = \"k\"",
+                "`institutions.v.header`",
+            ),
+            (
+                "[institutions.v]\npassword = \"p\"",
+                "`institutions.v.password`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = problem(text);
+            assert!(message.contains(expected), "{text:?} gave {message:?}");
+        }
+        assert!(problem("[institutions.v]\npasword_env = \"X\"").contains("pasword_env"));
+    }
+}

@@ -1,0 +1,405 @@
+//! The event log: every accepted body, byte for byte, with its envelope. The source of
+//! truth every table is rebuilt from.
+//!
+//! Owns the layout `events/{stream}/{institution}/{YYYY-MM-DD}/{event_id}.event` (the
+//! received date, UTC), the duplicate markers under `_datx/seen/`, appending, listing,
+//! reading and verifying. It must never rewrite or delete an event, and never accept a
+//! body it has not made durable.
+
+mod envelope;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use envelope::{Envelope, EnvelopeError, EventKey};
+
+use crate::batch;
+use crate::store::{Created, Durability, Store, StoreError};
+use crate::stream::Stream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventLogError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{key}: {source}")]
+    Corrupt { key: String, source: EnvelopeError },
+    #[error("no event with id {0}")]
+    UnknownEvent(Uuid),
+}
+
+/// The answer to an append: what S-360 is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub event_id: Uuid,
+    pub sha256: String,
+    pub records: usize,
+    /// The same body had already been stored for this stream and institution.
+    pub duplicate: bool,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub key: EventKey,
+    pub envelope: Envelope,
+    pub body: Bytes,
+}
+
+/// Which events a listing covers.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub stream: Option<Stream>,
+    pub institution: Option<String>,
+    /// Events received at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// What `verify` found wrong with one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub key: String,
+    pub problem: String,
+}
+
+/// An envelope line is a few hundred bytes: ids, a 64-character institution at most, a
+/// hash and three numbers.
+const ENVELOPE_MAX_BYTES: u64 = 4096;
+
+/// How many events are read at once when verifying.
+const VERIFY_CONCURRENCY: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    store: Store,
+}
+
+pub fn sha256_hex(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+impl EventLog {
+    pub fn new(store: Store) -> EventLog {
+        EventLog { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stores `body` (already checked to hold `records` records) unless the same bytes were
+    /// stored before for this stream and institution. Returns once the event is durable.
+    ///
+    /// The duplicate marker is claimed first, with a create-only write, so exactly one
+    /// event exists per body even when replicas race. A crash between the marker and the
+    /// event leaves a marker pointing at nothing; the retry that S-360 sends after the
+    /// missing 200 finds it and writes the event under the claimed id. The marker is not
+    /// fsynced: a power loss may forget it, and then a later resend of the body becomes a
+    /// second event with the same SHA-256, which the compactor counts once.
+    pub async fn append(
+        &self,
+        stream: Stream,
+        institution: &str,
+        body: Bytes,
+        records: usize,
+    ) -> Result<Appended, EventLogError> {
+        let sha256 = sha256_hex(&body);
+        let claimed = EventKey::new(stream, institution, Uuid::now_v7());
+        let marker = marker_key(stream, institution, &sha256);
+        let claim = self
+            .store
+            .create(
+                &marker,
+                Bytes::from(claimed.to_string()),
+                Durability::AtomicOnly,
+            )
+            .await?;
+        let key = match claim {
+            Created::New => claimed,
+            Created::AlreadyExisted => {
+                let text = self.store.get(&marker).await?;
+                let key = std::str::from_utf8(&text)
+                    .ok()
+                    .and_then(|k| k.parse::<EventKey>().ok())
+                    .ok_or_else(|| EventLogError::Corrupt {
+                        key: marker.clone(),
+                        source: EnvelopeError::BadKey(String::from_utf8_lossy(&text).into()),
+                    })?;
+                if self.store.confirm_durable(&key.to_string()).await? {
+                    return Ok(Appended {
+                        event_id: key.event_id,
+                        sha256,
+                        records,
+                        duplicate: true,
+                    });
+                }
+                key
+            }
+        };
+        let envelope = Envelope::new(&key, sha256.clone(), records, body.len());
+        let written = self
+            .store
+            .create(
+                &key.to_string(),
+                envelope.encode_with(&body),
+                Durability::Synced,
+            )
+            .await?;
+        Ok(Appended {
+            event_id: key.event_id,
+            sha256,
+            records,
+            duplicate: written == Created::AlreadyExisted,
+        })
+    }
+
+    /// Lists the events matching `filter`, one received day of one stream and institution
+    /// at a time (so memory follows a day, not the whole log), each day in id order.
+    pub fn list<'a>(
+        &'a self,
+        filter: &'a EventFilter,
+    ) -> impl futures::Stream<Item = Result<Vec<EventKey>, EventLogError>> + 'a {
+        let since_day = filter.since.map(|since| since.date_naive());
+        futures::stream::once(self.day_prefixes(filter, since_day))
+            .map_ok(|days| futures::stream::iter(days.into_iter().map(Ok)))
+            .try_flatten()
+            .and_then(move |day_prefix| async move {
+                let mut keys: Vec<EventKey> = self
+                    .store
+                    .list(&day_prefix)
+                    .map_err(EventLogError::from)
+                    .try_filter_map(|meta| async move {
+                        Ok(meta.location.as_ref().parse::<EventKey>().ok())
+                    })
+                    .try_filter(|key| {
+                        let keep = filter.since.is_none_or(|since| key.received_at() >= since);
+                        async move { keep }
+                    })
+                    .try_collect()
+                    .await?;
+                keys.sort_by_key(|key| key.event_id);
+                Ok(keys)
+            })
+    }
+
+    async fn day_prefixes(
+        &self,
+        filter: &EventFilter,
+        since_day: Option<NaiveDate>,
+    ) -> Result<Vec<String>, EventLogError> {
+        let mut prefixes = Vec::new();
+        for stream in Stream::ALL {
+            if filter.stream.is_some_and(|wanted| wanted != stream) {
+                continue;
+            }
+            let stream_prefix = format!("events/{stream}");
+            for institution in self.store.list_dirs(&stream_prefix).await? {
+                if filter
+                    .institution
+                    .as_ref()
+                    .is_some_and(|wanted| *wanted != institution)
+                {
+                    continue;
+                }
+                let institution_prefix = format!("{stream_prefix}/{institution}");
+                for day in self.store.list_dirs(&institution_prefix).await? {
+                    let keep = match (since_day, day.parse::<NaiveDate>()) {
+                        (_, Err(_)) => false,
+                        (Some(since), Ok(date)) => date >= since,
+                        (None, Ok(_)) => true,
+                    };
+                    if keep {
+                        prefixes.push(format!("{institution_prefix}/{day}"));
+                    }
+                }
+            }
+        }
+        Ok(prefixes)
+    }
+
+    /// Reads one event, envelope and body.
+    pub async fn read(&self, key: &EventKey) -> Result<StoredEvent, EventLogError> {
+        let key_text = key.to_string();
+        let bytes = self.store.get(&key_text).await?;
+        let (envelope, body) =
+            Envelope::decode(bytes).map_err(|source| EventLogError::Corrupt {
+                key: key_text,
+                source,
+            })?;
+        Ok(StoredEvent {
+            key: key.clone(),
+            envelope,
+            body,
+        })
+    }
+
+    /// Reads only an event's envelope, which fits in its first few kilobytes.
+    pub async fn read_envelope(&self, key: &EventKey) -> Result<Envelope, EventLogError> {
+        let key_text = key.to_string();
+        let head = self.store.get_prefix(&key_text, ENVELOPE_MAX_BYTES).await?;
+        Envelope::decode(head)
+            .map(|(envelope, _)| envelope)
+            .map_err(|source| EventLogError::Corrupt {
+                key: key_text,
+                source,
+            })
+    }
+
+    /// Finds an event by id alone: the id's timestamp gives the received day, so only that
+    /// day's directories are searched.
+    pub async fn find(&self, event_id: Uuid) -> Result<StoredEvent, EventLogError> {
+        let day = EventKey::day_of(event_id).ok_or(EventLogError::UnknownEvent(event_id))?;
+        for stream in Stream::ALL {
+            let stream_prefix = format!("events/{stream}");
+            for institution in self.store.list_dirs(&stream_prefix).await? {
+                let key = EventKey {
+                    stream,
+                    institution,
+                    day,
+                    event_id,
+                };
+                match self.read(&key).await {
+                    Err(EventLogError::Store(StoreError::NotFound { .. })) => continue,
+                    found => return found,
+                }
+            }
+        }
+        Err(EventLogError::UnknownEvent(event_id))
+    }
+
+    /// Recomputes every listed event's SHA-256, size and record count and compares them
+    /// with its envelope and its key. Returns how many events were checked and what was
+    /// wrong; storage failures are errors, not mismatches.
+    pub async fn verify(
+        &self,
+        filter: &EventFilter,
+    ) -> Result<(usize, Vec<Mismatch>), EventLogError> {
+        let mut checked = 0;
+        let mut mismatches = Vec::new();
+        let mut days = std::pin::pin!(self.list(filter));
+        while let Some(keys) = days.try_next().await? {
+            let results: Vec<Result<Option<Mismatch>, EventLogError>> =
+                futures::stream::iter(keys.iter().map(|key| self.verify_one(key)))
+                    .buffered(VERIFY_CONCURRENCY)
+                    .collect()
+                    .await;
+            for result in results {
+                checked += 1;
+                if let Some(mismatch) = result? {
+                    mismatches.push(mismatch);
+                }
+            }
+        }
+        Ok((checked, mismatches))
+    }
+
+    async fn verify_one(&self, key: &EventKey) -> Result<Option<Mismatch>, EventLogError> {
+        let event = match self.read(key).await {
+            Ok(event) => event,
+            Err(EventLogError::Corrupt { key, source }) => {
+                return Ok(Some(Mismatch {
+                    key,
+                    problem: source.to_string(),
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let envelope = &event.envelope;
+        let mut problems = Vec::new();
+        let actual_sha = sha256_hex(&event.body);
+        if actual_sha != envelope.sha256 {
+            problems.push(format!(
+                "body SHA-256 is {actual_sha}, envelope says {}",
+                envelope.sha256
+            ));
+        }
+        if event.body.len() != envelope.body_bytes {
+            problems.push(format!(
+                "body has {} bytes, envelope says {}",
+                event.body.len(),
+                envelope.body_bytes
+            ));
+        }
+        match batch::count_records(&event.body) {
+            Ok(records) if records == envelope.records => {}
+            Ok(records) => problems.push(format!(
+                "body has {records} records, envelope says {}",
+                envelope.records
+            )),
+            Err(e) => problems.push(format!("body is no longer an S-360 body: {e}")),
+        }
+        if !envelope.matches(key) {
+            problems.push("envelope does not match the event's key".to_string());
+        }
+        Ok((!problems.is_empty()).then(|| Mismatch {
+            key: key.to_string(),
+            problem: problems.join("; "),
+        }))
+    }
+}
+
+/// Content-addressed: the same body for the same stream and institution always maps to the
+/// same marker. Two hex digits of fan-out keep directories small on local disks.
+fn marker_key(stream: Stream, institution: &str, sha256: &str) -> String {
+    format!(
+        "_datx/seen/{stream}/{institution}/{}/{sha256}",
+        &sha256[..2]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn log() -> (tempfile::TempDir, EventLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        (dir, EventLog::new(store))
+    }
+
+    #[tokio::test]
+    async fn the_same_body_is_one_event_per_stream_and_institution() {
+        let (_dir, log) = log().await;
+        let body = Bytes::from_static(b"[{\"a\":1}]");
+        let first = log
+            .append(Stream::Contacts, "v", body.clone(), 1)
+            .await
+            .unwrap();
+        let again = log
+            .append(Stream::Contacts, "v", body.clone(), 1)
+            .await
+            .unwrap();
+        let other = log
+            .append(Stream::Orders, "v", body.clone(), 1)
+            .await
+            .unwrap();
+        assert!(!first.duplicate && again.duplicate && !other.duplicate);
+        assert_eq!(first.event_id, again.event_id);
+        assert_ne!(first.event_id, other.event_id);
+        let event = log.find(first.event_id).await.unwrap();
+        assert_eq!(event.body, body);
+        assert_eq!(event.envelope.sha256, sha256_hex(&body));
+    }
+
+    #[tokio::test]
+    async fn a_marker_without_its_event_is_completed_by_the_retry() {
+        let (dir, log) = log().await;
+        let body = Bytes::from_static(b"{\"a\":1}");
+        let first = log
+            .append(Stream::Orders, "v", body.clone(), 1)
+            .await
+            .unwrap();
+        let key = log.find(first.event_id).await.unwrap().key;
+        // As if the process died after claiming the marker and before the event landed.
+        std::fs::remove_file(dir.path().join(key.to_string())).unwrap();
+        let retry = log
+            .append(Stream::Orders, "v", body.clone(), 1)
+            .await
+            .unwrap();
+        assert_eq!(retry.event_id, first.event_id);
+        assert!(!retry.duplicate);
+        assert_eq!(log.read(&key).await.unwrap().body, body);
+    }
+}

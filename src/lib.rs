@@ -1,0 +1,14 @@
+//! datx: the receiving side of the S-360 data integration, turned into a lake.
+//!
+//! Data flows one way: HTTP (`receive`) -> `eventlog` -> `store`. Each module knows only
+//! those below it.
+
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod eventlog;
+pub mod metrics;
+pub mod receive;
+pub mod serve;
+pub mod store;
+pub mod stream;

@@ -1,0 +1,286 @@
+//! Receiving S-360 webhooks: `POST /s360/{stream}/{institution}`.
+//!
+//! Owns the HTTP contract of a push: which institution and stream, who may post, how large
+//! a body may be, whether it is an S-360 body, and the answer. It answers 200 only after
+//! the event log has made the body durable, and never parses records beyond counting them:
+//! turning records into rows is the compactor's job.
+
+mod auth;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream as FutureStream, StreamExt};
+use serde::Serialize;
+use warp::http::header::{CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+pub use auth::{AuthError, Gate};
+
+use crate::batch::{self, BatchError};
+use crate::config::Config;
+use crate::eventlog::{Appended, EventLog, EventLogError};
+use crate::metrics;
+use crate::stream::{InvalidInstitution, Stream, UnknownStream, check_institution};
+
+/// Seconds S-360 (or any client) is asked to wait before retrying after a storage failure.
+/// S-360 retries on its own 15-minute schedule; other clients get a sensible hint.
+const RETRY_AFTER_SECONDS: u32 = 60;
+
+/// Why a push was not accepted. Each variant is one answer of the HTTP contract.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    UnknownStream(#[from] UnknownStream),
+    #[error(transparent)]
+    InvalidInstitution(#[from] InvalidInstitution),
+    #[error("unknown institution {0:?}")]
+    UnknownInstitution(String),
+    #[error("{error}")]
+    Unauthorized {
+        error: AuthError,
+        challenge: Option<String>,
+    },
+    #[error("body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    BadBody(#[from] BatchError),
+    #[error("storage is unavailable, the body was not stored: {0}")]
+    Unavailable(#[from] EventLogError),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::UnknownStream(_)
+            | Refusal::InvalidInstitution(_)
+            | Refusal::UnknownInstitution(_) => StatusCode::NOT_FOUND,
+            Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyRead(_) | Refusal::BadBody(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // The storage error names paths inside the lake: it goes to the log, not to the
+        // caller.
+        let message = match &self {
+            Refusal::Unavailable(_) => "storage is unavailable, the body was not stored".into(),
+            other => other.to_string(),
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&ErrorBody { error: message }), status)
+                .into_response();
+        let headers = response.headers_mut();
+        match self {
+            Refusal::Unauthorized {
+                challenge: Some(challenge),
+                ..
+            } => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    challenge.parse().expect("a realm is a valid header value"),
+                );
+            }
+            Refusal::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Serialize)]
+struct AcceptedBody {
+    event_id: String,
+    records: usize,
+    sha256: String,
+    duplicate: bool,
+}
+
+/// The receiving side of `serve`: the event log and each institution's gate.
+pub struct Receiver {
+    log: EventLog,
+    gates: HashMap<String, Gate>,
+    max_body_bytes: usize,
+}
+
+impl Receiver {
+    pub fn new(log: EventLog, config: &Config) -> Receiver {
+        let gates = config
+            .institutions
+            .iter()
+            .map(|(code, institution)| (code.clone(), Gate::new(code, &institution.auth)))
+            .collect();
+        Receiver {
+            log,
+            gates,
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
+
+    /// The route `POST /s360/{stream}/{institution}`.
+    pub fn routes(
+        self: Arc<Self>,
+    ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+        warp::post()
+            .and(warp::path!("s360" / String / String))
+            .and(warp::header::headers_cloned())
+            .and(warp::body::stream())
+            .then(move |stream: String, institution: String, headers, body| {
+                let receiver = self.clone();
+                async move { receiver.handle(&stream, &institution, &headers, body).await }
+            })
+    }
+
+    async fn handle<B: Buf>(
+        &self,
+        stream_name: &str,
+        institution: &str,
+        headers: &HeaderMap,
+        body: impl FutureStream<Item = Result<B, warp::Error>>,
+    ) -> Response {
+        let started = Instant::now();
+        let result = self.receive(stream_name, institution, headers, body).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Label values are bounded to what the configuration declares.
+        let stream_label = stream_name
+            .parse::<Stream>()
+            .map_or(metrics::UNKNOWN, Stream::as_str);
+        let institution_label = if self.gates.contains_key(institution) {
+            institution
+        } else {
+            metrics::UNKNOWN
+        };
+        match result {
+            Ok((appended, bytes)) => {
+                metrics::request(stream_label, institution_label, 200);
+                metrics::accepted(
+                    stream_label,
+                    institution_label,
+                    appended.records,
+                    bytes,
+                    appended.duplicate,
+                );
+                tracing::info!(
+                    stream = stream_label,
+                    institution = institution_label,
+                    status = 200,
+                    records = appended.records,
+                    bytes,
+                    duplicate = appended.duplicate,
+                    event_id = %appended.event_id,
+                    duration_ms = format_args!("{elapsed_ms:.2}"),
+                    "push accepted"
+                );
+                warp::reply::json(&AcceptedBody {
+                    event_id: appended.event_id.to_string(),
+                    records: appended.records,
+                    sha256: appended.sha256,
+                    duplicate: appended.duplicate,
+                })
+                .into_response()
+            }
+            Err(refusal) => {
+                let status = refusal.status().as_u16();
+                metrics::request(stream_label, institution_label, status);
+                if status >= 500 {
+                    tracing::error!(
+                        stream = stream_label,
+                        institution = institution_label,
+                        status,
+                        records = 0,
+                        duration_ms = format_args!("{elapsed_ms:.2}"),
+                        error = %refusal,
+                        "push refused"
+                    );
+                } else {
+                    tracing::warn!(
+                        stream = stream_label,
+                        institution = institution_label,
+                        status,
+                        records = 0,
+                        duration_ms = format_args!("{elapsed_ms:.2}"),
+                        reason = %refusal,
+                        "push refused"
+                    );
+                }
+                refusal.into_response()
+            }
+        }
+    }
+
+    /// The checks in the order of the contract: where to (404), who (401), how much (413),
+    /// what (400), then the durable append (503 when it fails).
+    async fn receive<B: Buf>(
+        &self,
+        stream_name: &str,
+        institution: &str,
+        headers: &HeaderMap,
+        body: impl FutureStream<Item = Result<B, warp::Error>>,
+    ) -> Result<(Appended, usize), Refusal> {
+        let stream = stream_name.parse::<Stream>()?;
+        check_institution(institution)?;
+        let gate = self
+            .gates
+            .get(institution)
+            .ok_or_else(|| Refusal::UnknownInstitution(institution.to_string()))?;
+        gate.check(headers).map_err(|error| Refusal::Unauthorized {
+            error,
+            challenge: gate.challenge(),
+        })?;
+        let body = read_limited(headers, body, self.max_body_bytes).await?;
+        let records = batch::count_records(&body)?;
+        let bytes = body.len();
+        let started = Instant::now();
+        let appended = self.log.append(stream, institution, body, records).await?;
+        metrics::append_latency(started.elapsed());
+        Ok((appended, bytes))
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit`: from `Content-Length` before
+/// reading anything, and while streaming for a body sent without one.
+async fn read_limited<B: Buf>(
+    headers: &HeaderMap,
+    body: impl FutureStream<Item = Result<B, warp::Error>>,
+    limit: usize,
+) -> Result<Bytes, Refusal> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(Refusal::TooLarge { limit });
+    }
+    let capacity = declared.map_or(0, |length| length as usize);
+    let mut buffer = BytesMut::with_capacity(capacity);
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| Refusal::BodyRead(e.to_string()))?;
+        if buffer.len() + chunk.remaining() > limit {
+            return Err(Refusal::TooLarge { limit });
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            buffer.extend_from_slice(piece);
+            let taken = piece.len();
+            chunk.advance(taken);
+        }
+    }
+    Ok(buffer.freeze())
+}

@@ -1,0 +1,136 @@
+//! `datx serve`: one HTTP server for the receive routes, `/healthz` and `/metrics`.
+//!
+//! Owns the listener, the joining of routes and a graceful stop (in-flight pushes finish
+//! and get their answer before the process exits). It must never answer for a route it
+//! does not own: every request outside the contract gets a JSON 404 or 405.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::Config;
+use crate::eventlog::EventLog;
+use crate::receive::{ErrorBody, Receiver};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the lake, binds the configured address and serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let store = Store::open(&config.lake)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: config.listen,
+            source,
+        })?;
+    run(config, store, listener, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Serves on an already bound listener until `shutdown` completes; the benches and tests
+/// use it to run the real server in-process on an ephemeral port.
+pub async fn run(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let metrics = crate::metrics::install();
+    let receiver = Arc::new(Receiver::new(EventLog::new(store.clone()), &config));
+    let routes = receiver
+        .routes()
+        .or(healthz(store.clone()))
+        .unify()
+        .or(metrics_route(metrics))
+        .unify()
+        .recover(refuse_unrouted);
+    let address = listener
+        .local_addr()
+        .map_or_else(|e| format!("(unknown: {e})"), |a| a.to_string());
+    tracing::info!(
+        address = %address,
+        lake = store.location(),
+        institutions = ?config.institutions.keys().collect::<Vec<_>>(),
+        "datx listening on http://{address}"
+    );
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    tracing::info!("datx stopped");
+}
+
+/// `GET /healthz`: 200 only when a durable write to the lake succeeds right now.
+fn healthz(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::get().and(warp::path!("healthz")).then(move || {
+        let store = store.clone();
+        async move {
+            match store.check_writable().await {
+                Ok(()) => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),
+                Err(e) => {
+                    tracing::error!(error = %e, "health check: the lake is not writable");
+                    error_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the lake is not writable".into(),
+                    )
+                }
+            }
+        }
+    })
+}
+
+/// `GET /metrics`: Prometheus text format.
+fn metrics_route(
+    handle: PrometheusHandle,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::get().and(warp::path!("metrics")).map(move || {
+        warp::reply::with_header(
+            handle.render(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .into_response()
+    })
+}
+
+fn error_reply(status: StatusCode, error: String) -> Response {
+    warp::reply::with_status(warp::reply::json(&ErrorBody { error }), status).into_response()
+}
+
+async fn refuse_unrouted(rejection: Rejection) -> Result<Response, Infallible> {
+    Ok(
+        if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+            error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+        } else {
+            error_reply(StatusCode::NOT_FOUND, "no such route".into())
+        },
+    )
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

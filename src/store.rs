@@ -1,0 +1,386 @@
+//! The lake's storage: one `object_store` for reads and listings, and create-only writes
+//! that are durable when they return.
+//!
+//! Owns the meaning of "durable": on a local disk, write a temporary file, fsync it, link
+//! it under its final name (which fails if the name exists), fsync the directory; on S3,
+//! a `PutMode::Create` PUT that has returned. `object_store`'s own local backend never
+//! fsyncs, which is why local writes do not go through it. This module must never look
+//! inside what it stores, and never overwrite an object.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the lake at {location}: {reason}")]
+    Open { location: String, reason: String },
+    #[error("{key} does not exist")]
+    NotFound { key: String },
+    #[error("storage failed on {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+    #[error("storage failed on {key}: {source}")]
+    ObjectStore {
+        key: String,
+        source: object_store::Error,
+    },
+}
+
+/// How much a write must survive before `create` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a power loss: fsynced data and directory entry.
+    Synced,
+    /// Appears whole or not at all, but a power loss may forget it. Only for objects whose
+    /// loss the caller can live with (an index that can be recomputed, a duplicate
+    /// detector whose miss is caught downstream).
+    AtomicOnly,
+}
+
+/// What a create-only write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// An object was already at that key; it was left untouched.
+    AlreadyExisted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+    /// Set for a local lake: durable writes go straight to the filesystem.
+    local_root: Option<PathBuf>,
+    location: String,
+}
+
+impl Store {
+    /// Opens a lake: a local directory (created if missing) or `s3://bucket/prefix`, whose
+    /// credentials and endpoint come from the standard `AWS_*` variables.
+    pub fn open(location: &str) -> Result<Store, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            location: location.to_string(),
+            reason,
+        };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(open_error("the URL names no bucket".into()));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| open_error(e.to_string()))?;
+            let objects: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+                "" => Arc::new(s3),
+                prefix => Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)),
+            };
+            return Ok(Store {
+                objects,
+                local_root: None,
+                location: location.to_string(),
+            });
+        }
+        let root = PathBuf::from(location);
+        std::fs::create_dir_all(&root).map_err(|e| open_error(e.to_string()))?;
+        let root = root.canonicalize().map_err(|e| open_error(e.to_string()))?;
+        let objects =
+            LocalFileSystem::new_with_prefix(&root).map_err(|e| open_error(e.to_string()))?;
+        Ok(Store {
+            objects: Arc::new(objects),
+            local_root: Some(root),
+            location: location.to_string(),
+        })
+    }
+
+    /// Where the lake is, as configured.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The underlying store, for readers that speak `object_store` (DataFusion).
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Writes `bytes` at `key` unless an object is already there.
+    pub async fn create(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        durability: Durability,
+    ) -> Result<Created, StoreError> {
+        match &self.local_root {
+            Some(root) => {
+                let target = root.join(key);
+                let key_owned = key.to_string();
+                tokio::task::spawn_blocking(move || create_local(&target, &bytes, durability))
+                    .await
+                    .expect("local write task panicked")
+                    .map_err(|source| StoreError::Io {
+                        key: key_owned,
+                        source,
+                    })
+            }
+            None => {
+                let options = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                match self
+                    .objects
+                    .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), options)
+                    .await
+                {
+                    Ok(_) => Ok(Created::New),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExisted),
+                    Err(source) => Err(self.object_error(key, source)),
+                }
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let path = Path::from(key);
+        let result = self.objects.get(&path).await;
+        match result {
+            Ok(found) => found.bytes().await.map_err(|e| self.object_error(key, e)),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+
+    /// The first `max_len` bytes of an object (all of it when shorter).
+    pub async fn get_prefix(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..max_len)),
+            ..GetOptions::default()
+        };
+        let result = self.objects.get_opts(&Path::from(key), options).await;
+        match result {
+            Ok(found) => found.bytes().await.map_err(|e| self.object_error(key, e)),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.objects.head(&Path::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+
+    /// Whether an object exists at `key`, made durable if it does. A concurrent writer may
+    /// have linked it an instant ago without having fsynced its directory yet, and a caller
+    /// that acknowledges on the strength of this answer needs it to survive a power loss.
+    pub async fn confirm_durable(&self, key: &str) -> Result<bool, StoreError> {
+        let Some(root) = &self.local_root else {
+            return self.exists(key).await;
+        };
+        let target = root.join(key);
+        let key_owned = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            if !target.try_exists()? {
+                return Ok(false);
+            }
+            File::open(target.parent().expect("a key always has a directory"))?.sync_all()?;
+            Ok(true)
+        })
+        .await
+        .expect("local sync task panicked")
+        .map_err(|source| StoreError::Io {
+            key: key_owned,
+            source,
+        })
+    }
+
+    /// Every object under `prefix`, in no particular order.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta, StoreError>> {
+        let prefix_owned = prefix.to_string();
+        let location = self.location.clone();
+        self.objects
+            .list(Some(&Path::from(prefix)))
+            .map(move |item| {
+                item.map_err(|source| StoreError::ObjectStore {
+                    key: format!("{location}/{prefix_owned}"),
+                    source,
+                })
+            })
+            .boxed()
+    }
+
+    /// The names of the "directories" directly under `prefix`, sorted.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let listing = self
+            .objects
+            .list_with_delimiter(Some(&Path::from(prefix)))
+            .await
+            .map_err(|e| self.object_error(prefix, e))?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Proves the lake takes durable writes now: a probe object is written and removed.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let key = format!("_datx/health/{}", uuid::Uuid::now_v7());
+        self.create(&key, Bytes::from_static(b"ok"), Durability::Synced)
+            .await?;
+        self.objects
+            .delete(&Path::from(key.as_str()))
+            .await
+            .map_err(|e| self.object_error(&key, e))
+    }
+
+    fn object_error(&self, key: &str, source: object_store::Error) -> StoreError {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                key: key.to_string(),
+            },
+            source => StoreError::ObjectStore {
+                key: key.to_string(),
+                source,
+            },
+        }
+    }
+}
+
+/// Removes the temporary file unless it was consumed, so a failed write (disk full, I/O
+/// error) leaves nothing behind but what was there before.
+struct TempFile<'a>(&'a FsPath);
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+fn create_local(target: &FsPath, bytes: &[u8], durability: Durability) -> std::io::Result<Created> {
+    let dir = target.parent().expect("a key always has a directory");
+    let name = target
+        .file_name()
+        .expect("a key always has a file name")
+        .to_string_lossy();
+    // A leading '.' keeps a half-written file invisible to Spark, DuckDB and the event log.
+    let temp_path = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::now_v7().simple()));
+    let mut file = match open_new(&temp_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dirs(dir, durability)?;
+            open_new(&temp_path)?
+        }
+        other => other?,
+    };
+    let temp = TempFile(&temp_path);
+    file.write_all(bytes)?;
+    if durability == Durability::Synced {
+        file.sync_data()?;
+    }
+    drop(file);
+    // link() refuses an existing name, which makes this create-only; rename() would
+    // silently replace an object that must never change.
+    let linked = std::fs::hard_link(temp.0, target);
+    drop(temp);
+    let created = match linked {
+        Ok(()) => Created::New,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Created::AlreadyExisted,
+        Err(e) => return Err(e),
+    };
+    // Also when the name existed: its writer may not have synced the directory yet, and
+    // the caller is about to rely on it.
+    if durability == Durability::Synced {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(created)
+}
+
+fn open_new(path: &FsPath) -> std::io::Result<File> {
+    File::options().write(true).create_new(true).open(path)
+}
+
+/// Creates `dir` and its missing parents; when durable, fsyncs every parent whose entries
+/// changed, so that the new directories survive a power loss with the file inside.
+fn create_dirs(dir: &FsPath, durability: Durability) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut probe = dir;
+    while !probe.exists() {
+        missing.push(probe.to_path_buf());
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    if durability == Durability::Synced {
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_is_create_only_and_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let first = store
+            .create(
+                "a/b/c.event",
+                Bytes::from_static(b"one"),
+                Durability::Synced,
+            )
+            .await
+            .unwrap();
+        let second = store
+            .create(
+                "a/b/c.event",
+                Bytes::from_static(b"two"),
+                Durability::AtomicOnly,
+            )
+            .await
+            .unwrap();
+        assert_eq!((first, second), (Created::New, Created::AlreadyExisted));
+        assert_eq!(
+            store.get("a/b/c.event").await.unwrap(),
+            Bytes::from_static(b"one")
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["c.event"]);
+        assert!(matches!(
+            store.get("a/b/missing").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_file_where_a_directory_must_be_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        std::fs::write(dir.path().join("blocked"), b"").unwrap();
+        let result = store
+            .create("blocked/x", Bytes::from_static(b"1"), Durability::Synced)
+            .await;
+        assert!(matches!(result, Err(StoreError::Io { .. })), "{result:?}");
+    }
+}
