@@ -79,7 +79,7 @@ pub async fn run(
 
 /// `GET /healthz`: 200 only when a durable write to the lake succeeds right now.
 fn healthz(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::get().and(warp::path!("healthz")).then(move || {
+    warp::path!("healthz").and(warp::get()).then(move || {
         let store = store.clone();
         async move {
             match store.check_writable().await {
@@ -100,7 +100,7 @@ fn healthz(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection
 fn metrics_route(
     handle: PrometheusHandle,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::get().and(warp::path!("metrics")).map(move || {
+    warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(
             handle.render(),
             "content-type",

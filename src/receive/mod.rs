@@ -137,8 +137,9 @@ impl Receiver {
     pub fn routes(
         self: Arc<Self>,
     ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-        warp::post()
-            .and(warp::path!("s360" / String / String))
+        // Path before method: a POST to an unknown path is a 404, not a 405.
+        warp::path!("s360" / String / String)
+            .and(warp::post())
             .and(warp::header::headers_cloned())
             .and(warp::body::stream())
             .then(move |stream: String, institution: String, headers, body| {

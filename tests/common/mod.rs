@@ -1,0 +1,200 @@
+//! Test harness shared by the integration-test binaries: runs the real `datx` binary as a
+//! child process on an ephemeral loopback port, and talks to it over real sockets.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_datx");
+
+/// How long a child may take to start listening before the test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn sample(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/samples")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A working directory with a `datx.toml`; the lake is `lake/` inside it unless the
+/// configuration says otherwise.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    /// Environment given to every command: the secrets the configuration names.
+    env: Vec<(String, String)>,
+}
+
+impl Workspace {
+    /// `extra` is appended to a configuration listening on an ephemeral port.
+    pub fn new(extra: &str) -> Workspace {
+        Workspace::with_env(extra, &[])
+    }
+
+    pub fn with_env(extra: &str, env: &[(&str, &str)]) -> Workspace {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = format!("listen = \"127.0.0.1:0\"\ncompact_every = \"off\"\n{extra}");
+        std::fs::write(dir.path().join("datx.toml"), config).expect("write datx.toml");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Workspace { dir, env }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    /// Runs a one-shot `datx` command in the workspace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("datx runs")
+    }
+
+    pub fn serve(&self) -> Server {
+        Server::start(self.path(), &self.env)
+    }
+}
+
+/// A running `datx serve`, stopped (SIGTERM, then waited for) when dropped.
+pub struct Server {
+    child: Child,
+    pub address: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(dir: &Path, env: &[(String, String)]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("datx serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        // Drains stderr for the child's whole life, so a chatty server never blocks on a
+        // full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("datx listening on http://").nth(1) {
+                    let address = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = address_tx.send(address);
+                }
+                let mut log = log_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let address = match address_rx.recv_timeout(START_TIMEOUT) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "datx serve did not start ({status:?}); its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Server {
+            child,
+            address,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait on datx") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait on datx");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// The status code and body of a hand-written HTTP/1.1 request. Used where a client
+/// library would rewrite the request: paths with `..`, chunked bodies.
+pub fn raw_request(address: &str, head: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to datx");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a read timeout");
+    stream.write_all(head.as_bytes()).expect("send the head");
+    // The server may answer and close before the whole body is sent (413): that is fine.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// A body of `count` ticket checks, made from the shared sample with distinct ids.
+pub fn ticket_checks(count: usize, first_id: i64) -> Vec<u8> {
+    let sample: Vec<serde_json::Value> =
+        serde_json::from_slice(&sample("ticketchecks.json")).expect("the sample parses");
+    let records: Vec<serde_json::Value> = (0..count)
+        .map(|i| {
+            let mut record = sample[i % sample.len()].clone();
+            record["ticket_check_id"] = serde_json::json!(first_id + i as i64);
+            record
+        })
+        .collect();
+    serde_json::to_vec(&records).expect("records serialise")
+}
