@@ -1,1 +1,224 @@
-fn main() {}
+//! Ingest benchmark: durable batches per second over loopback HTTP, against the ceiling of
+//! the same durable appends made without HTTP.
+//!
+//! For each concurrency (1, 16, 64) it runs two phases for a bounded time, each on a fresh
+//! lake: `http` posts 50-record ticket-check bodies to the real server, `ceiling` calls the
+//! event log's append with the same bytes from the same number of tasks. Every body is
+//! distinct, so every request is a new durable event (no duplicate shortcut).
+//!
+//! Run: `cargo bench --bench ingest`. Environment: `DATX_BENCH_SECONDS` (per phase, default
+//! 5), `DATX_BENCH_DIR` (where the lakes go, default the system temp directory; it must be
+//! on the disk you want to measure, not a tmpfs).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datx::config::Config;
+use datx::eventlog::EventLog;
+use datx::store::Store;
+use datx::stream::Stream;
+
+const RECORDS_PER_BODY: usize = 50;
+const CONCURRENCIES: [usize; 3] = [1, 16, 64];
+const INSTITUTION: &str = "benchvenue";
+
+/// Builds distinct 50-record bodies from the shared ticket-check sample: only the ids
+/// change, so every body has the size and shape S-360 sends.
+struct Bodies {
+    record_prefix: String,
+    record_suffix: String,
+    next: AtomicU64,
+}
+
+impl Bodies {
+    fn new() -> Bodies {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/samples/ticketchecks.json"
+        );
+        let sample: Vec<serde_json::Value> = serde_json::from_slice(
+            &std::fs::read(path).expect("the shared samples are beside the repo"),
+        )
+        .expect("the sample parses");
+        let mut record = sample[0].clone();
+        record["ticket_check_id"] = serde_json::json!(0);
+        let text = serde_json::to_string(&record).unwrap();
+        let (prefix, suffix) = text.split_once("\"ticket_check_id\":0").unwrap();
+        Bodies {
+            record_prefix: format!("{prefix}\"ticket_check_id\":"),
+            record_suffix: suffix.to_string(),
+            next: AtomicU64::new(10_228_845_000_000),
+        }
+    }
+
+    fn next(&self) -> Bytes {
+        let first = self
+            .next
+            .fetch_add(RECORDS_PER_BODY as u64, Ordering::Relaxed);
+        let mut body = String::with_capacity(RECORDS_PER_BODY * 260);
+        body.push('[');
+        for i in 0..RECORDS_PER_BODY as u64 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&self.record_prefix);
+            body.push_str(&(first + i).to_string());
+            body.push_str(&self.record_suffix);
+        }
+        body.push(']');
+        Bytes::from(body)
+    }
+}
+
+struct PhaseResult {
+    batches: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl PhaseResult {
+    fn per_second(&self) -> f64 {
+        self.batches as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index].as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs `tasks` loops of `one` until `duration` has passed, recording each call's latency.
+async fn run_phase<F, Fut>(tasks: usize, duration: Duration, one: F) -> PhaseResult
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let call = Instant::now();
+                    one().await;
+                    latencies.push(call.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.expect("a bench task panicked"));
+    }
+    PhaseResult {
+        batches: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+fn fresh_lake(root: &std::path::Path, name: &str) -> Store {
+    let dir = root.join(name);
+    Store::open(dir.to_str().unwrap()).expect("the bench lake opens")
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: u64 = std::env::var("DATX_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let duration = Duration::from_secs(seconds);
+    let root = match std::env::var_os("DATX_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("a bench directory");
+    let bodies = Arc::new(Bodies::new());
+    let sample_size = bodies.next().len();
+    println!(
+        "ingest bench: {RECORDS_PER_BODY}-record bodies of {sample_size} bytes, {seconds} s per phase, lakes under {}",
+        root.path().display()
+    );
+    println!(
+        "{:>11}  {:>13}  {:>8}  {:>8}  {:>16}  {:>8}  {:>8}  {:>13}",
+        "concurrency",
+        "http batch/s",
+        "p50 ms",
+        "p99 ms",
+        "ceiling batch/s",
+        "p50 ms",
+        "p99 ms",
+        "http/ceiling"
+    );
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .unwrap();
+    for concurrency in CONCURRENCIES {
+        // HTTP: the real server, in this process, on an ephemeral loopback port.
+        let store = fresh_lake(root.path(), &format!("http-{concurrency}"));
+        let config = Config::parse(
+            &format!("compact_every = \"off\"\n[institutions.{INSTITUTION}]\n"),
+            std::path::Path::new("bench.toml"),
+            root.path(),
+            &|_| None,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/s360/ticketchecks/{INSTITUTION}",
+            listener.local_addr().unwrap()
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(datx::serve::run(config, store, listener, async {
+            let _ = stopped.await;
+        }));
+        let post = {
+            let (client, bodies, url) = (client.clone(), bodies.clone(), url.clone());
+            move || {
+                let (client, body, url) = (client.clone(), bodies.next(), url.clone());
+                async move {
+                    let response = client.post(&url).body(body).send().await.expect("posted");
+                    assert_eq!(response.status(), 200, "the server refused a bench body");
+                }
+            }
+        };
+        let mut http = run_phase(concurrency, duration, post).await;
+        let _ = stop.send(());
+        server.await.unwrap();
+
+        // Ceiling: the same appends, same bytes, same tasks, no HTTP.
+        let log = EventLog::new(fresh_lake(root.path(), &format!("ceiling-{concurrency}")));
+        let append = {
+            let (log, bodies) = (log.clone(), bodies.clone());
+            move || {
+                let (log, body) = (log.clone(), bodies.next());
+                async move {
+                    log.append(Stream::TicketChecks, INSTITUTION, body, RECORDS_PER_BODY)
+                        .await
+                        .expect("the ceiling append succeeds");
+                }
+            }
+        };
+        let mut ceiling = run_phase(concurrency, duration, append).await;
+
+        println!(
+            "{concurrency:>11}  {:>13.0}  {:>8.2}  {:>8.2}  {:>16.0}  {:>8.2}  {:>8.2}  {:>13.2}",
+            http.per_second(),
+            http.percentile_ms(0.5),
+            http.percentile_ms(0.99),
+            ceiling.per_second(),
+            ceiling.percentile_ms(0.5),
+            ceiling.percentile_ms(0.99),
+            http.per_second() / ceiling.per_second()
+        );
+    }
+}
