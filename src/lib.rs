@@ -12,3 +12,4 @@ pub mod receive;
 pub mod serve;
 pub mod store;
 pub mod stream;
+pub mod tables;

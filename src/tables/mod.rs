@@ -1,0 +1,544 @@
+//! The lake's tables: each table's columns, its partition date, and how an S-360 record
+//! becomes rows.
+//!
+//! Owns the mapping from JSON to typed cells, declared as data (one `Column` list per
+//! table) so that adding a field is one line. A record that does not fit becomes a reject
+//! with the reason; it is never dropped and never half-converted. This module must never
+//! read or write storage.
+
+mod timestamps;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::NaiveDate;
+use chrono_tz::Tz;
+use serde_json::Value;
+
+pub use timestamps::{parse_date, parse_instant};
+
+use crate::stream::Stream;
+
+/// A table of the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Contacts,
+    Orders,
+    OrderMovements,
+    TicketChecks,
+    Rejects,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [
+        Table::Contacts,
+        Table::Orders,
+        Table::OrderMovements,
+        Table::TicketChecks,
+        Table::Rejects,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Contacts => "contacts",
+            Table::Orders => "orders",
+            Table::OrderMovements => "order_movements",
+            Table::TicketChecks => "ticket_checks",
+            Table::Rejects => "rejects",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn columns(self) -> &'static [Column] {
+        match self {
+            Table::Contacts => CONTACTS,
+            Table::Orders => ORDERS,
+            Table::OrderMovements => ORDER_MOVEMENTS,
+            Table::TicketChecks => TICKET_CHECKS,
+            Table::Rejects => REJECTS,
+        }
+    }
+
+    /// The Arrow schema of the files: the declared columns, then `_event_id`,
+    /// `_received_at` and `_raw`. The partition columns `institution` and `date` live only
+    /// in the path.
+    pub fn schema(self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .columns()
+            .iter()
+            .map(|c| Field::new(c.name, c.kind.data_type(), true))
+            .collect();
+        fields.push(Field::new(EVENT_ID, DataType::Utf8, false));
+        fields.push(Field::new(RECEIVED_AT, Kind::Instant.data_type(), false));
+        fields.push(Field::new(RAW, DataType::Utf8, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The column that names one row, where the table has one that must be unique.
+    pub fn unique_key(self) -> Option<&'static str> {
+        match self {
+            Table::TicketChecks => Some("ticket_check_id"),
+            _ => None,
+        }
+    }
+}
+
+pub const EVENT_ID: &str = "_event_id";
+pub const RECEIVED_AT: &str = "_received_at";
+pub const RAW: &str = "_raw";
+
+/// A column's type in the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Ids and amounts in minor units: JSON integers only.
+    Int64,
+    Text,
+    Bool,
+    /// An instant, stored as microseconds since the epoch, UTC.
+    Instant,
+    /// A calendar date such as a birth date.
+    Date,
+}
+
+impl Kind {
+    pub fn data_type(self) -> DataType {
+        match self {
+            Kind::Int64 => DataType::Int64,
+            Kind::Text => DataType::Utf8,
+            Kind::Bool => DataType::Boolean,
+            Kind::Instant => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::Date => DataType::Date32,
+        }
+    }
+}
+
+/// Which object of a record a column reads from: the record itself, or (for movements)
+/// the operation or the movement inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Record,
+    Operation,
+    Movement,
+}
+
+#[derive(Debug)]
+pub struct Column {
+    pub name: &'static str,
+    pub scope: Scope,
+    /// Keys from the scope's object down to the value.
+    pub path: &'static [&'static str],
+    pub kind: Kind,
+    /// A row without this value is rejected: natural keys and partition dates.
+    pub required: bool,
+}
+
+const fn col(name: &'static str, path: &'static [&'static str], kind: Kind) -> Column {
+    Column {
+        name,
+        scope: Scope::Record,
+        path,
+        kind,
+        required: false,
+    }
+}
+
+const fn key(name: &'static str, path: &'static [&'static str], kind: Kind) -> Column {
+    Column {
+        required: true,
+        ..col(name, path, kind)
+    }
+}
+
+const fn in_scope(scope: Scope, column: Column) -> Column {
+    Column { scope, ..column }
+}
+
+use Kind::{Bool, Date, Instant, Int64, Text};
+use Scope::{Movement, Operation};
+
+const CONTACTS: &[Column] = &[
+    key("contact_number", &["contactNumber"], Text),
+    col("contact_id", &["contactId"], Int64),
+    col("type", &["type"], Text),
+    col("role", &["role"], Text),
+    col("creation_date", &["creationDate"], Instant),
+    col("last_update_date", &["lastUpdateDate"], Instant),
+    col("title", &["individualContact", "title"], Text),
+    col("first_name", &["individualContact", "firstName"], Text),
+    col("last_name", &["individualContact", "lastName"], Text),
+    col("birth_date", &["individualContact", "birthDate"], Date),
+    col(
+        "language_code",
+        &["individualContact", "languageCode"],
+        Text,
+    ),
+    col("email", &["individualContact", "email"], Text),
+    col(
+        "cell_phone_number",
+        &["individualContact", "cellPhoneNumber"],
+        Text,
+    ),
+    col("structure_name", &["structureContact", "name"], Text),
+    col(
+        "structure_vat_number",
+        &["structureContact", "vatNumber"],
+        Text,
+    ),
+    col("structure_email", &["structureContact", "email"], Text),
+    col("has_warning", &["hasWarning"], Bool),
+];
+
+const ORDERS: &[Column] = &[
+    key("order_id", &["orderId"], Int64),
+    col("order_type", &["orderType"], Text),
+    col("order_state", &["orderState"], Text),
+    key("creation_date_time", &["creationDateTime"], Instant),
+    col("reference_date", &["referenceDate"], Instant),
+    col("expiration_date", &["expirationDate"], Instant),
+    col("sale_amount", &["saleAmount"], Int64),
+    col("pre_sale_amount", &["preSaleAmount"], Int64),
+    col("reservation_amount", &["reservationAmount"], Int64),
+    col("option_amount", &["optionAmount"], Int64),
+    col(
+        "waiting_account_balance_amount",
+        &["waitingAccountBalanceAmount"],
+        Int64,
+    ),
+    col("contact_number", &["contactNumber"], Text),
+];
+
+const ORDER_MOVEMENTS: &[Column] = &[
+    in_scope(Movement, key("movement_id", &["movementId"], Int64)),
+    key("order_id", &["orderId"], Int64),
+    key("order_creation_date_time", &["creationDateTime"], Instant),
+    col("order_type", &["orderType"], Text),
+    col("contact_number", &["contactNumber"], Text),
+    in_scope(Operation, col("operation_id", &["operationId"], Int64)),
+    in_scope(Operation, col("operation_kind", &["kind"], Text)),
+    in_scope(Operation, col("operation_type", &["type"], Text)),
+    in_scope(Operation, col("quantity", &["quantity"], Int64)),
+    in_scope(Operation, col("base_price", &["basePrice"], Int64)),
+    in_scope(Operation, col("unit_price", &["unitPrice"], Int64)),
+    in_scope(
+        Operation,
+        col("operation_total_amount", &["totalAmount"], Int64),
+    ),
+    in_scope(Operation, col("product_id", &["productId"], Int64)),
+    in_scope(Operation, col("product_code", &["productCode"], Text)),
+    in_scope(Operation, col("product", &["product"], Text)),
+    in_scope(Operation, col("performance_id", &["performanceId"], Int64)),
+    in_scope(Operation, col("performance", &["performance"], Text)),
+    in_scope(Operation, col("event_id", &["eventId"], Int64)),
+    in_scope(
+        Operation,
+        col("audience_sub_category", &["audienceSubCategory"], Text),
+    ),
+    in_scope(Operation, col("vat_rate", &["vatRate"], Int64)),
+    in_scope(Movement, col("movement_type", &["type"], Text)),
+    in_scope(Movement, col("ticket_id", &["ticketId"], Int64)),
+    in_scope(Movement, col("barcode", &["barcode"], Text)),
+    in_scope(Movement, col("amount", &["amount"], Int64)),
+    in_scope(
+        Movement,
+        col("refunded_movement_id", &["refundedMovementId"], Int64),
+    ),
+];
+
+const TICKET_CHECKS: &[Column] = &[
+    key("ticket_check_id", &["ticket_check_id"], Int64),
+    col("movement_id", &["movement_id"], Int64),
+    col("ticket_id", &["ticket_id"], Int64),
+    col("barcode", &["barcode"], Text),
+    key("access_time", &["access_time"], Instant),
+    col("check_flow", &["check_flow"], Text),
+    col("result", &["result"], Text),
+    col("failure_reason", &["failure_reason"], Text),
+];
+
+/// Rejects are written by the compactor itself, not read from a record: their columns
+/// are filled from `Reject`.
+const REJECTS: &[Column] = &[
+    col("stream", &[], Text),
+    col("position", &[], Int64),
+    col("reason", &[], Text),
+];
+
+/// One typed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int64(i64),
+    Text(String),
+    Bool(bool),
+    /// Microseconds since the epoch, UTC.
+    Instant(i64),
+    /// Days since the epoch.
+    Date(i32),
+}
+
+/// The rows one record gives to one table, and where they go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub table: Table,
+    /// The partition date, in the venue's zone.
+    pub date: NaiveDate,
+    /// One cell per declared column, in order.
+    pub cells: Vec<Cell>,
+    /// The JSON that produced the row, as received for whole records.
+    pub raw: String,
+}
+
+/// Why a record did not fit its table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Misfit(pub String);
+
+/// Converts one record of a body into its rows: one row for contacts, orders and ticket
+/// checks; for orders also one `order_movements` row per movement of each operation.
+/// `raw` is the record's JSON as received.
+pub fn rows_of(stream: Stream, record: &Value, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
+    match stream {
+        Stream::Contacts => {
+            // A contact has no date of its own to partition by; the caller dates it by
+            // when it was received.
+            let cells = cells(Table::Contacts, &[record], tz)?;
+            Ok(vec![Row {
+                table: Table::Contacts,
+                date: NaiveDate::MIN,
+                cells,
+                raw: raw.to_string(),
+            }])
+        }
+        Stream::TicketChecks => {
+            let cells = cells(Table::TicketChecks, &[record], tz)?;
+            let date = date_of(&cells, Table::TicketChecks, "access_time", tz);
+            Ok(vec![Row {
+                table: Table::TicketChecks,
+                date,
+                cells,
+                raw: raw.to_string(),
+            }])
+        }
+        Stream::Orders => order_rows(record, raw, tz),
+    }
+}
+
+fn order_rows(record: &Value, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
+    // S-360 sends orders either wrapped in `orderDetailsData` or bare.
+    let order = record.get("orderDetailsData").unwrap_or(record);
+    if !order.is_object() {
+        return Err(Misfit("orderDetailsData is not an object".into()));
+    }
+    let order_cells = cells(Table::Orders, &[order], tz)?;
+    let date = date_of(&order_cells, Table::Orders, "creation_date_time", tz);
+    let mut rows = vec![Row {
+        table: Table::Orders,
+        date,
+        cells: order_cells,
+        raw: raw.to_string(),
+    }];
+    for (operation_index, operation) in array_at(order, "operationDatas")?.iter().enumerate() {
+        for (movement_index, movement) in array_at(operation, "movementDatas")?.iter().enumerate() {
+            let cells = cells(Table::OrderMovements, &[order, operation, movement], tz).map_err(
+                |Misfit(reason)| {
+                    Misfit(format!(
+                        "operationDatas[{operation_index}].movementDatas[{movement_index}]: {reason}"
+                    ))
+                },
+            )?;
+            rows.push(Row {
+                table: Table::OrderMovements,
+                date,
+                cells,
+                raw: movement.to_string(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The array under `key`, empty when absent or null.
+fn array_at<'a>(object: &'a Value, key: &str) -> Result<&'a [Value], Misfit> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(Misfit(format!("{key} is not an array"))),
+    }
+}
+
+/// The partition date of a row: the venue-local date of a required instant column.
+fn date_of(cells: &[Cell], table: Table, column: &str, tz: Tz) -> NaiveDate {
+    let index = table
+        .columns()
+        .iter()
+        .position(|c| c.name == column)
+        .expect("the partition column is declared");
+    match cells[index] {
+        Cell::Instant(micros) => timestamps::local_date(micros, tz),
+        _ => unreachable!("{column} is a required instant"),
+    }
+}
+
+/// Reads every column of `table` from `scopes` (record, operation, movement).
+fn cells(table: Table, scopes: &[&Value], tz: Tz) -> Result<Vec<Cell>, Misfit> {
+    table
+        .columns()
+        .iter()
+        .map(|column| {
+            let scope = match column.scope {
+                Scope::Record => scopes[0],
+                Scope::Operation => scopes[1],
+                Scope::Movement => scopes[2],
+            };
+            let value = column
+                .path
+                .iter()
+                .try_fold(scope, |value, key| value.get(key))
+                .unwrap_or(&Value::Null);
+            let cell = convert(value, column.kind, tz).map_err(|problem| {
+                Misfit(format!(
+                    "{} ({}): {problem}",
+                    column.name,
+                    column.path.join(".")
+                ))
+            })?;
+            if column.required && cell == Cell::Null {
+                return Err(Misfit(format!(
+                    "{} ({}) is missing",
+                    column.name,
+                    column.path.join(".")
+                )));
+            }
+            Ok(cell)
+        })
+        .collect()
+}
+
+fn convert(value: &Value, kind: Kind, tz: Tz) -> Result<Cell, String> {
+    if value.is_null() {
+        return Ok(Cell::Null);
+    }
+    let wrong = |expected: &str| format!("expected {expected}, found {value}");
+    Ok(match kind {
+        Kind::Int64 => Cell::Int64(value.as_i64().ok_or_else(|| wrong("a 64-bit integer"))?),
+        Kind::Text => Cell::Text(match value {
+            Value::String(text) => text.clone(),
+            // Codes that S-360 may send as numbers stay readable as text.
+            Value::Number(number) => number.to_string(),
+            _ => return Err(wrong("a string")),
+        }),
+        Kind::Bool => Cell::Bool(value.as_bool().ok_or_else(|| wrong("true or false"))?),
+        Kind::Instant => {
+            let text = value.as_str().ok_or_else(|| wrong("a timestamp string"))?;
+            Cell::Instant(parse_instant(text, tz).ok_or_else(|| wrong("a readable timestamp"))?)
+        }
+        Kind::Date => {
+            let text = value.as_str().ok_or_else(|| wrong("a date string"))?;
+            Cell::Date(parse_date(text).ok_or_else(|| wrong("a YYYY-MM-DD date"))?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> Vec<Value> {
+        let path = format!("{}/../shared/samples/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn cell(row: &Row, name: &str) -> Cell {
+        let index = row
+            .table
+            .columns()
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap();
+        row.cells[index].clone()
+    }
+
+    #[test]
+    fn an_order_gives_its_row_and_one_row_per_movement() {
+        let orders = sample("orders.json");
+        let rows = rows_of(Stream::Orders, &orders[0], "{}", chrono_tz::Europe::Zurich).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].table, Table::Orders);
+        assert_eq!(cell(&rows[0], "order_id"), Cell::Int64(10000702652));
+        assert_eq!(cell(&rows[0], "sale_amount"), Cell::Int64(40000));
+        // 2023-02-01T10:09:27.503+00:00
+        assert_eq!(
+            cell(&rows[0], "creation_date_time"),
+            Cell::Instant(1_675_246_167_503_000)
+        );
+        assert_eq!(rows[0].date, NaiveDate::from_ymd_opt(2023, 2, 1).unwrap());
+        let movement = &rows[2];
+        assert_eq!(movement.table, Table::OrderMovements);
+        assert_eq!(cell(movement, "movement_id"), Cell::Int64(10228844462196));
+        assert_eq!(cell(movement, "order_id"), Cell::Int64(10000702652));
+        assert_eq!(cell(movement, "operation_id"), Cell::Int64(10228310724422));
+        assert_eq!(cell(movement, "product_code"), Cell::Text("ASTDN".into()));
+        assert_eq!(cell(movement, "amount"), Cell::Int64(20000));
+        assert_eq!(movement.date, rows[0].date);
+        // The bare form gives the same rows.
+        let bare = &orders[0]["orderDetailsData"];
+        let bare_rows = rows_of(Stream::Orders, bare, "{}", chrono_tz::Europe::Zurich).unwrap();
+        assert_eq!(bare_rows[1].cells, rows[1].cells);
+    }
+
+    #[test]
+    fn venue_local_times_become_utc() {
+        let checks = sample("ticketchecks.json");
+        let rows = rows_of(
+            Stream::TicketChecks,
+            &checks[0],
+            "{}",
+            chrono_tz::Europe::Zurich,
+        )
+        .unwrap();
+        // 2023-02-09 18:25:10 in Zurich (UTC+1 in winter) is 17:25:10 UTC.
+        assert_eq!(
+            cell(&rows[0], "access_time"),
+            Cell::Instant(1_675_963_510_000_000)
+        );
+        assert_eq!(rows[0].date, NaiveDate::from_ymd_opt(2023, 2, 9).unwrap());
+    }
+
+    #[test]
+    fn misfits_name_the_column_and_the_value() {
+        let record: Value =
+            serde_json::json!({"ticket_check_id": "abc", "access_time": "2023-02-09 18:25:10"});
+        let misfit = rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC).unwrap_err();
+        assert_eq!(
+            misfit.0,
+            "ticket_check_id (ticket_check_id): expected a 64-bit integer, found \"abc\""
+        );
+        let record: Value = serde_json::json!({"ticket_check_id": 1, "access_time": "yesterday"});
+        assert!(
+            rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC)
+                .unwrap_err()
+                .0
+                .starts_with("access_time")
+        );
+        let record: Value = serde_json::json!({"contactId": 5});
+        assert_eq!(
+            rows_of(Stream::Contacts, &record, "{}", Tz::UTC)
+                .unwrap_err()
+                .0,
+            "contact_number (contactNumber) is missing"
+        );
+        let mut order = sample("orders.json")[0].clone();
+        order["orderDetailsData"]["operationDatas"][0]["movementDatas"][1]["movementId"] =
+            serde_json::json!(1.5);
+        let misfit = rows_of(Stream::Orders, &order, "{}", Tz::UTC).unwrap_err();
+        assert!(
+            misfit
+                .0
+                .starts_with("operationDatas[0].movementDatas[1]: movement_id"),
+            "{misfit}"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The three timestamp forms S-360 sends, and calendar dates.
+//!
+//! `2020-10-13T10:09:27.503+00:00` carries its offset; `2023-02-09 18:25:10` and
+//! `2023-01-28 17:00:00.0` carry none and are the venue's local time.
+
+use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeZone};
+use chrono_tz::Tz;
+
+/// Forms without an offset, most frequent first.
+const LOCAL_FORMATS: &[&str] = &[
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M",
+];
+
+/// Microseconds since the epoch (UTC) of `text`; a time without an offset is read in `tz`.
+/// A local time that falls in a daylight-saving gap does not exist and is refused; one
+/// that occurs twice (the hour repeated in autumn) takes the earlier instant.
+pub fn parse_instant(text: &str, tz: Tz) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.timestamp_micros());
+    }
+    if let Ok(at) = DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        return Some(at.timestamp_micros());
+    }
+    let local = LOCAL_FORMATS
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())?;
+    match tz.from_local_datetime(&local) {
+        LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => Some(at.timestamp_micros()),
+        LocalResult::None => None,
+    }
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (a longer timestamp keeps its date part).
+pub fn parse_date(text: &str) -> Option<i32> {
+    let day = text.trim().get(..10)?;
+    let date = NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?;
+    Some(date.num_days_from_ce() - EPOCH_DAYS_FROM_CE)
+}
+
+/// `NaiveDate::from_ymd(1970, 1, 1).num_days_from_ce()`.
+const EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// The venue-local calendar date of an instant.
+pub fn local_date(micros: i64, tz: Tz) -> NaiveDate {
+    DateTime::from_timestamp_micros(micros)
+        .expect("parsed instants are in range")
+        .with_timezone(&tz)
+        .date_naive()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZURICH: Tz = chrono_tz::Europe::Zurich;
+
+    fn micros(text: &str) -> i64 {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    #[test]
+    fn the_three_forms_of_s360() {
+        assert_eq!(
+            parse_instant("2020-10-13T10:09:27.503+00:00", ZURICH),
+            Some(micros("2020-10-13T10:09:27.503Z"))
+        );
+        assert_eq!(
+            parse_instant("2023-02-09 18:25:10", ZURICH),
+            Some(micros("2023-02-09T17:25:10Z"))
+        );
+        assert_eq!(
+            parse_instant("2023-01-28 17:00:00.0", ZURICH),
+            Some(micros("2023-01-28T16:00:00Z"))
+        );
+        // Summer time: UTC+2.
+        assert_eq!(
+            parse_instant("2023-07-01 12:00:00", ZURICH),
+            Some(micros("2023-07-01T10:00:00Z"))
+        );
+        assert_eq!(
+            parse_instant("2023-02-09T18:25:10+0100", ZURICH),
+            Some(micros("2023-02-09T17:25:10Z"))
+        );
+    }
+
+    #[test]
+    fn daylight_saving_edges_and_garbage() {
+        // 02:30 on 2023-03-26 does not exist in Zurich; 02:30 on 2023-10-29 happens twice.
+        assert_eq!(parse_instant("2023-03-26 02:30:00", ZURICH), None);
+        assert_eq!(
+            parse_instant("2023-10-29 02:30:00", ZURICH),
+            Some(micros("2023-10-29T00:30:00Z"))
+        );
+        assert_eq!(parse_instant("yesterday", ZURICH), None);
+        assert_eq!(parse_instant("2023-02-30 10:00:00", ZURICH), None);
+    }
+
+    #[test]
+    fn dates_and_local_dates() {
+        assert_eq!(parse_date("1970-01-02"), Some(1));
+        assert_eq!(parse_date("1968-04-13"), Some(-628));
+        assert_eq!(parse_date("13.04.1968"), None);
+        // 23:30 UTC on Feb 8 is already Feb 9 in Zurich.
+        let late = micros("2023-02-08T23:30:00Z");
+        assert_eq!(
+            local_date(late, ZURICH),
+            NaiveDate::from_ymd_opt(2023, 2, 9).unwrap()
+        );
+    }
+}
