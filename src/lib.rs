@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;

@@ -107,6 +107,11 @@ impl Store {
         &self.location
     }
 
+    /// The directory of a local lake; `None` for S3.
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
+    }
+
     /// The underlying store, for readers that speak `object_store` (DataFusion).
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects
@@ -146,6 +151,61 @@ impl Store {
                     Err(source) => Err(self.object_error(key, source)),
                 }
             }
+        }
+    }
+
+    /// Writes `bytes` at `key`, replacing what is there, atomically (readers see the old or
+    /// the new object, never a mix). Only for internal state, never for events.
+    pub async fn replace(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        match &self.local_root {
+            Some(root) => {
+                let target = root.join(key);
+                let key_owned = key.to_string();
+                tokio::task::spawn_blocking(move || replace_local(&target, &bytes))
+                    .await
+                    .expect("local write task panicked")
+                    .map_err(|source| StoreError::Io {
+                        key: key_owned,
+                        source,
+                    })
+            }
+            None => self
+                .objects
+                .put(&Path::from(key), PutPayload::from_bytes(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.object_error(key, e)),
+        }
+    }
+
+    /// Moves an object to a new key, durably: a directory rename on a local disk (atomic),
+    /// a copy then a delete on S3.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        match &self.local_root {
+            Some(root) => {
+                let (source, target) = (root.join(from), root.join(to));
+                let key_owned = from.to_string();
+                tokio::task::spawn_blocking(move || rename_local(&source, &target))
+                    .await
+                    .expect("local rename task panicked")
+                    .map_err(|source| StoreError::Io {
+                        key: key_owned,
+                        source,
+                    })
+            }
+            None => self
+                .objects
+                .rename(&Path::from(from), &Path::from(to))
+                .await
+                .map_err(|e| self.object_error(from, e)),
+        }
+    }
+
+    /// Removes an object; removing one that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.objects.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error(key, e)),
         }
     }
 
@@ -239,10 +299,7 @@ impl Store {
         let key = format!("_datx/health/{}", uuid::Uuid::now_v7());
         self.create(&key, Bytes::from_static(b"ok"), Durability::Synced)
             .await?;
-        self.objects
-            .delete(&Path::from(key.as_str()))
-            .await
-            .map_err(|e| self.object_error(&key, e))
+        self.delete(&key).await
     }
 
     fn object_error(&self, key: &str, source: object_store::Error) -> StoreError {
@@ -304,6 +361,30 @@ fn create_local(target: &FsPath, bytes: &[u8], durability: Durability) -> std::i
         File::open(dir)?.sync_all()?;
     }
     Ok(created)
+}
+
+fn replace_local(target: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = target.parent().expect("a key always has a directory");
+    std::fs::create_dir_all(dir)?;
+    let name = target
+        .file_name()
+        .expect("a key always has a file name")
+        .to_string_lossy();
+    let temp_path = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::now_v7().simple()));
+    let mut file = open_new(&temp_path)?;
+    let temp = TempFile(&temp_path);
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(temp.0, target)?;
+    std::mem::forget(temp);
+    Ok(())
+}
+
+fn rename_local(source: &FsPath, target: &FsPath) -> std::io::Result<()> {
+    let dir = target.parent().expect("a key always has a directory");
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(source, target)?;
+    File::open(dir)?.sync_all()
 }
 
 fn open_new(path: &FsPath) -> std::io::Result<File> {

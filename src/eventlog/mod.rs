@@ -135,7 +135,17 @@ impl EventLog {
                         duplicate: true,
                     });
                 }
-                key
+                if key.day < claimed.day.pred_opt().unwrap_or(claimed.day) {
+                    // The claim is older than yesterday and its event was never written.
+                    // Writing it under the old day would put it where the compactor no
+                    // longer looks (days older than two days are sealed): take a new id.
+                    self.store
+                        .replace(&marker, Bytes::from(claimed.to_string()))
+                        .await?;
+                    claimed
+                } else {
+                    key
+                }
             }
         };
         let envelope = Envelope::new(&key, sha256.clone(), records, body.len());
@@ -161,41 +171,29 @@ impl EventLog {
         &'a self,
         filter: &'a EventFilter,
     ) -> impl futures::Stream<Item = Result<Vec<EventKey>, EventLogError>> + 'a {
-        let since_day = filter.since.map(|since| since.date_naive());
-        futures::stream::once(self.day_prefixes(filter, since_day))
+        futures::stream::once(self.matching_days(filter))
             .map_ok(|days| futures::stream::iter(days.into_iter().map(Ok)))
             .try_flatten()
-            .and_then(move |day_prefix| async move {
-                let mut keys: Vec<EventKey> = self
-                    .store
-                    .list(&day_prefix)
-                    .map_err(EventLogError::from)
-                    .try_filter_map(|meta| async move {
-                        Ok(meta.location.as_ref().parse::<EventKey>().ok())
-                    })
-                    .try_filter(|key| {
-                        let keep = filter.since.is_none_or(|since| key.received_at() >= since);
-                        async move { keep }
-                    })
-                    .try_collect()
-                    .await?;
-                keys.sort_by_key(|key| key.event_id);
+            .and_then(move |(stream, institution, day)| async move {
+                let mut keys = self.keys_of_day(stream, &institution, day).await?;
+                if let Some(since) = filter.since {
+                    keys.retain(|key| key.received_at() >= since);
+                }
                 Ok(keys)
             })
     }
 
-    async fn day_prefixes(
+    async fn matching_days(
         &self,
         filter: &EventFilter,
-        since_day: Option<NaiveDate>,
-    ) -> Result<Vec<String>, EventLogError> {
-        let mut prefixes = Vec::new();
+    ) -> Result<Vec<(Stream, String, NaiveDate)>, EventLogError> {
+        let since_day = filter.since.map(|since| since.date_naive());
+        let mut days = Vec::new();
         for stream in Stream::ALL {
             if filter.stream.is_some_and(|wanted| wanted != stream) {
                 continue;
             }
-            let stream_prefix = format!("events/{stream}");
-            for institution in self.store.list_dirs(&stream_prefix).await? {
+            for institution in self.institutions(stream).await? {
                 if filter
                     .institution
                     .as_ref()
@@ -203,20 +201,90 @@ impl EventLog {
                 {
                     continue;
                 }
-                let institution_prefix = format!("{stream_prefix}/{institution}");
-                for day in self.store.list_dirs(&institution_prefix).await? {
-                    let keep = match (since_day, day.parse::<NaiveDate>()) {
-                        (_, Err(_)) => false,
-                        (Some(since), Ok(date)) => date >= since,
-                        (None, Ok(_)) => true,
-                    };
-                    if keep {
-                        prefixes.push(format!("{institution_prefix}/{day}"));
+                for day in self.days(stream, &institution).await? {
+                    if since_day.is_none_or(|since| day >= since) {
+                        days.push((stream, institution.clone(), day));
                     }
                 }
             }
         }
-        Ok(prefixes)
+        Ok(days)
+    }
+
+    /// The institutions that have events in `stream`, sorted.
+    pub async fn institutions(&self, stream: Stream) -> Result<Vec<String>, EventLogError> {
+        Ok(self.store.list_dirs(&format!("events/{stream}")).await?)
+    }
+
+    /// The received days that hold events of `stream` for `institution`, oldest first.
+    pub async fn days(
+        &self,
+        stream: Stream,
+        institution: &str,
+    ) -> Result<Vec<NaiveDate>, EventLogError> {
+        let names = self
+            .store
+            .list_dirs(&format!("events/{stream}/{institution}"))
+            .await?;
+        let mut days: Vec<NaiveDate> = names.iter().filter_map(|d| d.parse().ok()).collect();
+        days.sort();
+        Ok(days)
+    }
+
+    /// The events of one received day, in id (arrival) order.
+    pub async fn keys_of_day(
+        &self,
+        stream: Stream,
+        institution: &str,
+        day: NaiveDate,
+    ) -> Result<Vec<EventKey>, EventLogError> {
+        let prefix = format!("events/{stream}/{institution}/{}", day.format("%Y-%m-%d"));
+        let mut keys: Vec<EventKey> = self
+            .store
+            .list(&prefix)
+            .map_err(EventLogError::from)
+            .try_filter_map(
+                |meta| async move { Ok(meta.location.as_ref().parse::<EventKey>().ok()) },
+            )
+            .try_collect()
+            .await?;
+        keys.sort_by_key(|key| key.event_id);
+        Ok(keys)
+    }
+
+    /// Whether `key` is the one event that speaks for its body. Identical bodies are one
+    /// event at ingest, but a power loss can forget a duplicate marker, and then a resend
+    /// becomes a second event with the same SHA-256: the marker decides which one counts.
+    /// A missing marker is recreated for `key`; a marker naming an event that was never
+    /// written is moved to `key`, so a later resend is recognised as this event.
+    pub async fn is_canonical(&self, key: &EventKey, sha256: &str) -> Result<bool, EventLogError> {
+        let marker = marker_key(key.stream, &key.institution, sha256);
+        let key_text = key.to_string();
+        let named = match self.store.get(&marker).await {
+            Ok(text) => String::from_utf8_lossy(&text).into_owned(),
+            Err(StoreError::NotFound { .. }) => {
+                let claim = Bytes::from(key_text.clone());
+                match self
+                    .store
+                    .create(&marker, claim, Durability::AtomicOnly)
+                    .await?
+                {
+                    Created::New => return Ok(true),
+                    Created::AlreadyExisted => {
+                        String::from_utf8_lossy(&self.store.get(&marker).await?).into_owned()
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if named == key_text {
+            return Ok(true);
+        }
+        if self.store.exists(&named).await? {
+            return Ok(false);
+        }
+        self.store.replace(&marker, Bytes::from(key_text)).await?;
+        Ok(true)
     }
 
     /// Reads one event, envelope and body.
@@ -252,8 +320,7 @@ impl EventLog {
     pub async fn find(&self, event_id: Uuid) -> Result<StoredEvent, EventLogError> {
         let day = EventKey::day_of(event_id).ok_or(EventLogError::UnknownEvent(event_id))?;
         for stream in Stream::ALL {
-            let stream_prefix = format!("events/{stream}");
-            for institution in self.store.list_dirs(&stream_prefix).await? {
+            for institution in self.institutions(stream).await? {
                 let key = EventKey {
                     stream,
                     institution,

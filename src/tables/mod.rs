@@ -6,6 +6,7 @@
 //! with the reason; it is never dropped and never half-converted. This module must never
 //! read or write storage.
 
+mod builder;
 mod timestamps;
 
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use serde_json::Value;
 
-pub use timestamps::{parse_date, parse_instant};
+pub use builder::TableBuilder;
+pub use timestamps::{local_date, parse_date, parse_instant};
 
 use crate::stream::Stream;
 
@@ -296,18 +298,45 @@ pub struct Row {
 #[error("{0}")]
 pub struct Misfit(pub String);
 
+/// The `rejects` row for a record of `stream` at `position` in its body that did not fit,
+/// dated by when it was received.
+pub fn reject_row(
+    stream: Stream,
+    position: usize,
+    reason: String,
+    raw: &str,
+    tz: Tz,
+    received_at_micros: i64,
+) -> Row {
+    Row {
+        table: Table::Rejects,
+        date: timestamps::local_date(received_at_micros, tz),
+        cells: vec![
+            Cell::Text(stream.to_string()),
+            Cell::Int64(position as i64),
+            Cell::Text(reason),
+        ],
+        raw: raw.to_string(),
+    }
+}
+
 /// Converts one record of a body into its rows: one row for contacts, orders and ticket
 /// checks; for orders also one `order_movements` row per movement of each operation.
 /// `raw` is the record's JSON as received.
-pub fn rows_of(stream: Stream, record: &Value, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
+pub fn rows_of(
+    stream: Stream,
+    record: &Value,
+    raw: &str,
+    tz: Tz,
+    received_at_micros: i64,
+) -> Result<Vec<Row>, Misfit> {
     match stream {
         Stream::Contacts => {
-            // A contact has no date of its own to partition by; the caller dates it by
-            // when it was received.
+            // A contact has no date of its own: it is dated by when it was received.
             let cells = cells(Table::Contacts, &[record], tz)?;
             Ok(vec![Row {
                 table: Table::Contacts,
-                date: NaiveDate::MIN,
+                date: timestamps::local_date(received_at_micros, tz),
                 cells,
                 raw: raw.to_string(),
             }])
@@ -464,7 +493,14 @@ mod tests {
     #[test]
     fn an_order_gives_its_row_and_one_row_per_movement() {
         let orders = sample("orders.json");
-        let rows = rows_of(Stream::Orders, &orders[0], "{}", chrono_tz::Europe::Zurich).unwrap();
+        let rows = rows_of(
+            Stream::Orders,
+            &orders[0],
+            "{}",
+            chrono_tz::Europe::Zurich,
+            0,
+        )
+        .unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].table, Table::Orders);
         assert_eq!(cell(&rows[0], "order_id"), Cell::Int64(10000702652));
@@ -485,7 +521,7 @@ mod tests {
         assert_eq!(movement.date, rows[0].date);
         // The bare form gives the same rows.
         let bare = &orders[0]["orderDetailsData"];
-        let bare_rows = rows_of(Stream::Orders, bare, "{}", chrono_tz::Europe::Zurich).unwrap();
+        let bare_rows = rows_of(Stream::Orders, bare, "{}", chrono_tz::Europe::Zurich, 0).unwrap();
         assert_eq!(bare_rows[1].cells, rows[1].cells);
     }
 
@@ -497,6 +533,7 @@ mod tests {
             &checks[0],
             "{}",
             chrono_tz::Europe::Zurich,
+            0,
         )
         .unwrap();
         // 2023-02-09 18:25:10 in Zurich (UTC+1 in winter) is 17:25:10 UTC.
@@ -511,21 +548,21 @@ mod tests {
     fn misfits_name_the_column_and_the_value() {
         let record: Value =
             serde_json::json!({"ticket_check_id": "abc", "access_time": "2023-02-09 18:25:10"});
-        let misfit = rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC).unwrap_err();
+        let misfit = rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC, 0).unwrap_err();
         assert_eq!(
             misfit.0,
             "ticket_check_id (ticket_check_id): expected a 64-bit integer, found \"abc\""
         );
         let record: Value = serde_json::json!({"ticket_check_id": 1, "access_time": "yesterday"});
         assert!(
-            rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC)
+            rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC, 0)
                 .unwrap_err()
                 .0
                 .starts_with("access_time")
         );
         let record: Value = serde_json::json!({"contactId": 5});
         assert_eq!(
-            rows_of(Stream::Contacts, &record, "{}", Tz::UTC)
+            rows_of(Stream::Contacts, &record, "{}", Tz::UTC, 0)
                 .unwrap_err()
                 .0,
             "contact_number (contactNumber) is missing"
@@ -533,7 +570,7 @@ mod tests {
         let mut order = sample("orders.json")[0].clone();
         order["orderDetailsData"]["operationDatas"][0]["movementDatas"][1]["movementId"] =
             serde_json::json!(1.5);
-        let misfit = rows_of(Stream::Orders, &order, "{}", Tz::UTC).unwrap_err();
+        let misfit = rows_of(Stream::Orders, &order, "{}", Tz::UTC, 0).unwrap_err();
         assert!(
             misfit
                 .0

@@ -1,0 +1,351 @@
+//! The lake's commit log: which events each compaction consumed and which files it made
+//! live or retired, one create-only object per commit, and the lease that keeps one
+//! compactor at a time.
+//!
+//! Owns `_datx/commits/{version}.json`, `_datx/checkpoints/` and the lease. A commit is
+//! the only moment the tables change: a create-only put of the next version either lands
+//! whole or not at all, and a second writer of the same version is refused. This module
+//! must never read events or Parquet files.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::{Created, Durability, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("commit {version} was written by another compactor first; this pass is abandoned")]
+    Conflict { version: u64 },
+    #[error("{key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("another compactor holds the lease on this lake")]
+    Busy,
+    #[error("cannot take the compaction lease: {0}")]
+    Lease(std::io::Error),
+}
+
+/// A Parquet file of a table, as a commit knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Key in the lake: `tables/{table}/institution={code}/date={YYYY-MM-DD}/part-{id}.parquet`.
+    pub path: String,
+    pub table: String,
+    pub institution: String,
+    pub date: NaiveDate,
+    pub rows: u64,
+    pub bytes: u64,
+    pub added_at: DateTime<Utc>,
+}
+
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub version: u64,
+    pub committed_at: Option<DateTime<Utc>>,
+    /// `append`, `merge` or `rebuild`.
+    pub kind: String,
+    /// A rebuild replaces everything before it.
+    #[serde(default)]
+    pub reset: bool,
+    /// Event ids consumed, by event-log day directory (`{stream}/{institution}/{day}`).
+    #[serde(default)]
+    pub consumed: BTreeMap<String, Vec<Uuid>>,
+    #[serde(default)]
+    pub added: Vec<DataFile>,
+    /// Paths of files no longer live.
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// By `{stream}/{institution}`: the last day whose events are all consumed and that
+    /// receives no more. Passes no longer list sealed days, so state stays small.
+    #[serde(default)]
+    pub sealed: BTreeMap<String, NaiveDate>,
+}
+
+/// The tables as of a version: the live files and what has been consumed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LakeState {
+    pub version: u64,
+    pub files: BTreeMap<String, DataFile>,
+    /// Consumed event ids of days not yet sealed.
+    pub consumed: BTreeMap<String, BTreeSet<Uuid>>,
+    pub sealed: BTreeMap<String, NaiveDate>,
+}
+
+impl LakeState {
+    fn apply(&mut self, commit: &Commit) {
+        if commit.reset {
+            *self = LakeState::default();
+        }
+        self.version = commit.version;
+        for path in &commit.removed {
+            self.files.remove(path);
+        }
+        for file in &commit.added {
+            self.files.insert(file.path.clone(), file.clone());
+        }
+        for (day_dir, ids) in &commit.consumed {
+            self.consumed
+                .entry(day_dir.clone())
+                .or_default()
+                .extend(ids.iter().copied());
+        }
+        for (source, day) in &commit.sealed {
+            self.sealed.insert(source.clone(), *day);
+        }
+        let sealed = &self.sealed;
+        self.consumed
+            .retain(|day_dir, _| !is_sealed(sealed, day_dir));
+    }
+
+    pub fn is_consumed(&self, day_dir: &str, event_id: &Uuid) -> bool {
+        self.consumed
+            .get(day_dir)
+            .is_some_and(|ids| ids.contains(event_id))
+    }
+
+    /// The last sealed day of a `{stream}/{institution}` source.
+    pub fn sealed_through(&self, source: &str) -> Option<NaiveDate> {
+        self.sealed.get(source).copied()
+    }
+}
+
+fn is_sealed(sealed: &BTreeMap<String, NaiveDate>, day_dir: &str) -> bool {
+    let Some((source, day)) = day_dir.rsplit_once('/') else {
+        return false;
+    };
+    match (sealed.get(source), day.parse::<NaiveDate>()) {
+        (Some(through), Ok(day)) => day <= *through,
+        _ => false,
+    }
+}
+
+/// A state is saved whole every this many commits, so loading replays at most this many.
+const CHECKPOINT_EVERY: u64 = 50;
+
+fn commit_key(version: u64) -> String {
+    format!("_datx/commits/{version:020}.json")
+}
+
+fn checkpoint_key(version: u64) -> String {
+    format!("_datx/checkpoints/{version:020}.json")
+}
+
+#[derive(Debug, Clone)]
+pub struct CommitLog {
+    store: Store,
+}
+
+impl CommitLog {
+    pub fn new(store: Store) -> CommitLog {
+        CommitLog { store }
+    }
+
+    /// The state as of the latest commit, and that commit (whose file moves may still need
+    /// finishing after a crash).
+    pub async fn load(&self) -> Result<(LakeState, Option<Commit>), CommitError> {
+        let mut state = self.latest_checkpoint().await?.unwrap_or_default();
+        let mut latest = None;
+        loop {
+            let key = commit_key(state.version + 1);
+            let commit: Commit = match self.store.get(&key).await {
+                Ok(bytes) => parse(&key, &bytes)?,
+                Err(StoreError::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            state.apply(&commit);
+            latest = Some(commit);
+        }
+        if latest.is_none() && state.version > 0 {
+            let key = commit_key(state.version);
+            latest = Some(parse(&key, &self.store.get(&key).await?)?);
+        }
+        Ok((state, latest))
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<LakeState>, CommitError> {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = self
+            .store
+            .list("_datx/checkpoints")
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await?;
+        let Some(key) = keys.into_iter().filter(|k| k.ends_with(".json")).max() else {
+            return Ok(None);
+        };
+        Ok(Some(parse(&key, &self.store.get(&key).await?)?))
+    }
+
+    /// Writes `commit` as the version after `state`'s, then applies it to `state`. Fails
+    /// with `Conflict`, changing nothing, when another writer took that version.
+    pub async fn commit(
+        &self,
+        state: &mut LakeState,
+        mut commit: Commit,
+    ) -> Result<(), CommitError> {
+        commit.version = state.version + 1;
+        commit.committed_at = Some(Utc::now());
+        let bytes = serde_json::to_vec(&commit).expect("a commit serialises");
+        match self
+            .store
+            .create(
+                &commit_key(commit.version),
+                Bytes::from(bytes),
+                Durability::Synced,
+            )
+            .await?
+        {
+            Created::New => {}
+            Created::AlreadyExisted => {
+                return Err(CommitError::Conflict {
+                    version: commit.version,
+                });
+            }
+        }
+        state.apply(&commit);
+        if state.version % CHECKPOINT_EVERY == 0 {
+            let bytes = serde_json::to_vec(&state).expect("a state serialises");
+            // A lost checkpoint only means a longer replay next time.
+            self.store
+                .create(
+                    &checkpoint_key(state.version),
+                    Bytes::from(bytes),
+                    Durability::Synced,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CommitError> {
+    serde_json::from_slice(bytes).map_err(|e| CommitError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Held while a compactor runs; released when dropped.
+///
+/// On a local lake it is an advisory lock (`flock`) on `_datx/compactor.lock`, which the
+/// kernel releases when the process dies, so a killed compactor never blocks the next one.
+#[derive(Debug)]
+pub struct Lease {
+    _lock: std::fs::File,
+}
+
+impl Lease {
+    pub fn acquire(store: &Store) -> Result<Lease, CommitError> {
+        let Some(root) = store.local_root() else {
+            // Compaction on S3 needs a conditional-put lease; until it exists, refuse
+            // rather than risk two compactors cleaning each other's files.
+            return Err(CommitError::Lease(std::io::Error::other(
+                "compaction of s3:// lakes is not supported yet",
+            )));
+        };
+        let dir = root.join("_datx");
+        std::fs::create_dir_all(&dir).map_err(CommitError::Lease)?;
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("compactor.lock"))
+            .map_err(CommitError::Lease)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Lease { _lock: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(CommitError::Busy),
+            Err(std::fs::TryLockError::Error(e)) => Err(CommitError::Lease(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> DataFile {
+        DataFile {
+            path: path.into(),
+            table: "orders".into(),
+            institution: "v".into(),
+            date: NaiveDate::from_ymd_opt(2023, 2, 1).unwrap(),
+            rows: 1,
+            bytes: 10,
+            added_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_replay_into_state_and_a_taken_version_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let log = CommitLog::new(store);
+        let (mut state, latest) = log.load().await.unwrap();
+        assert!(latest.is_none());
+        let id = Uuid::now_v7();
+        for i in 0..(CHECKPOINT_EVERY + 3) {
+            let commit = Commit {
+                kind: "append".into(),
+                consumed: BTreeMap::from([("orders/v/2026-11-29".into(), vec![Uuid::now_v7()])]),
+                added: vec![file(&format!("f{i}"))],
+                removed: if i > 0 {
+                    vec![format!("f{}", i - 1)]
+                } else {
+                    vec![]
+                },
+                ..Commit::default()
+            };
+            log.commit(&mut state, commit).await.unwrap();
+        }
+        log.commit(
+            &mut state,
+            Commit {
+                consumed: BTreeMap::from([("orders/v/2026-11-20".into(), vec![id])]),
+                sealed: BTreeMap::from([(
+                    "orders/v".into(),
+                    NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+                )]),
+                ..Commit::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (loaded, latest) = log.load().await.unwrap();
+        assert_eq!(loaded.version, CHECKPOINT_EVERY + 4);
+        assert_eq!(latest.unwrap().version, loaded.version);
+        assert_eq!(
+            loaded.files.keys().collect::<Vec<_>>(),
+            [&format!("f{}", CHECKPOINT_EVERY + 2)]
+        );
+        assert_eq!(
+            loaded.consumed["orders/v/2026-11-29"].len(),
+            CHECKPOINT_EVERY as usize + 3
+        );
+        // Sealed days keep no ids.
+        assert!(!loaded.consumed.contains_key("orders/v/2026-11-20"));
+
+        let mut stale = LakeState {
+            version: 1,
+            ..LakeState::default()
+        };
+        let result = log.commit(&mut stale, Commit::default()).await;
+        assert!(matches!(result, Err(CommitError::Conflict { version: 2 })));
+        assert_eq!(stale.version, 1);
+    }
+
+    #[test]
+    fn a_lease_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let lease = Lease::acquire(&store).unwrap();
+        assert!(matches!(Lease::acquire(&store), Err(CommitError::Busy)));
+        drop(lease);
+        assert!(Lease::acquire(&store).is_ok());
+    }
+}

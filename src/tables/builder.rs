@@ -1,0 +1,124 @@
+//! Rows of one table collected into Arrow columns.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+
+use super::{Cell, Kind, Table};
+
+enum ColumnBuilder {
+    Int64(Int64Builder),
+    Text(StringBuilder),
+    Bool(BooleanBuilder),
+    Instant(TimestampMicrosecondBuilder),
+    Date(Date32Builder),
+}
+
+impl ColumnBuilder {
+    fn new(kind: Kind) -> ColumnBuilder {
+        match kind {
+            Kind::Int64 => ColumnBuilder::Int64(Int64Builder::new()),
+            Kind::Text => ColumnBuilder::Text(StringBuilder::new()),
+            Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+            Kind::Instant => ColumnBuilder::Instant(utc_timestamps()),
+            Kind::Date => ColumnBuilder::Date(Date32Builder::new()),
+        }
+    }
+
+    fn push(&mut self, cell: Cell) {
+        match (self, cell) {
+            (ColumnBuilder::Int64(b), Cell::Int64(v)) => b.append_value(v),
+            (ColumnBuilder::Text(b), Cell::Text(v)) => b.append_value(v),
+            (ColumnBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (ColumnBuilder::Instant(b), Cell::Instant(v)) => b.append_value(v),
+            (ColumnBuilder::Date(b), Cell::Date(v)) => b.append_value(v),
+            (ColumnBuilder::Int64(b), Cell::Null) => b.append_null(),
+            (ColumnBuilder::Text(b), Cell::Null) => b.append_null(),
+            (ColumnBuilder::Bool(b), Cell::Null) => b.append_null(),
+            (ColumnBuilder::Instant(b), Cell::Null) => b.append_null(),
+            (ColumnBuilder::Date(b), Cell::Null) => b.append_null(),
+            (_, cell) => unreachable!("a cell of the wrong kind: {cell:?}"),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Text(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+            ColumnBuilder::Instant(b) => Arc::new(b.finish()),
+            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn utc_timestamps() -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::new().with_timezone("UTC")
+}
+
+/// Collects rows of one table (one partition, in practice) until they are written out.
+pub struct TableBuilder {
+    table: Table,
+    columns: Vec<ColumnBuilder>,
+    event_ids: StringBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    raw: StringBuilder,
+    rows: usize,
+    /// A rough count of the bytes held, to bound memory.
+    bytes: usize,
+}
+
+impl TableBuilder {
+    pub fn new(table: Table) -> TableBuilder {
+        TableBuilder {
+            table,
+            columns: table
+                .columns()
+                .iter()
+                .map(|c| ColumnBuilder::new(c.kind))
+                .collect(),
+            event_ids: StringBuilder::new(),
+            received_at: utc_timestamps(),
+            raw: StringBuilder::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn push(&mut self, cells: Vec<Cell>, event_id: &str, received_at_micros: i64, raw: &str) {
+        debug_assert_eq!(cells.len(), self.columns.len());
+        for (column, cell) in self.columns.iter_mut().zip(cells) {
+            if let Cell::Text(text) = &cell {
+                self.bytes += text.len();
+            }
+            column.push(cell);
+        }
+        self.event_ids.append_value(event_id);
+        self.received_at.append_value(received_at_micros);
+        self.raw.append_value(raw);
+        self.rows += 1;
+        self.bytes += raw.len() + event_id.len() + 8 * (self.columns.len() + 1);
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes the rows collected so far as one batch, leaving the builder empty.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(|c| c.finish()).collect();
+        arrays.push(Arc::new(self.event_ids.finish()));
+        arrays.push(Arc::new(self.received_at.finish()));
+        arrays.push(Arc::new(self.raw.finish()));
+        self.rows = 0;
+        self.bytes = 0;
+        RecordBatch::try_new(self.table.schema(), arrays).expect("columns follow the schema")
+    }
+}
