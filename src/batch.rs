@@ -30,6 +30,18 @@ pub fn count_records(body: &[u8]) -> Result<usize, BatchError> {
     Ok(count)
 }
 
+/// The records of an accepted body, each as the exact JSON text it had in the body.
+pub fn records(body: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, BatchError> {
+    count_records(body)?;
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let parsed = if first == Some(&b'[') {
+        serde_json::from_slice(body)
+    } else {
+        serde_json::from_slice(body).map(|one| vec![one])
+    };
+    parsed.map_err(|e| BatchError::NotJson(e.to_string()))
+}
+
 /// Shape errors are raised as custom serde errors whose message starts with this marker,
 /// so they can be told apart from syntax errors.
 const SHAPE_MARKER: &str = "datx-shape: ";
@@ -155,6 +167,15 @@ mod tests {
             Ok(1)
         );
         assert_eq!(count_records(b" [ ] \n"), Ok(0));
+    }
+
+    #[test]
+    fn records_keep_their_exact_text() {
+        let body = br#" [ {"a": 1,  "b":[2]} ,{"c":"\u00e9"}] "#;
+        let texts: Vec<&str> = records(body).unwrap().iter().map(|r| r.get()).collect();
+        assert_eq!(texts, [r#"{"a": 1,  "b":[2]}"#, r#"{"c":"\u00e9"}"#]);
+        assert_eq!(records(br#"{"x": 1}"#).unwrap()[0].get(), r#"{"x": 1}"#);
+        assert!(records(b"[1]").is_err());
     }
 
     #[test]

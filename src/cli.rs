@@ -12,10 +12,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::TryStreamExt;
 use uuid::Uuid;
 
+use crate::compact::{Compactor, PassSummary};
 use crate::config::Config;
 use crate::eventlog::{EventFilter, EventLog};
 use crate::store::Store;
 use crate::stream::Stream;
+use crate::tables::Table;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +44,10 @@ pub struct Cli {
 enum Command {
     /// Receive S-360 pushes over HTTP, with /healthz and /metrics, until Ctrl-C or SIGTERM
     Serve,
+    /// Run one compaction pass: every event not yet compacted lands in the Parquet tables
+    Compact,
+    /// Recompute every table from the whole event log into one new commit
+    Rebuild,
     /// Inspect the raw event log
     #[command(subcommand)]
     Events(EventsCommand),
@@ -161,6 +167,17 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compact | Command::Rebuild => {
+            let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
+            let compactor = Compactor::new(store, &config);
+            let summary = match command {
+                Command::Rebuild => compactor.rebuild().await,
+                _ => compactor.pass().await,
+            }
+            .map_err(|e| e.to_string())?;
+            print_summary(&summary);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Events(events) => {
             let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
             let log = EventLog::new(store);
@@ -172,6 +189,29 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                 EventsCommand::Verify { filter } => verify(&log, &filter.into_filter()).await,
             }
         }
+    }
+}
+
+fn print_summary(summary: &PassSummary) {
+    println!(
+        "{} events consumed ({} duplicate bodies) in {:.2} s; {} files written, {} merged; {} commits, lake at version {}",
+        summary.events,
+        summary.duplicate_events,
+        summary.seconds,
+        summary.files_written,
+        summary.files_merged,
+        summary.commits,
+        summary.version
+    );
+    for table in Table::ALL {
+        let rows = summary.rows.get(table.name()).copied().unwrap_or(0);
+        println!("  {:<16} {rows:>10} rows", table.name());
+    }
+    if summary.duplicate_rows > 0 {
+        println!(
+            "  {} rows skipped: their unique key was already present",
+            summary.duplicate_rows
+        );
     }
 }
 

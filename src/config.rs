@@ -43,6 +43,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `None` when background compaction is off.
     pub compact_every: Option<Duration>,
+    /// A partition whose files have not changed for this long has them merged.
+    pub merge_after: Duration,
     pub institutions: BTreeMap<String, Institution>,
 }
 
@@ -84,6 +86,8 @@ struct RawConfig {
     max_body_bytes: u64,
     #[serde(default = "default_compact_every")]
     compact_every: String,
+    #[serde(default = "default_merge_after")]
+    merge_after: String,
     #[serde(default)]
     institutions: BTreeMap<String, RawInstitution>,
 }
@@ -114,6 +118,9 @@ fn default_max_body_bytes() -> u64 {
 }
 fn default_compact_every() -> String {
     "60s".into()
+}
+fn default_merge_after() -> String {
+    "1h".into()
 }
 fn default_timezone() -> String {
     "UTC".into()
@@ -193,6 +200,16 @@ impl Config {
             },
         };
 
+        let merge_after = humantime::parse_duration(raw.merge_after.trim()).map_err(|e| {
+            invalid(
+                "merge_after",
+                format!(
+                    "{:?} is not a duration such as \"1h\": {e}",
+                    raw.merge_after
+                ),
+            )
+        })?;
+
         let mut institutions = BTreeMap::new();
         for (code, raw_institution) in raw.institutions {
             let prefix = format!("institutions.{code}");
@@ -208,6 +225,7 @@ impl Config {
             lake,
             max_body_bytes,
             compact_every,
+            merge_after,
             institutions,
         })
     }

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod cli;
 pub mod commit;
+pub mod compact;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_histogram, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 const REQUESTS: &str = "datx_requests_total";
@@ -15,6 +15,8 @@ const RECORDS: &str = "datx_records_total";
 const DUPLICATES: &str = "datx_duplicates_total";
 const BODY_BYTES: &str = "datx_body_bytes_total";
 const APPEND_SECONDS: &str = "datx_append_seconds";
+const COMPACTION_LAG: &str = "datx_compaction_lag_seconds";
+const COMPACTED_ROWS: &str = "datx_compacted_rows_total";
 
 /// Durable appends take from a fraction of a millisecond (local SSD) to a few hundred
 /// milliseconds (a slow S3 endpoint).
@@ -46,6 +48,14 @@ pub fn install() -> PrometheusHandle {
                 APPEND_SECONDS,
                 "Time to make one body durable in the event log"
             );
+            describe_gauge!(
+                COMPACTION_LAG,
+                "How long the oldest event of the last compaction pass waited to reach the tables"
+            );
+            describe_counter!(
+                COMPACTED_ROWS,
+                "Rows added to the tables by compaction, by table"
+            );
             handle
         })
         .clone()
@@ -71,6 +81,13 @@ pub fn accepted(stream: &str, institution: &str, records: usize, bytes: usize, d
     } else {
         counter!(RECORDS, &labels).increment(records as u64);
         counter!(BODY_BYTES, &labels).increment(bytes as u64);
+    }
+}
+
+pub fn compaction(summary: &crate::compact::PassSummary) {
+    gauge!(COMPACTION_LAG).set(summary.lag_seconds.unwrap_or(0.0));
+    for (table, rows) in &summary.rows {
+        counter!(COMPACTED_ROWS, "table" => *table).increment(*rows);
     }
 }
 

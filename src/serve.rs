@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -14,6 +15,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::commit::CommitError;
+use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::eventlog::EventLog;
 use crate::receive::{ErrorBody, Receiver};
@@ -69,12 +72,51 @@ pub async fn run(
         institutions = ?config.institutions.keys().collect::<Vec<_>>(),
         "datx listening on http://{address}"
     );
+    let compaction = config.compact_every.map(|every| {
+        tokio::spawn(compact_in_background(
+            Compactor::new(store.clone(), &config),
+            every,
+        ))
+    });
     warp::serve(routes)
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
+    // A pass cut short is like a crash: the next one finishes or discards its work.
+    if let Some(compaction) = compaction {
+        compaction.abort();
+    }
     tracing::info!("datx stopped");
+}
+
+/// Runs a compaction pass every `every`, for as long as the server runs.
+async fn compact_in_background(compactor: Compactor, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match compactor.pass().await {
+            Ok(summary) => {
+                crate::metrics::compaction(&summary);
+                if summary.events > 0 || summary.files_merged > 0 {
+                    tracing::info!(
+                        events = summary.events,
+                        rows = summary.rows.values().sum::<u64>(),
+                        files = summary.files_written,
+                        merged = summary.files_merged,
+                        version = summary.version,
+                        seconds = format_args!("{:.2}", summary.seconds),
+                        "compaction pass"
+                    );
+                }
+            }
+            Err(CompactError::Commit(CommitError::Busy)) => {
+                tracing::debug!("compaction skipped: another compactor holds the lease");
+            }
+            Err(e) => tracing::error!(error = %e, "compaction pass failed; the next one retries"),
+        }
+    }
 }
 
 /// `GET /healthz`: 200 only when a durable write to the lake succeeds right now.

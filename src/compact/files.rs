@@ -1,0 +1,107 @@
+//! Parquet files of the tables: where they go, how they are encoded and read back.
+//!
+//! A file is first written under a pending name that no reader matches (`_pending-*.tmp`:
+//! Spark skips names starting with `_`, DuckDB's `*.parquet` glob does not match it), and
+//! takes its final name `part-*.parquet` only after the commit that makes it live.
+
+use bytes::Bytes;
+use chrono::NaiveDate;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use uuid::Uuid;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+
+use crate::tables::Table;
+
+const PENDING_PREFIX: &str = "_pending-";
+const PENDING_SUFFIX: &str = ".tmp";
+
+/// The directory of one partition.
+pub fn partition_dir(table: Table, institution: &str, date: NaiveDate) -> String {
+    format!(
+        "tables/{}/institution={institution}/date={}",
+        table.name(),
+        date.format("%Y-%m-%d")
+    )
+}
+
+/// A new file's final key in a partition.
+pub fn new_file_key(table: Table, institution: &str, date: NaiveDate) -> String {
+    format!(
+        "{}/part-{}.parquet",
+        partition_dir(table, institution, date),
+        Uuid::now_v7()
+    )
+}
+
+/// The pending key under which a file is written before its commit.
+pub fn pending_key(final_key: &str) -> String {
+    let (dir, name) = final_key
+        .rsplit_once('/')
+        .expect("a file key has a directory");
+    let id = name
+        .strip_prefix("part-")
+        .and_then(|n| n.strip_suffix(".parquet"))
+        .expect("final keys are part-*.parquet");
+    format!("{dir}/{PENDING_PREFIX}{id}{PENDING_SUFFIX}")
+}
+
+/// Whether a key under `tables/` is leftover work no commit names: a pending file, or the
+/// temporary file of an interrupted write.
+pub fn is_leftover(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    (name.starts_with(PENDING_PREFIX) || name.starts_with('.')) && name.ends_with(PENDING_SUFFIX)
+}
+
+/// Encodes batches as one Parquet file: Snappy, which every reader has, and statistics so
+/// that readers can skip row groups.
+pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, parquet::errors::ParquetError> {
+    let schema = batches
+        .first()
+        .expect("a file has at least one batch")
+        .schema();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_created_by(format!("datx {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// Every batch of a file.
+pub fn decode(bytes: Bytes) -> Result<Vec<RecordBatch>, parquet::errors::ParquetError> {
+    ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .build()?
+        .map(|batch| batch.map_err(Into::into))
+        .collect()
+}
+
+/// The values of one Int64 column of a file.
+pub fn int64_column(bytes: Bytes, column: &str) -> Result<Vec<i64>, parquet::errors::ParquetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let index = builder
+        .schema()
+        .index_of(column)
+        .map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let mut values = Vec::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let array = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::General(format!("{column} is not Int64"))
+            })?;
+        values.extend(array.iter().flatten());
+    }
+    Ok(values)
+}

@@ -1,0 +1,622 @@
+//! Compaction: events not yet compacted become rows of the tables, in Parquet files that
+//! one commit makes live, so each event is reflected exactly once.
+//!
+//! Owns passes, `rebuild` and the merging of small files. A pass holds the lease, finishes
+//! the latest commit's file moves (a crash may have stopped them), removes leftovers no
+//! commit names, then reads events in bounded chunks: each chunk's files are written under
+//! pending names, committed with the events they consumed, then published. A crash at any
+//! point leaves either the previous commit (and leftovers the next pass removes) or the
+//! new one (whose moves the next pass finishes). It must never change an event, and never
+//! make a file live except through a commit.
+
+pub mod files;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{NaiveDate, Utc};
+use chrono_tz::Tz;
+use futures::{StreamExt, TryStreamExt};
+use uuid::Uuid;
+
+use crate::batch;
+use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState, Lease};
+use crate::config::Config;
+use crate::eventlog::{EventKey, EventLog, EventLogError};
+use crate::store::{Durability, Store, StoreError};
+use crate::stream::Stream;
+use crate::tables::{self, Cell, Row, Table, TableBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode or read a Parquet file: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{path} is live in commit {version} but neither it nor its pending file exists")]
+    CommittedFileMissing { path: String, version: u64 },
+}
+
+/// Limits of a pass.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// Event bytes read before the chunk's files are written and committed: bounds memory.
+    pub chunk_bytes: usize,
+    /// A partition untouched this long has its small files merged.
+    pub merge_after: Duration,
+    /// Size merged files grow to.
+    pub target_file_bytes: u64,
+    /// Days of the event log older than this many days are sealed once consumed: S-360
+    /// resends for at most 3 hours, so nothing new lands there.
+    pub seal_after_days: i64,
+}
+
+impl CompactOptions {
+    pub fn from_config(config: &Config) -> CompactOptions {
+        CompactOptions {
+            chunk_bytes: 64 * 1024 * 1024,
+            merge_after: config.merge_after,
+            target_file_bytes: 128 * 1024 * 1024,
+            seal_after_days: 2,
+        }
+    }
+}
+
+/// What a pass did, for the command line and the logs.
+#[derive(Debug, Default, Clone)]
+pub struct PassSummary {
+    pub events: usize,
+    /// Events whose body had already been compacted from another event (same SHA-256).
+    pub duplicate_events: usize,
+    pub rows: BTreeMap<&'static str, u64>,
+    /// Rows not added because their unique key was already in the table.
+    pub duplicate_rows: u64,
+    pub files_written: usize,
+    pub files_merged: usize,
+    pub commits: usize,
+    pub version: u64,
+    pub seconds: f64,
+    /// How long the oldest event of this pass waited before it reached the tables.
+    pub lag_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Commit after every chunk, on top of the current state.
+    Incremental,
+    /// Ignore the current state, and replace it with one commit at the end.
+    Rebuild,
+}
+
+/// How many events are read and converted at once.
+const READ_CONCURRENCY: usize = 16;
+
+pub struct Compactor {
+    log: EventLog,
+    store: Store,
+    commits: CommitLog,
+    zones: BTreeMap<String, Tz>,
+    options: CompactOptions,
+}
+
+impl Compactor {
+    pub fn new(store: Store, config: &Config) -> Compactor {
+        Compactor {
+            log: EventLog::new(store.clone()),
+            commits: CommitLog::new(store.clone()),
+            store,
+            zones: config
+                .institutions
+                .iter()
+                .map(|(code, institution)| (code.clone(), institution.timezone))
+                .collect(),
+            options: CompactOptions::from_config(config),
+        }
+    }
+
+    /// One incremental pass: every event not yet compacted lands in the tables.
+    pub async fn pass(&self) -> Result<PassSummary, CompactError> {
+        self.run(Mode::Incremental).await
+    }
+
+    /// Recomputes every table from the whole event log into one new commit.
+    pub async fn rebuild(&self) -> Result<PassSummary, CompactError> {
+        self.run(Mode::Rebuild).await
+    }
+
+    async fn run(&self, mode: Mode) -> Result<PassSummary, CompactError> {
+        let started = Instant::now();
+        let _lease = Lease::acquire(&self.store)?;
+        let (mut state, latest) = self.commits.load().await?;
+        if let Some(latest) = &latest {
+            self.finish(latest).await?;
+        }
+        self.remove_leftovers().await?;
+
+        let view = match mode {
+            Mode::Incremental => state.clone(),
+            Mode::Rebuild => LakeState::default(),
+        };
+        let mut work = Work::new(self, mode, &view);
+        let seal_before =
+            Utc::now().date_naive() - chrono::Duration::days(self.options.seal_after_days);
+        for stream in Stream::ALL {
+            for institution in self.log.institutions(stream).await? {
+                let source = format!("{stream}/{institution}");
+                let sealed = view.sealed_through(&source);
+                let tz = self.zone(&institution);
+                for day in self.log.days(stream, &institution).await? {
+                    if sealed.is_some_and(|through| day <= through) {
+                        continue;
+                    }
+                    let keys: Vec<EventKey> = self
+                        .log
+                        .keys_of_day(stream, &institution, day)
+                        .await?
+                        .into_iter()
+                        .filter(|key| !view.is_consumed(&day_dir(key), &key.event_id))
+                        .collect();
+                    work.add_day(keys, tz, day < seal_before, &mut state)
+                        .await?;
+                    if day < seal_before {
+                        work.sealed.insert(source.clone(), day);
+                    }
+                }
+            }
+        }
+        work.finish(&mut state).await?;
+        let mut summary = std::mem::take(&mut work.summary);
+        if mode == Mode::Incremental {
+            summary.files_merged = self.merge_settled(&mut state, &mut summary).await?;
+        }
+        summary.version = state.version;
+        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    fn zone(&self, institution: &str) -> Tz {
+        self.zones.get(institution).copied().unwrap_or_else(|| {
+            tracing::warn!(
+                institution,
+                "institution not configured: its local times are read as UTC"
+            );
+            Tz::UTC
+        })
+    }
+
+    /// Completes what a commit promised: its files at their final names, its retired files
+    /// gone. Idempotent, so it can always run after a crash.
+    async fn finish(&self, commit: &Commit) -> Result<(), CompactError> {
+        for file in &commit.added {
+            if self.store.exists(&file.path).await? {
+                continue;
+            }
+            let pending = files::pending_key(&file.path);
+            if !self.store.exists(&pending).await? {
+                return Err(CompactError::CommittedFileMissing {
+                    path: file.path.clone(),
+                    version: commit.version,
+                });
+            }
+            self.store.rename(&pending, &file.path).await?;
+        }
+        for path in &commit.removed {
+            self.store.delete(path).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes pending and temporary files that no commit names: the remains of a pass
+    /// that died before its commit. Safe because the lease is held.
+    async fn remove_leftovers(&self) -> Result<usize, CompactError> {
+        let leftovers: Vec<String> = self
+            .store
+            .list("tables")
+            .map_ok(|meta| meta.location.to_string())
+            .try_filter(|key| futures::future::ready(files::is_leftover(key)))
+            .try_collect()
+            .await?;
+        for key in &leftovers {
+            self.store.delete(key).await?;
+        }
+        if !leftovers.is_empty() {
+            tracing::info!(
+                files = leftovers.len(),
+                "removed files left by an interrupted pass"
+            );
+        }
+        Ok(leftovers.len())
+    }
+
+    /// Merges the small files of partitions that have not changed for `merge_after`.
+    async fn merge_settled(
+        &self,
+        state: &mut LakeState,
+        summary: &mut PassSummary,
+    ) -> Result<usize, CompactError> {
+        let settled_before = Utc::now() - self.options.merge_after;
+        let mut partitions: BTreeMap<(String, String, NaiveDate), Vec<DataFile>> = BTreeMap::new();
+        for file in state.files.values() {
+            partitions
+                .entry((file.table.clone(), file.institution.clone(), file.date))
+                .or_default()
+                .push(file.clone());
+        }
+        let mut merged = 0;
+        for ((table_name, institution, date), mut partition_files) in partitions {
+            let settled = partition_files.iter().all(|f| f.added_at <= settled_before);
+            partition_files.retain(|f| f.bytes < self.options.target_file_bytes / 2);
+            if !settled || partition_files.len() < 2 {
+                continue;
+            }
+            let table = Table::from_name(&table_name).expect("commits name known tables");
+            for group in bins(partition_files, self.options.target_file_bytes) {
+                if group.len() < 2 {
+                    continue;
+                }
+                let mut batches = Vec::new();
+                for file in &group {
+                    batches.extend(files::decode(self.store.get(&file.path).await?)?);
+                }
+                let written = self.write_file(table, &institution, date, batches).await?;
+                let commit = Commit {
+                    kind: "merge".into(),
+                    added: vec![written.clone()],
+                    removed: group.iter().map(|f| f.path.clone()).collect(),
+                    ..Commit::default()
+                };
+                self.commits.commit(state, commit.clone()).await?;
+                self.finish(&commit).await?;
+                summary.commits += 1;
+                merged += group.len();
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Encodes `batches` as a new file of a partition, written under its pending name.
+    async fn write_file(
+        &self,
+        table: Table,
+        institution: &str,
+        date: NaiveDate,
+        batches: Vec<arrow::array::RecordBatch>,
+    ) -> Result<DataFile, CompactError> {
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let bytes = tokio::task::spawn_blocking(move || files::encode(&batches))
+            .await
+            .expect("encoding does not panic")?;
+        let path = files::new_file_key(table, institution, date);
+        let size = bytes.len() as u64;
+        self.store
+            .create(&files::pending_key(&path), bytes, Durability::Synced)
+            .await?;
+        Ok(DataFile {
+            path,
+            table: table.name().to_string(),
+            institution: institution.to_string(),
+            date,
+            rows,
+            bytes: size,
+            added_at: Utc::now(),
+        })
+    }
+}
+
+/// Groups files (largest first) into bins of at most `target` bytes.
+fn bins(mut partition_files: Vec<DataFile>, target: u64) -> Vec<Vec<DataFile>> {
+    partition_files.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.path.cmp(&b.path)));
+    let mut bins: Vec<(u64, Vec<DataFile>)> = Vec::new();
+    for file in partition_files {
+        match bins
+            .iter_mut()
+            .find(|(size, _)| size + file.bytes <= target)
+        {
+            Some((size, bin)) => {
+                *size += file.bytes;
+                bin.push(file);
+            }
+            None => bins.push((file.bytes, vec![file])),
+        }
+    }
+    bins.into_iter().map(|(_, bin)| bin).collect()
+}
+
+/// The event-log day directory an event belongs to, as commits name it.
+fn day_dir(key: &EventKey) -> String {
+    format!(
+        "{}/{}/{}",
+        key.stream,
+        key.institution,
+        key.day.format("%Y-%m-%d")
+    )
+}
+
+/// An event read and converted, ready to be added in order.
+struct ConvertedEvent {
+    key: EventKey,
+    received_at_micros: i64,
+    canonical: bool,
+    rows: Vec<Row>,
+}
+
+async fn convert_event(
+    log: &EventLog,
+    key: EventKey,
+    tz: Tz,
+) -> Result<(ConvertedEvent, usize), CompactError> {
+    let event = log.read(&key).await?;
+    let canonical = log.is_canonical(&key, &event.envelope.sha256).await?;
+    let received_at_micros = event.envelope.received_at.timestamp_micros();
+    let size = event.body.len();
+    let stream = key.stream;
+    let rows = if canonical {
+        let body = event.body;
+        tokio::task::spawn_blocking(move || body_rows(stream, &body, tz, received_at_micros))
+            .await
+            .expect("conversion does not panic")
+    } else {
+        Vec::new()
+    };
+    Ok((
+        ConvertedEvent {
+            key,
+            received_at_micros,
+            canonical,
+            rows,
+        },
+        size,
+    ))
+}
+
+/// Every row a body gives, rejects included.
+fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> Vec<Row> {
+    let records = match batch::records(body) {
+        Ok(records) => records,
+        Err(e) => {
+            let raw = String::from_utf8_lossy(body);
+            let reason = format!("the stored body is no longer an S-360 body: {e}");
+            return vec![tables::reject_row(
+                stream,
+                0,
+                reason,
+                &raw,
+                tz,
+                received_at_micros,
+            )];
+        }
+    };
+    let mut rows = Vec::with_capacity(records.len());
+    for (position, raw) in records.into_iter().enumerate() {
+        let raw = raw.get();
+        let converted = serde_json::from_str(raw)
+            .map_err(|e| tables::Misfit(e.to_string()))
+            .and_then(|record| tables::rows_of(stream, &record, raw, tz, received_at_micros));
+        match converted {
+            Ok(record_rows) => rows.extend(record_rows),
+            Err(tables::Misfit(reason)) => rows.push(tables::reject_row(
+                stream,
+                position,
+                reason,
+                raw,
+                tz,
+                received_at_micros,
+            )),
+        }
+    }
+    rows
+}
+
+/// The work of one pass: rows collected per partition, files written, events consumed.
+struct Work<'a> {
+    compactor: &'a Compactor,
+    mode: Mode,
+    view: &'a LakeState,
+    partitions: BTreeMap<(Table, String, NaiveDate), TableBuilder>,
+    buffered_bytes: usize,
+    /// Unique keys present per partition (committed files and this pass), loaded lazily.
+    unique_keys: HashMap<(Table, String, NaiveDate), HashSet<i64>>,
+    consumed: BTreeMap<String, Vec<Uuid>>,
+    files: Vec<DataFile>,
+    sealed: BTreeMap<String, NaiveDate>,
+    oldest_received_micros: Option<i64>,
+    summary: PassSummary,
+}
+
+impl<'a> Work<'a> {
+    fn new(compactor: &'a Compactor, mode: Mode, view: &'a LakeState) -> Work<'a> {
+        Work {
+            compactor,
+            mode,
+            view,
+            partitions: BTreeMap::new(),
+            buffered_bytes: 0,
+            unique_keys: HashMap::new(),
+            consumed: BTreeMap::new(),
+            files: Vec::new(),
+            sealed: BTreeMap::new(),
+            oldest_received_micros: None,
+            summary: PassSummary::default(),
+        }
+    }
+
+    /// Reads, converts and adds the events of one day, writing and committing whenever the
+    /// chunk budget is reached.
+    async fn add_day(
+        &mut self,
+        keys: Vec<EventKey>,
+        tz: Tz,
+        sealing: bool,
+        state: &mut LakeState,
+    ) -> Result<(), CompactError> {
+        let log = &self.compactor.log;
+        let mut converted = std::pin::pin!(
+            futures::stream::iter(keys)
+                .map(|key| convert_event(log, key, tz))
+                .buffered(READ_CONCURRENCY)
+        );
+        while let Some((event, size)) = converted.try_next().await? {
+            self.load_unique_keys(&event.key.institution.clone(), &event.rows)
+                .await?;
+            self.add_event(event, sealing);
+            self.buffered_bytes += size;
+            if self.buffered_bytes >= self.compactor.options.chunk_bytes {
+                self.write_files().await?;
+                if self.mode == Mode::Incremental {
+                    self.commit(state).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_event(&mut self, event: ConvertedEvent, sealing: bool) {
+        self.summary.events += 1;
+        // A rebuild seals old days in its commit: their ids need not be kept.
+        if !(self.mode == Mode::Rebuild && sealing) {
+            self.consumed
+                .entry(day_dir(&event.key))
+                .or_default()
+                .push(event.key.event_id);
+        }
+        self.oldest_received_micros = Some(
+            self.oldest_received_micros
+                .map_or(event.received_at_micros, |oldest| {
+                    oldest.min(event.received_at_micros)
+                }),
+        );
+        if !event.canonical {
+            self.summary.duplicate_events += 1;
+            return;
+        }
+        let event_id = event.key.event_id.to_string();
+        let institution = &event.key.institution;
+        for row in event.rows {
+            let partition = (row.table, institution.clone(), row.date);
+            if let Some(id) = unique_key_of(&row)
+                && !self
+                    .unique_keys
+                    .get_mut(&partition)
+                    .expect("loaded before the event is added")
+                    .insert(id)
+            {
+                self.summary.duplicate_rows += 1;
+                continue;
+            }
+            *self.summary.rows.entry(row.table.name()).or_default() += 1;
+            self.partitions
+                .entry(partition)
+                .or_insert_with(|| TableBuilder::new(row.table))
+                .push(row.cells, &event_id, event.received_at_micros, &row.raw);
+        }
+    }
+
+    /// Makes sure the unique keys of every partition that `rows` touch are known: read from
+    /// the partition's committed files the first time it is touched in this pass.
+    async fn load_unique_keys(
+        &mut self,
+        institution: &str,
+        rows: &[Row],
+    ) -> Result<(), CompactError> {
+        for row in rows {
+            let Some(column) = row.table.unique_key() else {
+                continue;
+            };
+            let partition = (row.table, institution.to_string(), row.date);
+            if self.unique_keys.contains_key(&partition) {
+                continue;
+            }
+            let mut keys = HashSet::new();
+            for file in self.view.files.values().filter(|f| {
+                f.table == row.table.name() && f.institution == institution && f.date == row.date
+            }) {
+                let bytes = self.compactor.store.get(&file.path).await?;
+                keys.extend(files::int64_column(bytes, column)?);
+            }
+            self.unique_keys.insert(partition, keys);
+        }
+        Ok(())
+    }
+
+    /// Encodes every collected partition as a pending file.
+    async fn write_files(&mut self) -> Result<(), CompactError> {
+        let partitions = std::mem::take(&mut self.partitions);
+        self.buffered_bytes = 0;
+        let written: Vec<DataFile> =
+            futures::stream::iter(partitions.into_iter().filter(|(_, b)| b.rows() > 0))
+                .map(|((table, institution, date), mut builder)| {
+                    let compactor = self.compactor;
+                    async move {
+                        let batch = builder.finish();
+                        compactor
+                            .write_file(table, &institution, date, vec![batch])
+                            .await
+                    }
+                })
+                .buffer_unordered(2)
+                .try_collect()
+                .await?;
+        self.summary.files_written += written.len();
+        self.files.extend(written);
+        Ok(())
+    }
+
+    /// Commits the files and consumed events since the last commit, then publishes them.
+    async fn commit(&mut self, state: &mut LakeState) -> Result<(), CompactError> {
+        if self.consumed.is_empty() && self.files.is_empty() && self.sealed.is_empty() {
+            return Ok(());
+        }
+        let commit = Commit {
+            kind: match self.mode {
+                Mode::Incremental => "append",
+                Mode::Rebuild => "rebuild",
+            }
+            .into(),
+            reset: self.mode == Mode::Rebuild,
+            consumed: std::mem::take(&mut self.consumed),
+            added: std::mem::take(&mut self.files),
+            removed: match self.mode {
+                Mode::Incremental => Vec::new(),
+                Mode::Rebuild => state.files.keys().cloned().collect(),
+            },
+            sealed: std::mem::take(&mut self.sealed),
+            ..Commit::default()
+        };
+        if let Err(e) = self.compactor.commits.commit(state, commit.clone()).await {
+            for file in &commit.added {
+                let _ = self
+                    .compactor
+                    .store
+                    .delete(&files::pending_key(&file.path))
+                    .await;
+            }
+            return Err(e.into());
+        }
+        self.compactor.finish(&commit).await?;
+        self.summary.commits += 1;
+        Ok(())
+    }
+
+    async fn finish(&mut self, state: &mut LakeState) -> Result<(), CompactError> {
+        self.write_files().await?;
+        self.commit(state).await?;
+        self.summary.lag_seconds = self
+            .oldest_received_micros
+            .map(|micros| (Utc::now().timestamp_micros() - micros) as f64 / 1e6);
+        Ok(())
+    }
+}
+
+fn unique_key_of(row: &Row) -> Option<i64> {
+    let column = row.table.unique_key()?;
+    let index = row.table.columns().iter().position(|c| c.name == column)?;
+    match row.cells[index] {
+        Cell::Int64(id) => Some(id),
+        _ => None,
+    }
+}
