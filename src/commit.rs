@@ -209,7 +209,7 @@ impl CommitLog {
             }
         }
         state.apply(&commit);
-        if state.version % CHECKPOINT_EVERY == 0 {
+        if state.version.is_multiple_of(CHECKPOINT_EVERY) {
             let bytes = serde_json::to_vec(&state).expect("a state serialises");
             // A lost checkpoint only means a longer replay next time.
             self.store
