@@ -45,6 +45,8 @@ pub struct Config {
     pub compact_every: Option<Duration>,
     /// A partition whose files have not changed for this long has them merged.
     pub merge_after: Duration,
+    /// Event bytes a compaction pass reads before it writes and commits: bounds its memory.
+    pub compact_chunk_bytes: usize,
     pub institutions: BTreeMap<String, Institution>,
 }
 
@@ -88,6 +90,8 @@ struct RawConfig {
     compact_every: String,
     #[serde(default = "default_merge_after")]
     merge_after: String,
+    #[serde(default = "default_compact_chunk_bytes")]
+    compact_chunk_bytes: u64,
     #[serde(default)]
     institutions: BTreeMap<String, RawInstitution>,
 }
@@ -118,6 +122,9 @@ fn default_max_body_bytes() -> u64 {
 }
 fn default_compact_every() -> String {
     "60s".into()
+}
+fn default_compact_chunk_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_merge_after() -> String {
     "1h".into()
@@ -209,6 +216,11 @@ impl Config {
                 ),
             )
         })?;
+        if raw.compact_chunk_bytes == 0 {
+            return Err(invalid("compact_chunk_bytes", "must be more than 0".into()));
+        }
+        let compact_chunk_bytes = usize::try_from(raw.compact_chunk_bytes)
+            .map_err(|_| invalid("compact_chunk_bytes", "too large for this machine".into()))?;
 
         let mut institutions = BTreeMap::new();
         for (code, raw_institution) in raw.institutions {
@@ -226,6 +238,7 @@ impl Config {
             max_body_bytes,
             compact_every,
             merge_after,
+            compact_chunk_bytes,
             institutions,
         })
     }

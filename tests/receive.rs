@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Workspace, raw_request, sample, ticket_checks};
+use common::{Workspace, raw_request, sample, ticket_checks, walk};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -526,19 +526,6 @@ async fn a_full_disk_gives_503_and_service_resumes_when_space_returns() {
         .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
         .count();
     assert_eq!(leftovers, 0);
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(walk(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[tokio::test]

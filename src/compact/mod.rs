@@ -59,7 +59,7 @@ pub struct CompactOptions {
 impl CompactOptions {
     pub fn from_config(config: &Config) -> CompactOptions {
         CompactOptions {
-            chunk_bytes: 64 * 1024 * 1024,
+            chunk_bytes: config.compact_chunk_bytes,
             merge_after: config.merge_after,
             target_file_bytes: 128 * 1024 * 1024,
             seal_after_days: 2,

@@ -198,3 +198,99 @@ pub fn ticket_checks(count: usize, first_id: i64) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&records).expect("records serialise")
 }
+
+/// A body of `count` orders made from the first order of the shared sample, with distinct
+/// order, operation and movement ids derived from `first_id`.
+pub fn orders(count: usize, first_id: i64) -> Vec<u8> {
+    let sample: Vec<serde_json::Value> =
+        serde_json::from_slice(&sample("orders.json")).expect("the sample parses");
+    let records: Vec<serde_json::Value> = (0..count as i64)
+        .map(|i| {
+            let id = first_id + i * 10;
+            let mut record = sample[0].clone();
+            let order = &mut record["orderDetailsData"];
+            order["orderId"] = serde_json::json!(id);
+            order["operationDatas"][0]["operationId"] = serde_json::json!(id + 1);
+            order["operationDatas"][0]["movementDatas"][0]["movementId"] =
+                serde_json::json!(id + 2);
+            order["operationDatas"][0]["movementDatas"][1]["movementId"] =
+                serde_json::json!(id + 3);
+            record
+        })
+        .collect();
+    serde_json::to_vec(&records).expect("records serialise")
+}
+
+/// Every row of a table as a reader that lists the directory sees it (as DuckDB and Spark
+/// do): each `*.parquet` file under `tables/{table}/`, with `institution` and `date` from
+/// the path. Values are JSON: integers, strings, booleans; timestamps as microseconds.
+pub fn read_table(lake: &Path, table: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Date32Type, Int64Type, TimestampMicrosecondType};
+    let mut rows = Vec::new();
+    let root = lake.join("tables").join(table);
+    if !root.exists() {
+        return rows;
+    }
+    for file in walk(&root) {
+        if file.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let mut partition = serde_json::Map::new();
+        for part in file.strip_prefix(&root).unwrap().iter() {
+            if let Some((key, value)) = part.to_str().unwrap().split_once('=') {
+                partition.insert(key.to_string(), serde_json::json!(value));
+            }
+        }
+        let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            for row in 0..batch.num_rows() {
+                let mut values = partition.clone();
+                for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+                    let value = if column.is_null(row) {
+                        serde_json::Value::Null
+                    } else {
+                        match field.data_type() {
+                            DataType::Int64 => {
+                                serde_json::json!(column.as_primitive::<Int64Type>().value(row))
+                            }
+                            DataType::Utf8 => {
+                                serde_json::json!(column.as_string::<i32>().value(row))
+                            }
+                            DataType::Boolean => serde_json::json!(column.as_boolean().value(row)),
+                            DataType::Date32 => {
+                                serde_json::json!(column.as_primitive::<Date32Type>().value(row))
+                            }
+                            DataType::Timestamp(_, _) => serde_json::json!(
+                                column.as_primitive::<TimestampMicrosecondType>().value(row)
+                            ),
+                            other => panic!("unexpected column type {other} in {table}"),
+                        }
+                    };
+                    values.insert(field.name().clone(), value);
+                }
+                rows.push(values);
+            }
+        }
+    }
+    rows
+}
+
+/// Every file below `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

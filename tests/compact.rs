@@ -1,0 +1,612 @@
+//! Compaction: the event log becomes typed, partitioned Parquet tables with every accepted
+//! record exactly once, through crashes, concurrent posts, duplicates and rebuilds.
+//! Tables are read back the way DuckDB and Spark read them: by listing `*.parquet` files.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Server, Workspace, orders, read_table, sample, ticket_checks, walk};
+use serde_json::{Map, Value, json};
+
+const VENUES: &str = r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+[institutions.othervenue]
+timezone = "America/New_York"
+"#;
+
+type Row = Map<String, Value>;
+
+async fn post(server: &Server, stream: &str, institution: &str, body: Vec<u8>) -> Value {
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/s360/{stream}/{institution}")))
+        .body(body)
+        .send()
+        .await
+        .expect("datx answers");
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Runs `datx compact` (or `rebuild`) to completion and returns what it printed.
+fn compact(workspace: &Workspace, command: &str) -> String {
+    let output = workspace.run(&[command]);
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "datx {command} failed: {printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
+}
+
+fn find<'a>(rows: &'a [Row], column: &str, value: Value) -> &'a Row {
+    rows.iter()
+        .find(|row| row[column] == value)
+        .unwrap_or_else(|| panic!("no row with {column} = {value}"))
+}
+
+fn micros(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp_micros()
+}
+
+/// How many times each value of `column` appears.
+fn counts(rows: &[Row], column: &str) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        *counts.entry(row[column].as_i64().unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn samples_land_in_typed_partitioned_tables() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    let mut event_ids = BTreeMap::new();
+    for (stream, file) in [
+        ("contacts", "contacts.json"),
+        ("orders", "orders.json"),
+        ("ticketchecks", "ticketchecks.json"),
+    ] {
+        let answer = post(&server, stream, "myvenue", sample(file)).await;
+        event_ids.insert(stream, answer["event_id"].as_str().unwrap().to_string());
+    }
+    let printed = compact(&workspace, "compact");
+    assert!(printed.starts_with("3 events consumed"), "{printed}");
+    let lake = workspace.lake();
+
+    let contacts = read_table(&lake, "contacts");
+    assert_eq!(contacts.len(), 2);
+    let bond = find(&contacts, "contact_number", json!("3346662"));
+    assert_eq!(bond["contact_id"], json!(10228844000001_i64));
+    assert_eq!(bond["first_name"], json!("James"));
+    assert_eq!(bond["has_warning"], json!(false));
+    // 1968-04-13 is 628 days before 1970-01-01.
+    assert_eq!(bond["birth_date"], json!(-628));
+    assert_eq!(
+        bond["creation_date"],
+        json!(micros("2022-11-01T05:53:22.530Z"))
+    );
+    assert_eq!(bond["institution"], json!("myvenue"));
+    assert_eq!(bond["_event_id"], json!(event_ids["contacts"]));
+    let today_in_zurich = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Europe::Zurich)
+        .date_naive()
+        .to_string();
+    assert_eq!(bond["date"], json!(today_in_zurich));
+    // _raw is the record's JSON exactly as it stood in the body.
+    let raw = bond["_raw"].as_str().unwrap();
+    let body = String::from_utf8(sample("contacts.json")).unwrap();
+    assert!(body.contains(raw) && raw.starts_with("{\"contactNumber\":\"3346662\""));
+    let acme = find(&contacts, "contact_number", json!("3346700"));
+    assert_eq!(acme["structure_name"], json!("ACME SA"));
+    assert_eq!(acme["first_name"], Value::Null);
+
+    let order_rows = read_table(&lake, "orders");
+    assert_eq!(order_rows.len(), 2);
+    let sale = find(&order_rows, "order_id", json!(10000702652_i64));
+    assert_eq!(sale["sale_amount"], json!(40000));
+    assert_eq!(sale["order_state"], json!("CLOSED"));
+    assert_eq!(sale["date"], json!("2023-02-01"));
+    let refund = find(&order_rows, "order_id", json!(10000702653_i64));
+    assert_eq!(refund["sale_amount"], json!(-20000));
+    assert_eq!(refund["date"], json!("2023-02-03"));
+
+    let movements = read_table(&lake, "order_movements");
+    assert_eq!(movements.len(), 3);
+    let movement = find(&movements, "movement_id", json!(10228844462196_i64));
+    assert_eq!(movement["order_id"], json!(10000702652_i64));
+    assert_eq!(movement["operation_id"], json!(10228310724422_i64));
+    assert_eq!(movement["ticket_id"], json!(10228844446468_i64));
+    assert_eq!(movement["product_code"], json!("ASTDN"));
+    assert_eq!(movement["amount"], json!(20000));
+    assert_eq!(movement["date"], json!("2023-02-01"));
+    let refunded = find(&movements, "movement_id", json!(10228844462300_i64));
+    assert_eq!(refunded["refunded_movement_id"], json!(10228844462195_i64));
+    assert_eq!(refunded["amount"], json!(-20000));
+
+    let checks = read_table(&lake, "ticket_checks");
+    assert_eq!(checks.len(), 2);
+    let check = find(&checks, "ticket_check_id", json!(10228845124401_i64));
+    // "2023-02-09 18:25:10" is venue-local: Zurich is UTC+1 in February.
+    assert_eq!(check["access_time"], json!(micros("2023-02-09T17:25:10Z")));
+    assert_eq!(check["movement_id"], json!(10228844462196_i64));
+    assert_eq!(check["date"], json!("2023-02-09"));
+    assert!(read_table(&lake, "rejects").is_empty());
+
+    // A second pass finds nothing new.
+    assert!(compact(&workspace, "compact").starts_with("0 events consumed"));
+    assert_eq!(read_table(&lake, "ticket_checks").len(), 2);
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_fit_is_rejected_and_the_rest_of_its_body_lands() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    let body = r#"[{"ticket_check_id":1,"access_time":"2023-02-09 18:25:10","brand_new_field":42},
+ {"ticket_check_id":"not-a-number","access_time":"2023-02-09 18:25:11"},
+ {"ticket_check_id":3,"access_time":"2023-01-28 17:00:00.0"},
+ {"ticket_check_id":4,"access_time":"the ninth"}]"#;
+    let answer = post(
+        &server,
+        "ticketchecks",
+        "othervenue",
+        body.as_bytes().to_vec(),
+    )
+    .await;
+    compact(&workspace, "compact");
+    let lake = workspace.lake();
+    let checks = read_table(&lake, "ticket_checks");
+    assert_eq!(
+        counts(&checks, "ticket_check_id")
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [1, 3]
+    );
+    // A field no column names is still there, in _raw.
+    let first = find(&checks, "ticket_check_id", json!(1));
+    assert!(
+        first["_raw"]
+            .as_str()
+            .unwrap()
+            .contains("\"brand_new_field\":42")
+    );
+    // New York is UTC-5 in winter.
+    assert_eq!(first["access_time"], json!(micros("2023-02-09T23:25:10Z")));
+    let third = find(&checks, "ticket_check_id", json!(3));
+    assert_eq!(third["access_time"], json!(micros("2023-01-28T22:00:00Z")));
+
+    let mut rejects = read_table(&lake, "rejects");
+    rejects.sort_by_key(|r| r["position"].as_i64());
+    assert_eq!(rejects.len(), 2);
+    assert_eq!(rejects[0]["position"], json!(1));
+    assert_eq!(rejects[0]["stream"], json!("ticketchecks"));
+    assert_eq!(rejects[0]["institution"], json!("othervenue"));
+    assert_eq!(rejects[0]["_event_id"], answer["event_id"]);
+    assert_eq!(
+        rejects[0]["reason"],
+        json!(
+            "ticket_check_id (ticket_check_id): expected a 64-bit integer, found \"not-a-number\""
+        )
+    );
+    assert_eq!(
+        rejects[0]["_raw"],
+        json!(r#"{"ticket_check_id":"not-a-number","access_time":"2023-02-09 18:25:11"}"#)
+    );
+    assert_eq!(rejects[1]["position"], json!(3));
+    assert!(
+        rejects[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("access_time")
+    );
+}
+
+#[tokio::test]
+async fn identical_bodies_and_repeated_ticket_checks_count_once() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    let body = ticket_checks(20, 1000);
+    post(&server, "ticketchecks", "myvenue", body.clone()).await;
+    let again = post(&server, "ticketchecks", "myvenue", body.clone()).await;
+    assert_eq!(again["duplicate"], true);
+    // As after a power loss that forgot the duplicate marker: the resend becomes a second
+    // event with the same SHA-256.
+    let markers = workspace.lake().join("_datx/seen/ticketchecks/myvenue");
+    for marker in walk(&markers) {
+        std::fs::remove_file(marker).unwrap();
+    }
+    let second = post(&server, "ticketchecks", "myvenue", body.clone()).await;
+    assert_eq!(second["duplicate"], false);
+    // Another body that repeats ten of those ticket checks and adds five.
+    post(&server, "ticketchecks", "myvenue", ticket_checks(15, 1010)).await;
+    let printed = compact(&workspace, "compact");
+    assert!(
+        printed.contains("3 events consumed (1 duplicate bodies)"),
+        "{printed}"
+    );
+    let checks = read_table(&workspace.lake(), "ticket_checks");
+    let seen = counts(&checks, "ticket_check_id");
+    assert_eq!(seen.len(), 25);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+
+    // In a later pass too: a repeat of already compacted checks adds nothing.
+    post(&server, "ticketchecks", "myvenue", ticket_checks(3, 1000)).await;
+    compact(&workspace, "compact");
+    assert_eq!(read_table(&workspace.lake(), "ticket_checks").len(), 25);
+}
+
+/// Asserts each id appears at most once (exactly once when `all` is given).
+fn assert_once(rows: &[Row], column: &str, all: Option<&BTreeSet<i64>>) {
+    let seen = counts(rows, column);
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "{column} repeated: {repeated:?}");
+    if let Some(all) = all {
+        let present: BTreeSet<i64> = seen.keys().copied().collect();
+        let missing: Vec<_> = all.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "{} {column} missing, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+        assert_eq!(present.len(), all.len());
+    }
+}
+
+/// Where in a pass the compactor is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// As soon as it started.
+    AtStart,
+    /// While the first pending files of a chunk are being written, before any commit.
+    WhilePending,
+    /// Once this many new commits have landed, in the middle of the pass.
+    AfterCommits(usize),
+}
+
+fn commits_in(lake: &std::path::Path) -> usize {
+    std::fs::read_dir(lake.join("_datx/commits")).map_or(0, |dir| dir.count())
+}
+
+fn has_pending(lake: &std::path::Path) -> bool {
+    lake.join("tables").exists()
+        && walk(&lake.join("tables")).iter().any(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("_pending-")
+        })
+}
+
+/// Runs `datx compact` and SIGKILLs it at `point`; returns whether it was killed while
+/// still running (rather than having finished first).
+fn compact_and_kill(workspace: &Workspace, point: KillPoint) -> bool {
+    let lake = workspace.lake();
+    let commits_before = commits_in(&lake);
+    let mut compactor = Command::new(BIN)
+        .arg("compact")
+        .current_dir(workspace.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Polls for at most 30 s; the pass normally reaches the point in milliseconds.
+    for _ in 0..30_000 {
+        if compactor.try_wait().unwrap().is_some() {
+            break;
+        }
+        let reached = match point {
+            KillPoint::AtStart => true,
+            KillPoint::WhilePending => has_pending(&lake),
+            KillPoint::AfterCommits(n) => commits_in(&lake) >= commits_before + n,
+        };
+        if reached {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = compactor.kill(); // SIGKILL
+    let status = compactor.wait().unwrap();
+    eprintln!("killed at {point:?}: {status}");
+    status.code().is_none()
+}
+
+#[tokio::test]
+async fn a_compactor_killed_at_any_point_loses_and_duplicates_nothing() {
+    // Small chunks: a pass makes many commits, so kills land before, between and after them.
+    let workspace = Workspace::new(&format!("compact_chunk_bytes = 40000\n{VENUES}"));
+    let server = workspace.serve();
+    let lake = workspace.lake();
+    let (mut check_ids, mut order_ids) = (BTreeSet::new(), BTreeSet::new());
+    let mut next_id = 1_000_000_i64;
+    let points = [
+        KillPoint::AtStart,
+        KillPoint::WhilePending,
+        KillPoint::AfterCommits(1),
+        KillPoint::AfterCommits(4),
+        KillPoint::WhilePending,
+        KillPoint::AfterCommits(9),
+    ];
+    let mut interrupted = 0;
+    for point in points {
+        for _ in 0..60 {
+            post(
+                &server,
+                "ticketchecks",
+                "myvenue",
+                ticket_checks(50, next_id),
+            )
+            .await;
+            check_ids.extend(next_id..next_id + 50);
+            post(&server, "orders", "othervenue", orders(5, next_id)).await;
+            order_ids.extend((0..5).map(|i| next_id + i * 10));
+            next_id += 1000;
+        }
+        if compact_and_kill(&workspace, point) {
+            interrupted += 1;
+        }
+        // Whatever was interrupted, a directory reader never sees a record twice.
+        assert_once(&read_table(&lake, "ticket_checks"), "ticket_check_id", None);
+        assert_once(&read_table(&lake, "orders"), "order_id", None);
+    }
+    // The test is only worth something if most kills caught a pass in flight.
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} of {} kills interrupted a pass",
+        points.len()
+    );
+    let printed = compact(&workspace, "compact");
+    assert!(
+        !printed.starts_with("0 events"),
+        "the kills left nothing to finish: {printed}"
+    );
+    assert_once(
+        &read_table(&lake, "ticket_checks"),
+        "ticket_check_id",
+        Some(&check_ids),
+    );
+    assert_once(&read_table(&lake, "orders"), "order_id", Some(&order_ids));
+    assert_eq!(
+        read_table(&lake, "order_movements").len(),
+        order_ids.len() * 2
+    );
+    // No pending or temporary file is left behind.
+    let leftovers: Vec<_> = walk(&lake.join("tables"))
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "parquet"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn bodies_posted_while_passes_run_are_all_compacted_once() {
+    let workspace = Workspace::new(VENUES);
+    std::fs::write(
+        workspace.path().join("datx.toml"),
+        format!("listen = \"127.0.0.1:0\"\ncompact_every = \"30ms\"\ncompact_chunk_bytes = 100000\n{VENUES}"),
+    )
+    .unwrap();
+    let server = workspace.serve();
+    let mut ids = BTreeSet::new();
+    for i in 0..150_i64 {
+        let first = 5_000_000 + i * 100;
+        post(&server, "ticketchecks", "myvenue", ticket_checks(20, first)).await;
+        ids.extend(first..first + 20);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = server.log();
+    assert!(
+        log.contains("compaction pass"),
+        "no background pass ran:\n{log}"
+    );
+    drop(server);
+    compact(&workspace, "compact");
+    assert_once(
+        &read_table(&workspace.lake(), "ticket_checks"),
+        "ticket_check_id",
+        Some(&ids),
+    );
+}
+
+/// Every row of every table, as sorted JSON lines, for comparing two lakes.
+fn all_rows(workspace: &Workspace) -> Vec<String> {
+    let mut lines = Vec::new();
+    for table in [
+        "contacts",
+        "orders",
+        "order_movements",
+        "ticket_checks",
+        "rejects",
+    ] {
+        for row in read_table(&workspace.lake(), table) {
+            lines.push(format!("{table} {}", Value::Object(row)));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn rebuild_gives_the_rows_of_the_incremental_passes_and_small_files_merge() {
+    let workspace = Workspace::new(&format!("merge_after = \"0s\"\n{VENUES}"));
+    let server = workspace.serve();
+    for (stream, file) in [("contacts", "contacts.json"), ("orders", "orders.json")] {
+        post(&server, stream, "myvenue", sample(file)).await;
+    }
+    compact(&workspace, "compact");
+    for round in 0..3 {
+        post(
+            &server,
+            "ticketchecks",
+            "myvenue",
+            ticket_checks(30, round * 100),
+        )
+        .await;
+        post(
+            &server,
+            "orders",
+            "othervenue",
+            orders(4, 10_000 + round * 100),
+        )
+        .await;
+        post(
+            &server,
+            "ticketchecks",
+            "othervenue",
+            b"[{\"ticket_check_id\":\"x\"}]".to_vec(),
+        )
+        .await;
+        compact(&workspace, "compact");
+    }
+    drop(server);
+    // Settled partitions (merge_after = 0s) hold one file each after the passes.
+    let checks_dir = workspace
+        .lake()
+        .join("tables/ticket_checks/institution=myvenue/date=2023-02-09");
+    assert_eq!(walk(&checks_dir).len(), 1);
+    let incremental = all_rows(&workspace);
+    assert_eq!(
+        incremental
+            .iter()
+            .filter(|l| l.starts_with("ticket_checks "))
+            .count(),
+        90
+    );
+
+    let printed = compact(&workspace, "rebuild");
+    assert!(printed.contains("1 commits"), "{printed}");
+    let rebuilt = all_rows(&workspace);
+    assert_eq!(rebuilt.len(), incremental.len());
+    assert!(
+        rebuilt == incremental,
+        "rebuild differs from the incremental passes"
+    );
+    // The rebuild consumed everything: the next pass has nothing to do.
+    assert!(compact(&workspace, "compact").starts_with("0 events consumed"));
+    assert_eq!(all_rows(&workspace), incremental);
+}
+
+/// Python with DuckDB: `DATX_TEST_PYTHON` (as `.ci/run` sets it), or a virtual environment
+/// this test suite makes once under the target directory.
+fn duckdb_python() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("DATX_TEST_PYTHON") {
+        return python.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("duckdb-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import duckdb"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "cannot create a Python venv at {}",
+            venv.display()
+        );
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "duckdb==2.0.1"])
+            .status();
+        assert!(
+            installed.is_ok_and(|s| s.success()),
+            "cannot install duckdb from PyPI"
+        );
+    }
+    python
+}
+
+#[tokio::test]
+async fn duckdb_reads_the_tables_with_their_types_and_values() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    for (stream, file) in [
+        ("contacts", "contacts.json"),
+        ("orders", "orders.json"),
+        ("ticketchecks", "ticketchecks.json"),
+    ] {
+        post(&server, stream, "myvenue", sample(file)).await;
+    }
+    post(&server, "ticketchecks", "othervenue", ticket_checks(40, 77)).await;
+    drop(server);
+    compact(&workspace, "compact");
+
+    let script = r#"
+import duckdb, json, sys
+con = duckdb.connect()
+out = {}
+for table in ["contacts", "orders", "order_movements", "ticket_checks"]:
+    rel = con.sql(f"SELECT * FROM read_parquet('{sys.argv[1]}/tables/{table}/**/*.parquet', hive_partitioning = true)")
+    out[table] = {"count": len(rel.fetchall()), "types": {c: str(t) for c, t in zip(rel.columns, rel.types)}}
+out["check"] = con.sql(f"""
+    SELECT ticket_check_id, strftime(access_time AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S'), CAST(date AS VARCHAR), institution
+    FROM read_parquet('{sys.argv[1]}/tables/ticket_checks/**/*.parquet', hive_partitioning = true)
+    WHERE ticket_check_id = 10228845124401""").fetchall()
+out["per_institution"] = con.sql(f"""
+    SELECT institution, count(*) FROM read_parquet('{sys.argv[1]}/tables/ticket_checks/**/*.parquet', hive_partitioning = true)
+    GROUP BY 1 ORDER BY 1""").fetchall()
+out["sale"] = con.sql(f"""
+    SELECT sale_amount, CAST(date AS VARCHAR) FROM read_parquet('{sys.argv[1]}/tables/orders/**/*.parquet', hive_partitioning = true)
+    WHERE order_id = 10000702652""").fetchall()
+print(json.dumps(out, default=str))
+"#;
+    let output = Command::new(duckdb_python())
+        .arg("-c")
+        .arg(script)
+        .arg(workspace.lake())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let lake = workspace.lake();
+    for table in ["contacts", "orders", "order_movements", "ticket_checks"] {
+        assert_eq!(
+            seen[table]["count"],
+            json!(read_table(&lake, table).len()),
+            "{table}"
+        );
+        let types = &seen[table]["types"];
+        assert_eq!(types["date"], "DATE", "{table}");
+        assert_eq!(types["institution"], "VARCHAR", "{table}");
+        assert_eq!(types["_received_at"], "TIMESTAMP WITH TIME ZONE", "{table}");
+    }
+    assert_eq!(seen["ticket_checks"]["types"]["ticket_check_id"], "BIGINT");
+    assert_eq!(
+        seen["ticket_checks"]["types"]["access_time"],
+        "TIMESTAMP WITH TIME ZONE"
+    );
+    assert_eq!(seen["orders"]["types"]["sale_amount"], "BIGINT");
+    assert_eq!(seen["contacts"]["types"]["birth_date"], "DATE");
+    assert_eq!(
+        seen["check"],
+        json!([[
+            10228845124401_i64,
+            "2023-02-09T17:25:10",
+            "2023-02-09",
+            "myvenue"
+        ]])
+    );
+    assert_eq!(
+        seen["per_institution"],
+        json!([["myvenue", 2], ["othervenue", 40]])
+    );
+    assert_eq!(seen["sale"], json!([[40000, "2023-02-01"]]));
+}
