@@ -127,14 +127,7 @@ impl Store {
         match &self.local_root {
             Some(root) => {
                 let target = root.join(key);
-                let key_owned = key.to_string();
-                tokio::task::spawn_blocking(move || create_local(&target, &bytes, durability))
-                    .await
-                    .expect("local write task panicked")
-                    .map_err(|source| StoreError::Io {
-                        key: key_owned,
-                        source,
-                    })
+                local_io(key, move || create_local(&target, &bytes, durability)).await
             }
             None => {
                 let options = PutOptions {
@@ -160,14 +153,7 @@ impl Store {
         match &self.local_root {
             Some(root) => {
                 let target = root.join(key);
-                let key_owned = key.to_string();
-                tokio::task::spawn_blocking(move || replace_local(&target, &bytes))
-                    .await
-                    .expect("local write task panicked")
-                    .map_err(|source| StoreError::Io {
-                        key: key_owned,
-                        source,
-                    })
+                local_io(key, move || replace_local(&target, &bytes)).await
             }
             None => self
                 .objects
@@ -184,14 +170,7 @@ impl Store {
         match &self.local_root {
             Some(root) => {
                 let (source, target) = (root.join(from), root.join(to));
-                let key_owned = from.to_string();
-                tokio::task::spawn_blocking(move || rename_local(&source, &target))
-                    .await
-                    .expect("local rename task panicked")
-                    .map_err(|source| StoreError::Io {
-                        key: key_owned,
-                        source,
-                    })
+                local_io(from, move || rename_local(&source, &target)).await
             }
             None => self
                 .objects
@@ -247,8 +226,7 @@ impl Store {
             return self.exists(key).await;
         };
         let target = root.join(key);
-        let key_owned = key.to_string();
-        tokio::task::spawn_blocking(move || {
+        local_io(key, move || {
             if !target.try_exists()? {
                 return Ok(false);
             }
@@ -256,11 +234,6 @@ impl Store {
             Ok(true)
         })
         .await
-        .expect("local sync task panicked")
-        .map_err(|source| StoreError::Io {
-            key: key_owned,
-            source,
-        })
     }
 
     /// Every object under `prefix`, in no particular order.
@@ -313,6 +286,20 @@ impl Store {
             },
         }
     }
+}
+
+/// Runs blocking filesystem work off the async threads, naming `key` in its error.
+async fn local_io<T: Send + 'static>(
+    key: &str,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("local storage work does not panic")
+        .map_err(|source| StoreError::Io {
+            key: key.to_string(),
+            source,
+        })
 }
 
 /// Removes the temporary file unless it was consumed, so a failed write (disk full, I/O
