@@ -30,16 +30,25 @@ pub fn count_records(body: &[u8]) -> Result<usize, BatchError> {
     Ok(count)
 }
 
-/// The records of an accepted body, each as the exact JSON text it had in the body.
+/// The records of an accepted body, each as the exact JSON text it had in the body. One
+/// pass over the bytes: the elements are located, not built.
 pub fn records(body: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, BatchError> {
-    count_records(body)?;
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let parsed = if first == Some(&b'[') {
-        serde_json::from_slice(body)
+        serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body)
     } else {
         serde_json::from_slice(body).map(|one| vec![one])
-    };
-    parsed.map_err(|e| BatchError::NotJson(e.to_string()))
+    }
+    .map_err(|e| BatchError::NotJson(e.to_string()))?;
+    match parsed
+        .iter()
+        .position(|record| !record.get().starts_with('{'))
+    {
+        None => Ok(parsed),
+        Some(position) => Err(BatchError::NotObjects(format!(
+            "a non-object at array position {position}"
+        ))),
+    }
 }
 
 /// Shape errors are raised as custom serde errors whose message starts with this marker,

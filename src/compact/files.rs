@@ -10,12 +10,13 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 
-use crate::tables::Table;
+use crate::tables::{self, Table};
 
 const PENDING_PREFIX: &str = "_pending-";
 const PENDING_SUFFIX: &str = ".tmp";
@@ -64,8 +65,13 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, parquet::errors::Parquet
         .first()
         .expect("a file has at least one batch")
         .schema();
+    // `_raw` holds long, unique strings: a dictionary or min/max statistics over it cost
+    // time and bytes and help no reader.
+    let raw = ColumnPath::from(tables::RAW);
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(raw.clone(), false)
+        .set_column_statistics_enabled(raw, EnabledStatistics::None)
         .set_created_by(format!("datx {}", env!("CARGO_PKG_VERSION")))
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties))?;
