@@ -201,38 +201,20 @@ async fn errors_of_the_contract_have_their_codes_and_reasons() {
     assert_eq!(status, 404);
     assert!(answer["error"].as_str().unwrap().contains("unknown stream"));
 
-    let (status, answer) = post(
-        &server.url("/s360/contacts/myvenue"),
-        b"[{\"a\":1},".to_vec(),
-    )
-    .await;
+    let contacts = server.url("/s360/contacts/myvenue");
+    let refused = |body: &[u8]| post(&contacts, body.to_vec());
+    let (status, answer) = refused(b"[{\"a\":1},").await;
     assert_eq!(status, 400);
+    let reason = answer["error"].as_str().unwrap();
     assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("body is not valid JSON: EOF"),
+        reason.starts_with("body is not valid JSON: EOF"),
         "{answer}"
     );
-    let (status, answer) = post(
-        &server.url("/s360/contacts/myvenue"),
-        b"[{\"a\":1}, \"x\"]".to_vec(),
-    )
-    .await;
+    let (status, answer) = refused(b"[{\"a\":1}, \"x\"]").await;
     assert_eq!(status, 400);
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("a string at array position 1"),
-        "{answer}"
-    );
-    assert_eq!(
-        post(&server.url("/s360/contacts/myvenue"), b"42".to_vec())
-            .await
-            .0,
-        400
-    );
+    let reason = answer["error"].as_str().unwrap();
+    assert!(reason.contains("a string at array position 1"), "{answer}");
+    assert_eq!(refused(b"42").await.0, 400);
 
     // Too large, declared by Content-Length, and streamed in chunks without one.
     let big = vec![b' '; 2 * 1024 * 1024 + 1];

@@ -461,7 +461,7 @@ impl<'a> Work<'a> {
                 .buffered(READ_CONCURRENCY)
         );
         while let Some((event, size)) = converted.try_next().await? {
-            self.load_unique_keys(&event.key.institution.clone(), &event.rows)
+            self.load_unique_keys(&event.key.institution, &event.rows)
                 .await?;
             self.add_event(event, sealing);
             self.buffered_bytes += size;

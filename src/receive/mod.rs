@@ -199,26 +199,24 @@ impl Receiver {
             Err(refusal) => {
                 let status = refusal.status().as_u16();
                 metrics::request(stream_label, institution_label, status);
+                // One line per refusal: an error when storage failed, a warning otherwise.
+                macro_rules! log_refusal {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            stream = stream_label,
+                            institution = institution_label,
+                            status,
+                            records = 0,
+                            duration_ms = format_args!("{elapsed_ms:.2}"),
+                            reason = %refusal,
+                            "push refused"
+                        )
+                    };
+                }
                 if status >= 500 {
-                    tracing::error!(
-                        stream = stream_label,
-                        institution = institution_label,
-                        status,
-                        records = 0,
-                        duration_ms = format_args!("{elapsed_ms:.2}"),
-                        error = %refusal,
-                        "push refused"
-                    );
+                    log_refusal!(error);
                 } else {
-                    tracing::warn!(
-                        stream = stream_label,
-                        institution = institution_label,
-                        status,
-                        records = 0,
-                        duration_ms = format_args!("{elapsed_ms:.2}"),
-                        reason = %refusal,
-                        "push refused"
-                    );
+                    log_refusal!(warn);
                 }
                 refusal.into_response()
             }
