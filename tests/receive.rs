@@ -52,6 +52,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The event an answer names holds exactly `body`.
+fn assert_stored(workspace: &Workspace, answer: &Value, body: &[u8]) {
+    let event_id = answer["event_id"].as_str().unwrap();
+    let shown = workspace.run(&["events", "show", event_id, "--body"]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(
+        shown.stdout == body,
+        "event {event_id} differs from the posted body"
+    );
+}
+
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -75,17 +90,8 @@ async fn each_stream_is_accepted_and_stored_byte_for_byte() {
         assert_eq!(answer["records"], records, "{stream}");
         assert_eq!(answer["duplicate"], false);
         assert_eq!(answer["sha256"], sha256_hex(&body));
+        assert_stored(&workspace, &answer, &body);
         let event_id = answer["event_id"].as_str().unwrap();
-        let shown = workspace.run(&["events", "show", event_id, "--body"]);
-        assert!(
-            shown.status.success(),
-            "{}",
-            String::from_utf8_lossy(&shown.stderr)
-        );
-        assert!(
-            shown.stdout == body,
-            "{stream}: the stored body differs from the posted one"
-        );
         let envelope = workspace.run(&["events", "show", event_id]);
         let envelope_text = stdout(&envelope);
         let envelope: Value =
@@ -295,16 +301,7 @@ async fn a_resent_body_is_one_event_and_single_objects_and_large_bodies_are_acce
     assert!(large.len() > 1_000_000);
     let (status, answer) = post(&server.url("/s360/ticketchecks/myvenue"), large.clone()).await;
     assert_eq!((status, answer["records"].as_u64()), (200, Some(5_000)));
-    let shown = workspace.run(&[
-        "events",
-        "show",
-        answer["event_id"].as_str().unwrap(),
-        "--body",
-    ]);
-    assert!(
-        shown.stdout == large,
-        "the stored body differs from the posted one"
-    );
+    assert_stored(&workspace, &answer, &large);
 
     let listed = workspace.run(&["events", "list", "--stream", "orders", "--format", "json"]);
     assert_eq!(stdout(&listed).lines().count(), 2);
@@ -398,16 +395,7 @@ async fn a_file_where_a_directory_must_be_gives_503_then_the_retry_is_stored() {
     std::fs::remove_file(&blocker).unwrap();
     let (status, answer) = post(&url, body.clone()).await;
     assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(false)));
-    let shown = workspace.run(&[
-        "events",
-        "show",
-        answer["event_id"].as_str().unwrap(),
-        "--body",
-    ]);
-    assert!(
-        shown.stdout == body,
-        "the stored body differs from the posted one"
-    );
+    assert_stored(&workspace, &answer, &body);
     assert!(workspace.run(&["events", "verify"]).status.success());
 }
 
