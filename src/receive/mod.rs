@@ -252,8 +252,13 @@ impl Receiver {
     }
 }
 
-/// Reads the body, refusing it as soon as it passes `limit`: from `Content-Length` before
-/// reading anything, and while streaming for a body sent without one.
+/// Bytes of an oversized body read and discarded before answering 413. A client that is
+/// still sending when the server answers and closes gets a broken pipe instead of the 413;
+/// reading the rest lets it see the answer. Past this, the connection is simply closed.
+const OVERSIZE_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads the body, refusing it once it passes `limit`: from `Content-Length` before
+/// keeping anything, and while streaming for a body sent without one.
 async fn read_limited<B: Buf>(
     headers: &HeaderMap,
     body: impl FutureStream<Item = Result<B, warp::Error>>,
@@ -263,15 +268,19 @@ async fn read_limited<B: Buf>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = std::pin::pin!(body);
     if declared.is_some_and(|length| length > limit as u64) {
+        if declared.is_some_and(|length| length <= OVERSIZE_DRAIN_BYTES) {
+            drain(body, 0).await;
+        }
         return Err(Refusal::TooLarge { limit });
     }
     let capacity = declared.map_or(0, |length| length as usize);
     let mut buffer = BytesMut::with_capacity(capacity);
-    let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|e| Refusal::BodyRead(e.to_string()))?;
         if buffer.len() + chunk.remaining() > limit {
+            drain(body, (buffer.len() + chunk.remaining()) as u64).await;
             return Err(Refusal::TooLarge { limit });
         }
         while chunk.has_remaining() {
@@ -282,4 +291,17 @@ async fn read_limited<B: Buf>(
         }
     }
     Ok(buffer.freeze())
+}
+
+/// Reads and discards the rest of a refused body, up to `OVERSIZE_DRAIN_BYTES` in all.
+async fn drain<B: Buf>(
+    mut body: std::pin::Pin<&mut impl FutureStream<Item = Result<B, warp::Error>>>,
+    mut seen: u64,
+) {
+    while seen <= OVERSIZE_DRAIN_BYTES {
+        match body.next().await {
+            Some(Ok(chunk)) => seen += chunk.remaining() as u64,
+            _ => return,
+        }
+    }
 }
