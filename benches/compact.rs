@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench compact`. Environment: `DATX_BENCH_RECORDS` (default
 //! 1000000), `DATX_BENCH_DIR` (on the disk to measure), `DATX_TEST_PYTHON` (a Python with
-//! duckdb; `.ci/run` makes one at ~/.cache/datx/venv).
+//! duckdb; `.ci/run` makes one at ~/.cache/datx/venv), `DATX_BENCH_KEEP=1` (keep the
+//! generated log and lakes, e.g. to profile `datx compact` on them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -180,6 +181,9 @@ fn main() {
         "datx/duckdb speed ratio {:.2}",
         duckdb_seconds / datx_seconds
     );
+    if std::env::var_os("DATX_BENCH_KEEP").is_some() {
+        println!("kept {}", root.keep().display());
+    }
 }
 
 /// The largest resident set any finished child reached, in KiB.

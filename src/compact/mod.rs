@@ -93,8 +93,11 @@ enum Mode {
     Rebuild,
 }
 
-/// How many events are read and converted at once.
+/// How many events are read at once.
 const READ_CONCURRENCY: usize = 16;
+
+/// How many events are converted together, split across the cores.
+const CONVERT_BATCH: usize = 32;
 
 pub struct Compactor {
     log: EventLog,
@@ -142,33 +145,24 @@ impl Compactor {
             Mode::Incremental => state.clone(),
             Mode::Rebuild => LakeState::default(),
         };
-        let mut work = Work::new(self, mode, &view);
         let seal_before =
             Utc::now().date_naive() - chrono::Duration::days(self.options.seal_after_days);
-        for stream in Stream::ALL {
-            for institution in self.log.institutions(stream).await? {
-                let source = format!("{stream}/{institution}");
-                let sealed = view.sealed_through(&source);
-                let tz = self.zone(&institution);
-                for day in self.log.days(stream, &institution).await? {
-                    if sealed.is_some_and(|through| day <= through) {
-                        continue;
-                    }
-                    let keys: Vec<EventKey> = self
-                        .log
-                        .keys_of_day(stream, &institution, day)
-                        .await?
-                        .into_iter()
-                        .filter(|key| !view.is_consumed(&day_dir(key), &key.event_id))
-                        .collect();
-                    work.add_day(keys, tz, day < seal_before, &mut state)
-                        .await?;
-                    if day < seal_before {
-                        work.sealed.insert(source.clone(), day);
-                    }
-                }
-            }
-        }
+        let mut work = Work::new(self, mode, &view, seal_before);
+        let days = self
+            .pending_days(&view, seal_before, &mut work.sealed)
+            .await?;
+        // One stream of pending events across all days, in batches: two batches are read
+        // and converted ahead while the current one is added, so both cores stay busy.
+        let (log, view) = (&self.log, &view);
+        let batches = futures::stream::iter(days)
+            .then(move |day| pending_of_day(log, view, day))
+            .try_flatten()
+            .try_chunks(CONVERT_BATCH)
+            .map_err(|e| e.1)
+            .map_ok(move |group| read_and_convert(log, group))
+            .try_buffered(2)
+            .boxed();
+        work.add_all(batches, &mut state).await?;
         work.finish(&mut state).await?;
         let mut summary = std::mem::take(&mut work.summary);
         if mode == Mode::Incremental {
@@ -177,6 +171,35 @@ impl Compactor {
         summary.version = state.version;
         summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
+    }
+
+    /// The event-log days a pass must look at, with their institution's zone: every day not
+    /// yet sealed. Days older than `seal_before` are recorded in `sealed`: once this pass has
+    /// consumed them, nothing new lands there.
+    async fn pending_days(
+        &self,
+        view: &LakeState,
+        seal_before: NaiveDate,
+        sealed: &mut BTreeMap<String, NaiveDate>,
+    ) -> Result<Vec<(Stream, String, NaiveDate, Tz)>, CompactError> {
+        let mut days = Vec::new();
+        for stream in Stream::ALL {
+            for institution in self.log.institutions(stream).await? {
+                let source = format!("{stream}/{institution}");
+                let sealed_through = view.sealed_through(&source);
+                let tz = self.zone(&institution);
+                for day in self.log.days(stream, &institution).await? {
+                    if sealed_through.is_some_and(|through| day <= through) {
+                        continue;
+                    }
+                    if day < seal_before {
+                        sealed.insert(source.clone(), day);
+                    }
+                    days.push((stream, institution.clone(), day, tz));
+                }
+            }
+        }
+        Ok(days)
     }
 
     fn zone(&self, institution: &str) -> Tz {
@@ -263,7 +286,7 @@ impl Compactor {
                 for file in &group {
                     batches.extend(files::decode(self.store.get(&file.path).await?)?);
                 }
-                let written = self.write_file(table, &institution, date, batches).await?;
+                let written = write_file(&self.store, table, &institution, date, batches).await?;
                 let commit = Commit {
                     kind: "merge".into(),
                     added: vec![written.clone()],
@@ -278,34 +301,34 @@ impl Compactor {
         }
         Ok(merged)
     }
+}
 
-    /// Encodes `batches` as a new file of a partition, written under its pending name.
-    async fn write_file(
-        &self,
-        table: Table,
-        institution: &str,
-        date: NaiveDate,
-        batches: Vec<arrow::array::RecordBatch>,
-    ) -> Result<DataFile, CompactError> {
-        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let bytes = tokio::task::spawn_blocking(move || files::encode(&batches))
-            .await
-            .expect("encoding does not panic")?;
-        let path = files::new_file_key(table, institution, date);
-        let size = bytes.len() as u64;
-        self.store
-            .create(&files::pending_key(&path), bytes, Durability::Synced)
-            .await?;
-        Ok(DataFile {
-            path,
-            table: table.name().to_string(),
-            institution: institution.to_string(),
-            date,
-            rows,
-            bytes: size,
-            added_at: Utc::now(),
-        })
-    }
+/// Encodes `batches` as a new file of a partition, written under its pending name.
+async fn write_file(
+    store: &Store,
+    table: Table,
+    institution: &str,
+    date: NaiveDate,
+    batches: Vec<arrow::array::RecordBatch>,
+) -> Result<DataFile, CompactError> {
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let bytes = tokio::task::spawn_blocking(move || files::encode(&batches))
+        .await
+        .expect("encoding does not panic")?;
+    let path = files::new_file_key(table, institution, date);
+    let size = bytes.len() as u64;
+    store
+        .create(&files::pending_key(&path), bytes, Durability::Synced)
+        .await?;
+    Ok(DataFile {
+        path,
+        table: table.name().to_string(),
+        institution: institution.to_string(),
+        date,
+        rows,
+        bytes: size,
+        added_at: Utc::now(),
+    })
 }
 
 /// Groups files (largest first) into bins of at most `target` bytes.
@@ -340,38 +363,93 @@ fn day_dir(key: &EventKey) -> String {
 /// An event read and converted, ready to be added in order.
 struct ConvertedEvent {
     key: EventKey,
+    size: usize,
     received_at_micros: i64,
     canonical: bool,
     rows: Vec<Row>,
 }
 
-async fn convert_event(
+/// The events of one event-log day not yet consumed, each with its institution's zone.
+async fn pending_of_day(
     log: &EventLog,
+    view: &LakeState,
+    (stream, institution, day, tz): (Stream, String, NaiveDate, Tz),
+) -> Result<impl futures::Stream<Item = Result<(EventKey, Tz), CompactError>> + use<>, CompactError>
+{
+    let keys = log.keys_of_day(stream, &institution, day).await?;
+    let pending: Vec<_> = keys
+        .into_iter()
+        .filter(|key| !view.is_consumed(&day_dir(key), &key.event_id))
+        .map(|key| Ok((key, tz)))
+        .collect();
+    Ok(futures::stream::iter(pending))
+}
+
+async fn read_and_convert(
+    log: &EventLog,
+    group: Vec<(EventKey, Tz)>,
+) -> Result<Vec<ConvertedEvent>, CompactError> {
+    let read: Vec<ReadEvent> = futures::stream::iter(group)
+        .map(|(key, tz)| read_event(log, key, tz))
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(convert_batch(read).await)
+}
+
+/// An event read, with whether its body counts, before conversion.
+struct ReadEvent {
     key: EventKey,
     tz: Tz,
-) -> Result<(ConvertedEvent, usize), CompactError> {
+    received_at_micros: i64,
+    size: usize,
+    /// `None` when another event already speaks for the same body.
+    body: Option<Bytes>,
+}
+
+async fn read_event(log: &EventLog, key: EventKey, tz: Tz) -> Result<ReadEvent, CompactError> {
     let event = log.read(&key).await?;
     let canonical = log.is_canonical(&key, &event.envelope.sha256).await?;
-    let received_at_micros = event.envelope.received_at.timestamp_micros();
-    let size = event.body.len();
-    let stream = key.stream;
-    let rows = if canonical {
-        let body = event.body;
-        tokio::task::spawn_blocking(move || body_rows(stream, &body, tz, received_at_micros))
-            .await
-            .expect("conversion does not panic")
-    } else {
-        Vec::new()
-    };
-    Ok((
-        ConvertedEvent {
-            key,
-            received_at_micros,
-            canonical,
-            rows,
-        },
-        size,
-    ))
+    Ok(ReadEvent {
+        received_at_micros: event.envelope.received_at.timestamp_micros(),
+        size: event.body.len(),
+        body: canonical.then_some(event.body),
+        key,
+        tz,
+    })
+}
+
+/// Converts a batch of events on every core, keeping their order. One blocking task per
+/// core and batch, rather than per event: waking threads cost more than small bodies.
+async fn convert_batch(events: Vec<ReadEvent>) -> Vec<ConvertedEvent> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_task = events.len().div_ceil(cores).max(1);
+    let mut events = events.into_iter();
+    let mut tasks = Vec::new();
+    loop {
+        let part: Vec<ReadEvent> = events.by_ref().take(per_task).collect();
+        if part.is_empty() {
+            break;
+        }
+        tasks.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|event| ConvertedEvent {
+                    canonical: event.body.is_some(),
+                    rows: event.body.map_or_else(Vec::new, |body| {
+                        body_rows(event.key.stream, &body, event.tz, event.received_at_micros)
+                    }),
+                    received_at_micros: event.received_at_micros,
+                    size: event.size,
+                    key: event.key,
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut converted = Vec::new();
+    for task in tasks {
+        converted.extend(task.await.expect("conversion does not panic"));
+    }
+    converted
 }
 
 /// Every row a body gives, rejects included.
@@ -392,24 +470,26 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
         }
     };
     let mut rows = Vec::with_capacity(records.len());
-    for (position, raw) in records.into_iter().enumerate() {
-        let raw = raw.get();
-        let converted = serde_json::from_str(raw)
-            .map_err(|e| tables::Misfit(e.to_string()))
-            .and_then(|record| tables::rows_of(stream, &record, raw, tz, received_at_micros));
-        match converted {
+    for (position, record) in records.into_iter().enumerate() {
+        match tables::rows_of(stream, record, tz, received_at_micros) {
             Ok(record_rows) => rows.extend(record_rows),
             Err(tables::Misfit(reason)) => rows.push(tables::reject_row(
                 stream,
                 position,
                 reason,
-                raw,
+                record.get(),
                 tz,
                 received_at_micros,
             )),
         }
     }
     rows
+}
+
+/// A chunk whose files are being written, with the events they consume.
+struct InFlight {
+    files: tokio::task::JoinHandle<Result<Vec<DataFile>, CompactError>>,
+    consumed: BTreeMap<String, Vec<Uuid>>,
 }
 
 /// The work of one pass: rows collected per partition, files written, events consumed.
@@ -421,16 +501,30 @@ struct Work<'a> {
     buffered_bytes: usize,
     /// Unique keys present per partition (committed files and this pass), loaded lazily.
     unique_keys: HashMap<(Table, String, NaiveDate), HashSet<i64>>,
+    /// Events whose rows are in `partitions`.
     consumed: BTreeMap<String, Vec<Uuid>>,
+    /// The chunk being encoded and written in the background.
+    in_flight: Option<InFlight>,
+    /// Files written, and the events they consumed, not yet committed.
     files: Vec<DataFile>,
+    landed: BTreeMap<String, Vec<Uuid>>,
+    /// Sealing advances in the pass's last commit only: an earlier one may not yet hold
+    /// every event of the days it seals.
     sealed: BTreeMap<String, NaiveDate>,
+    seal_before: NaiveDate,
     oldest_received_micros: Option<i64>,
     summary: PassSummary,
 }
 
 impl<'a> Work<'a> {
-    fn new(compactor: &'a Compactor, mode: Mode, view: &'a LakeState) -> Work<'a> {
+    fn new(
+        compactor: &'a Compactor,
+        mode: Mode,
+        view: &'a LakeState,
+        seal_before: NaiveDate,
+    ) -> Work<'a> {
         Work {
+            seal_before,
             compactor,
             mode,
             view,
@@ -438,47 +532,41 @@ impl<'a> Work<'a> {
             buffered_bytes: 0,
             unique_keys: HashMap::new(),
             consumed: BTreeMap::new(),
+            in_flight: None,
             files: Vec::new(),
+            landed: BTreeMap::new(),
             sealed: BTreeMap::new(),
             oldest_received_micros: None,
             summary: PassSummary::default(),
         }
     }
 
-    /// Reads, converts and adds the events of one day, writing and committing whenever the
-    /// chunk budget is reached.
-    async fn add_day(
+    /// Adds converted batches in order, writing and committing whenever the chunk budget
+    /// is reached.
+    async fn add_all(
         &mut self,
-        keys: Vec<EventKey>,
-        tz: Tz,
-        sealing: bool,
+        batches: impl futures::Stream<Item = Result<Vec<ConvertedEvent>, CompactError>>,
         state: &mut LakeState,
     ) -> Result<(), CompactError> {
-        let log = &self.compactor.log;
-        let mut converted = std::pin::pin!(
-            futures::stream::iter(keys)
-                .map(|key| convert_event(log, key, tz))
-                .buffered(READ_CONCURRENCY)
-        );
-        while let Some((event, size)) = converted.try_next().await? {
-            self.load_unique_keys(&event.key.institution, &event.rows)
-                .await?;
-            self.add_event(event, sealing);
-            self.buffered_bytes += size;
-            if self.buffered_bytes >= self.compactor.options.chunk_bytes {
-                self.write_files().await?;
-                if self.mode == Mode::Incremental {
-                    self.commit(state).await?;
+        let mut batches = std::pin::pin!(batches);
+        while let Some(batch) = batches.try_next().await? {
+            for event in batch {
+                self.load_unique_keys(&event.key.institution, &event.rows)
+                    .await?;
+                self.buffered_bytes += event.size;
+                self.add_event(event);
+                if self.buffered_bytes >= self.compactor.options.chunk_bytes {
+                    self.write_chunk(state).await?;
                 }
             }
         }
         Ok(())
     }
 
-    fn add_event(&mut self, event: ConvertedEvent, sealing: bool) {
+    fn add_event(&mut self, event: ConvertedEvent) {
         self.summary.events += 1;
         // A rebuild seals old days in its commit: their ids need not be kept.
-        if !(self.mode == Mode::Rebuild && sealing) {
+        if !(self.mode == Mode::Rebuild && event.key.day < self.seal_before) {
             self.consumed
                 .entry(day_dir(&event.key))
                 .or_default()
@@ -543,32 +631,56 @@ impl<'a> Work<'a> {
         Ok(())
     }
 
-    /// Encodes every collected partition as a pending file.
-    async fn write_files(&mut self) -> Result<(), CompactError> {
+    /// Starts encoding and writing every collected partition as pending files, in the
+    /// background, with the events whose rows they hold; the pass goes on collecting the
+    /// next chunk meanwhile. The chunk written before is landed first.
+    async fn write_chunk(&mut self, state: &mut LakeState) -> Result<(), CompactError> {
         let partitions = std::mem::take(&mut self.partitions);
+        let consumed = std::mem::take(&mut self.consumed);
         self.buffered_bytes = 0;
-        let written: Vec<DataFile> =
+        let store = self.compactor.store.clone();
+        let files = tokio::spawn(async move {
             futures::stream::iter(partitions.into_iter().filter(|(_, b)| b.rows() > 0))
                 .map(|((table, institution, date), mut builder)| {
-                    let compactor = self.compactor;
+                    let store = &store;
                     async move {
                         let batch = builder.finish();
-                        compactor
-                            .write_file(table, &institution, date, vec![batch])
-                            .await
+                        write_file(store, table, &institution, date, vec![batch]).await
                     }
                 })
                 .buffer_unordered(2)
-                .try_collect()
-                .await?;
-        self.summary.files_written += written.len();
-        self.files.extend(written);
+                .try_collect::<Vec<DataFile>>()
+                .await
+        });
+        let previous = self.in_flight.replace(InFlight { files, consumed });
+        self.land(previous, state).await
+    }
+
+    /// Waits for a chunk's files; in an incremental pass commits them with the events
+    /// they consumed, in a rebuild keeps them for the one final commit.
+    async fn land(
+        &mut self,
+        chunk: Option<InFlight>,
+        state: &mut LakeState,
+    ) -> Result<(), CompactError> {
+        let Some(InFlight { files, consumed }) = chunk else {
+            return Ok(());
+        };
+        let files = files.await.expect("writing files does not panic")?;
+        self.summary.files_written += files.len();
+        self.files.extend(files);
+        for (day_dir, ids) in consumed {
+            self.landed.entry(day_dir).or_default().extend(ids);
+        }
+        if self.mode == Mode::Incremental {
+            self.commit(state, false).await?;
+        }
         Ok(())
     }
 
     /// Commits the files and consumed events since the last commit, then publishes them.
-    async fn commit(&mut self, state: &mut LakeState) -> Result<(), CompactError> {
-        if self.consumed.is_empty() && self.files.is_empty() && self.sealed.is_empty() {
+    async fn commit(&mut self, state: &mut LakeState, last: bool) -> Result<(), CompactError> {
+        if self.landed.is_empty() && self.files.is_empty() && (!last || self.sealed.is_empty()) {
             return Ok(());
         }
         let commit = Commit {
@@ -578,13 +690,17 @@ impl<'a> Work<'a> {
             }
             .into(),
             reset: self.mode == Mode::Rebuild,
-            consumed: std::mem::take(&mut self.consumed),
+            consumed: std::mem::take(&mut self.landed),
             added: std::mem::take(&mut self.files),
             removed: match self.mode {
                 Mode::Incremental => Vec::new(),
                 Mode::Rebuild => state.files.keys().cloned().collect(),
             },
-            sealed: std::mem::take(&mut self.sealed),
+            sealed: if last {
+                std::mem::take(&mut self.sealed)
+            } else {
+                BTreeMap::new()
+            },
             ..Commit::default()
         };
         if let Err(e) = self.compactor.commits.commit(state, commit.clone()).await {
@@ -603,8 +719,10 @@ impl<'a> Work<'a> {
     }
 
     async fn finish(&mut self, state: &mut LakeState) -> Result<(), CompactError> {
-        self.write_files().await?;
-        self.commit(state).await?;
+        self.write_chunk(state).await?;
+        let last_chunk = self.in_flight.take();
+        self.land(last_chunk, state).await?;
+        self.commit(state, true).await?;
         self.summary.lag_seconds = self
             .oldest_received_micros
             .map(|micros| (Utc::now().timestamp_micros() - micros) as f64 / 1e6);

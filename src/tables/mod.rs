@@ -7,6 +7,7 @@
 //! read or write storage.
 
 mod builder;
+mod json;
 mod timestamps;
 
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
-use serde_json::Value;
+use serde_json::value::RawValue;
+
+use json::Object;
 
 pub use builder::TableBuilder;
 pub use timestamps::{local_date, parse_date, parse_instant};
@@ -320,20 +323,22 @@ pub fn reject_row(
     }
 }
 
-/// Converts one record of a body into its rows: one row for contacts, orders and ticket
-/// checks; for orders also one `order_movements` row per movement of each operation.
-/// `raw` is the record's JSON as received.
+/// Converts one record of a body (its JSON exactly as received) into its rows: one row for
+/// contacts, orders and ticket checks; for orders also one `order_movements` row per
+/// movement of each operation.
 pub fn rows_of(
     stream: Stream,
-    record: &Value,
-    raw: &str,
+    record: &RawValue,
     tz: Tz,
     received_at_micros: i64,
 ) -> Result<Vec<Row>, Misfit> {
+    let object =
+        Object::parse(record).ok_or_else(|| Misfit("the record is not an object".into()))?;
+    let raw = record.get();
     match stream {
         Stream::Contacts => {
             // A contact has no date of its own: it is dated by when it was received.
-            let cells = cells(Table::Contacts, &[record], tz)?;
+            let cells = cells(Table::Contacts, &[&object], tz)?;
             Ok(vec![Row {
                 table: Table::Contacts,
                 date: timestamps::local_date(received_at_micros, tz),
@@ -342,7 +347,7 @@ pub fn rows_of(
             }])
         }
         Stream::TicketChecks => {
-            let cells = cells(Table::TicketChecks, &[record], tz)?;
+            let cells = cells(Table::TicketChecks, &[&object], tz)?;
             let date = date_of(&cells, Table::TicketChecks, "access_time", tz);
             Ok(vec![Row {
                 table: Table::TicketChecks,
@@ -351,16 +356,20 @@ pub fn rows_of(
                 raw: raw.to_string(),
             }])
         }
-        Stream::Orders => order_rows(record, raw, tz),
+        Stream::Orders => order_rows(&object, raw, tz),
     }
 }
 
-fn order_rows(record: &Value, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
+fn order_rows(record: &Object, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
     // S-360 sends orders either wrapped in `orderDetailsData` or bare.
-    let order = record.get("orderDetailsData").unwrap_or(record);
-    if !order.is_object() {
-        return Err(Misfit("orderDetailsData is not an object".into()));
-    }
+    let wrapped = match record.get("orderDetailsData") {
+        Some(inner) => Some(
+            Object::parse(inner)
+                .ok_or_else(|| Misfit("orderDetailsData is not an object".into()))?,
+        ),
+        None => None,
+    };
+    let order = wrapped.as_ref().unwrap_or(record);
     let order_cells = cells(Table::Orders, &[order], tz)?;
     let date = date_of(&order_cells, Table::Orders, "creation_date_time", tz);
     let mut rows = vec![Row {
@@ -369,20 +378,22 @@ fn order_rows(record: &Value, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
         cells: order_cells,
         raw: raw.to_string(),
     }];
-    for (operation_index, operation) in array_at(order, "operationDatas")?.iter().enumerate() {
-        for (movement_index, movement) in array_at(operation, "movementDatas")?.iter().enumerate() {
-            let cells = cells(Table::OrderMovements, &[order, operation, movement], tz).map_err(
-                |Misfit(reason)| {
-                    Misfit(format!(
-                        "operationDatas[{operation_index}].movementDatas[{movement_index}]: {reason}"
-                    ))
-                },
-            )?;
+    for (operation_index, operation) in array_at(order, "operationDatas")?.into_iter().enumerate() {
+        let at = |inner: String| format!("operationDatas[{operation_index}]{inner}");
+        let operation =
+            Object::parse(operation).ok_or_else(|| Misfit(at(" is not an object".into())))?;
+        let movements = array_at(&operation, "movementDatas")
+            .map_err(|Misfit(m)| Misfit(at(format!(".{m}"))))?;
+        for (movement_index, movement_raw) in movements.into_iter().enumerate() {
+            let at = |reason: &str| Misfit(at(format!(".movementDatas[{movement_index}]{reason}")));
+            let movement = Object::parse(movement_raw).ok_or_else(|| at(" is not an object"))?;
+            let cells = cells(Table::OrderMovements, &[order, &operation, &movement], tz)
+                .map_err(|Misfit(reason)| at(&format!(": {reason}")))?;
             rows.push(Row {
                 table: Table::OrderMovements,
                 date,
                 cells,
-                raw: movement.to_string(),
+                raw: movement_raw.get().to_string(),
             });
         }
     }
@@ -390,11 +401,11 @@ fn order_rows(record: &Value, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
 }
 
 /// The array under `key`, empty when absent or null.
-fn array_at<'a>(object: &'a Value, key: &str) -> Result<&'a [Value], Misfit> {
+fn array_at<'a>(object: &Object<'a>, key: &str) -> Result<Vec<&'a RawValue>, Misfit> {
     match object.get(key) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(items)) => Ok(items),
-        Some(_) => Err(Misfit(format!("{key} is not an array"))),
+        None => Ok(Vec::new()),
+        Some(value) if json::is_null(value) => Ok(Vec::new()),
+        Some(value) => json::array(value).ok_or_else(|| Misfit(format!("{key} is not an array"))),
     }
 }
 
@@ -412,7 +423,7 @@ fn date_of(cells: &[Cell], table: Table, column: &str, tz: Tz) -> NaiveDate {
 }
 
 /// Reads every column of `table` from `scopes` (record, operation, movement).
-fn cells(table: Table, scopes: &[&Value], tz: Tz) -> Result<Vec<Cell>, Misfit> {
+fn cells(table: Table, scopes: &[&Object], tz: Tz) -> Result<Vec<Cell>, Misfit> {
     table
         .columns()
         .iter()
@@ -422,18 +433,16 @@ fn cells(table: Table, scopes: &[&Value], tz: Tz) -> Result<Vec<Cell>, Misfit> {
                 Scope::Operation => scopes[1],
                 Scope::Movement => scopes[2],
             };
-            let value = column
-                .path
-                .iter()
-                .try_fold(scope, |value, key| value.get(key))
-                .unwrap_or(&Value::Null);
-            let cell = convert(value, column.kind, tz).map_err(|problem| {
-                Misfit(format!(
-                    "{} ({}): {problem}",
-                    column.name,
-                    column.path.join(".")
-                ))
-            })?;
+            let cell = match scope.path(column.path) {
+                None => Cell::Null,
+                Some(value) => convert(value, column.kind, tz).map_err(|problem| {
+                    Misfit(format!(
+                        "{} ({}): {problem}",
+                        column.name,
+                        column.path.join(".")
+                    ))
+                })?,
+            };
             if column.required && cell == Cell::Null {
                 return Err(Misfit(format!(
                     "{} ({}) is missing",
@@ -446,27 +455,33 @@ fn cells(table: Table, scopes: &[&Value], tz: Tz) -> Result<Vec<Cell>, Misfit> {
         .collect()
 }
 
-fn convert(value: &Value, kind: Kind, tz: Tz) -> Result<Cell, String> {
-    if value.is_null() {
+/// Converts one JSON value, from its text, to a cell of `kind`.
+fn convert(value: &RawValue, kind: Kind, tz: Tz) -> Result<Cell, String> {
+    let text = value.get();
+    if json::is_null(value) {
         return Ok(Cell::Null);
     }
-    let wrong = |expected: &str| format!("expected {expected}, found {value}");
+    let wrong = |expected: &str| format!("expected {expected}, found {text}");
     Ok(match kind {
-        Kind::Int64 => Cell::Int64(value.as_i64().ok_or_else(|| wrong("a 64-bit integer"))?),
-        Kind::Text => Cell::Text(match value {
-            Value::String(text) => text.clone(),
+        Kind::Int64 => Cell::Int64(text.parse().map_err(|_| wrong("a 64-bit integer"))?),
+        Kind::Text => Cell::Text(match json::string(value) {
+            Some(string) => string.into_owned(),
             // Codes that S-360 may send as numbers stay readable as text.
-            Value::Number(number) => number.to_string(),
-            _ => return Err(wrong("a string")),
+            None if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => text.to_string(),
+            None => return Err(wrong("a string")),
         }),
-        Kind::Bool => Cell::Bool(value.as_bool().ok_or_else(|| wrong("true or false"))?),
+        Kind::Bool => Cell::Bool(match text {
+            "true" => true,
+            "false" => false,
+            _ => return Err(wrong("true or false")),
+        }),
         Kind::Instant => {
-            let text = value.as_str().ok_or_else(|| wrong("a timestamp string"))?;
-            Cell::Instant(parse_instant(text, tz).ok_or_else(|| wrong("a readable timestamp"))?)
+            let string = json::string(value).ok_or_else(|| wrong("a timestamp string"))?;
+            Cell::Instant(parse_instant(&string, tz).ok_or_else(|| wrong("a readable timestamp"))?)
         }
         Kind::Date => {
-            let text = value.as_str().ok_or_else(|| wrong("a date string"))?;
-            Cell::Date(parse_date(text).ok_or_else(|| wrong("a YYYY-MM-DD date"))?)
+            let string = json::string(value).ok_or_else(|| wrong("a date string"))?;
+            Cell::Date(parse_date(&string).ok_or_else(|| wrong("a YYYY-MM-DD date"))?)
         }
     })
 }
@@ -474,6 +489,17 @@ fn convert(value: &Value, kind: Kind, tz: Tz) -> Result<Cell, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    /// `rows_of` on a value's JSON text.
+    fn rows_from(stream: Stream, record: &Value, tz: Tz) -> Result<Vec<Row>, Misfit> {
+        rows_of(
+            stream,
+            &serde_json::value::to_raw_value(record).unwrap(),
+            tz,
+            0,
+        )
+    }
 
     fn sample(name: &str) -> Vec<Value> {
         let path = format!("{}/../shared/samples/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -493,14 +519,7 @@ mod tests {
     #[test]
     fn an_order_gives_its_row_and_one_row_per_movement() {
         let orders = sample("orders.json");
-        let rows = rows_of(
-            Stream::Orders,
-            &orders[0],
-            "{}",
-            chrono_tz::Europe::Zurich,
-            0,
-        )
-        .unwrap();
+        let rows = rows_from(Stream::Orders, &orders[0], chrono_tz::Europe::Zurich).unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].table, Table::Orders);
         assert_eq!(cell(&rows[0], "order_id"), Cell::Int64(10000702652));
@@ -521,21 +540,14 @@ mod tests {
         assert_eq!(movement.date, rows[0].date);
         // The bare form gives the same rows.
         let bare = &orders[0]["orderDetailsData"];
-        let bare_rows = rows_of(Stream::Orders, bare, "{}", chrono_tz::Europe::Zurich, 0).unwrap();
+        let bare_rows = rows_from(Stream::Orders, bare, chrono_tz::Europe::Zurich).unwrap();
         assert_eq!(bare_rows[1].cells, rows[1].cells);
     }
 
     #[test]
     fn venue_local_times_become_utc() {
         let checks = sample("ticketchecks.json");
-        let rows = rows_of(
-            Stream::TicketChecks,
-            &checks[0],
-            "{}",
-            chrono_tz::Europe::Zurich,
-            0,
-        )
-        .unwrap();
+        let rows = rows_from(Stream::TicketChecks, &checks[0], chrono_tz::Europe::Zurich).unwrap();
         // 2023-02-09 18:25:10 in Zurich (UTC+1 in winter) is 17:25:10 UTC.
         assert_eq!(
             cell(&rows[0], "access_time"),
@@ -548,29 +560,27 @@ mod tests {
     fn misfits_name_the_column_and_the_value() {
         let record: Value =
             serde_json::json!({"ticket_check_id": "abc", "access_time": "2023-02-09 18:25:10"});
-        let misfit = rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC, 0).unwrap_err();
+        let misfit = rows_from(Stream::TicketChecks, &record, Tz::UTC).unwrap_err();
         assert_eq!(
             misfit.0,
             "ticket_check_id (ticket_check_id): expected a 64-bit integer, found \"abc\""
         );
         let record: Value = serde_json::json!({"ticket_check_id": 1, "access_time": "yesterday"});
         assert!(
-            rows_of(Stream::TicketChecks, &record, "{}", Tz::UTC, 0)
+            rows_from(Stream::TicketChecks, &record, Tz::UTC)
                 .unwrap_err()
                 .0
                 .starts_with("access_time")
         );
         let record: Value = serde_json::json!({"contactId": 5});
         assert_eq!(
-            rows_of(Stream::Contacts, &record, "{}", Tz::UTC, 0)
-                .unwrap_err()
-                .0,
+            rows_from(Stream::Contacts, &record, Tz::UTC).unwrap_err().0,
             "contact_number (contactNumber) is missing"
         );
         let mut order = sample("orders.json")[0].clone();
         order["orderDetailsData"]["operationDatas"][0]["movementDatas"][1]["movementId"] =
             serde_json::json!(1.5);
-        let misfit = rows_of(Stream::Orders, &order, "{}", Tz::UTC, 0).unwrap_err();
+        let misfit = rows_from(Stream::Orders, &order, Tz::UTC).unwrap_err();
         assert!(
             misfit
                 .0
