@@ -189,6 +189,21 @@ impl Store {
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        if let Some(root) = &self.local_root {
+            // One read on a blocking thread, where object_store's local backend takes two
+            // (open, then read): compaction reads every event and its marker.
+            let path = root.join(key);
+            let read = local_io(key, move || std::fs::read(path)).await;
+            return match read {
+                Ok(bytes) => Ok(Bytes::from(bytes)),
+                Err(StoreError::Io { key, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Err(StoreError::NotFound { key })
+                }
+                Err(e) => Err(e),
+            };
+        }
         let path = Path::from(key);
         let result = self.objects.get(&path).await;
         match result {

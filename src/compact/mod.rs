@@ -497,10 +497,12 @@ struct Work<'a> {
     compactor: &'a Compactor,
     mode: Mode,
     view: &'a LakeState,
-    partitions: BTreeMap<(Table, String, NaiveDate), TableBuilder>,
+    /// By institution, then table and date: rows are added with a borrowed institution,
+    /// without building a key per row.
+    partitions: BTreeMap<String, BTreeMap<(Table, NaiveDate), TableBuilder>>,
     buffered_bytes: usize,
     /// Unique keys present per partition (committed files and this pass), loaded lazily.
-    unique_keys: HashMap<(Table, String, NaiveDate), HashSet<i64>>,
+    unique_keys: HashMap<String, HashMap<(Table, NaiveDate), HashSet<i64>>>,
     /// Events whose rows are in `partitions`.
     consumed: BTreeMap<String, Vec<Uuid>>,
     /// The chunk being encoded and written in the background.
@@ -584,12 +586,18 @@ impl<'a> Work<'a> {
         }
         let event_id = event.key.event_id.to_string();
         let institution = &event.key.institution;
+        if !self.partitions.contains_key(institution) {
+            self.partitions.insert(institution.clone(), BTreeMap::new());
+        }
+        let partitions = self.partitions.get_mut(institution).expect("just ensured");
+        let unique_keys = self.unique_keys.get_mut(institution);
+        let mut unique_keys = unique_keys;
         for row in event.rows {
-            let partition = (row.table, institution.clone(), row.date);
+            let partition = (row.table, row.date);
             if let Some(id) = unique_key_of(&row)
-                && !self
-                    .unique_keys
-                    .get_mut(&partition)
+                && !unique_keys
+                    .as_mut()
+                    .and_then(|keys| keys.get_mut(&partition))
                     .expect("loaded before the event is added")
                     .insert(id)
             {
@@ -597,7 +605,7 @@ impl<'a> Work<'a> {
                 continue;
             }
             *self.summary.rows.entry(row.table.name()).or_default() += 1;
-            self.partitions
+            partitions
                 .entry(partition)
                 .or_insert_with(|| TableBuilder::new(row.table))
                 .push(row.cells, &event_id, event.received_at_micros, &row.raw);
@@ -615,8 +623,12 @@ impl<'a> Work<'a> {
             let Some(column) = row.table.unique_key() else {
                 continue;
             };
-            let partition = (row.table, institution.to_string(), row.date);
-            if self.unique_keys.contains_key(&partition) {
+            let partition = (row.table, row.date);
+            if self
+                .unique_keys
+                .get(institution)
+                .is_some_and(|keys| keys.contains_key(&partition))
+            {
                 continue;
             }
             let mut keys = HashSet::new();
@@ -626,7 +638,10 @@ impl<'a> Work<'a> {
                 let bytes = self.compactor.store.get(&file.path).await?;
                 keys.extend(files::int64_column(bytes, column)?);
             }
-            self.unique_keys.insert(partition, keys);
+            self.unique_keys
+                .entry(institution.to_string())
+                .or_default()
+                .insert(partition, keys);
         }
         Ok(())
     }
@@ -639,8 +654,19 @@ impl<'a> Work<'a> {
         let consumed = std::mem::take(&mut self.consumed);
         self.buffered_bytes = 0;
         let store = self.compactor.store.clone();
+        let partitions: Vec<_> = partitions
+            .into_iter()
+            .flat_map(|(institution, tables)| {
+                tables
+                    .into_iter()
+                    .filter(|(_, builder)| builder.rows() > 0)
+                    .map(move |((table, date), builder)| {
+                        ((table, institution.clone(), date), builder)
+                    })
+            })
+            .collect();
         let files = tokio::spawn(async move {
-            futures::stream::iter(partitions.into_iter().filter(|(_, b)| b.rows() > 0))
+            futures::stream::iter(partitions)
                 .map(|((table, institution, date), mut builder)| {
                     let store = &store;
                     async move {
