@@ -670,8 +670,8 @@ impl<'a> Work<'a> {
                 .map(|((table, institution, date), mut builder)| {
                     let store = &store;
                     async move {
-                        let batch = builder.finish();
-                        write_file(store, table, &institution, date, vec![batch]).await
+                        let batches = builder.finish();
+                        write_file(store, table, &institution, date, batches).await
                     }
                 })
                 .buffer_unordered(2)

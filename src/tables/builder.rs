@@ -59,8 +59,13 @@ fn utc_timestamps() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone("UTC")
 }
 
+/// Rows per batch: builders are cut into batches of this size, so their buffers stay small
+/// and are reused, instead of doubling (and copying) toward the size of a whole chunk.
+const BATCH_ROWS: usize = 4096;
+
 /// Collects rows of one table (one partition, in practice) until they are written out.
 pub struct TableBuilder {
+    finished: Vec<RecordBatch>,
     table: Table,
     columns: Vec<ColumnBuilder>,
     event_ids: StringBuilder,
@@ -74,6 +79,7 @@ pub struct TableBuilder {
 impl TableBuilder {
     pub fn new(table: Table) -> TableBuilder {
         TableBuilder {
+            finished: Vec::new(),
             table,
             columns: table
                 .columns()
@@ -101,6 +107,10 @@ impl TableBuilder {
         self.raw.append_value(raw);
         self.rows += 1;
         self.bytes += raw.len() + event_id.len() + 8 * (self.columns.len() + 1);
+        if self.rows % BATCH_ROWS == 0 {
+            let batch = self.finish_batch();
+            self.finished.push(batch);
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -111,14 +121,22 @@ impl TableBuilder {
         self.bytes
     }
 
-    /// Takes the rows collected so far as one batch, leaving the builder empty.
-    pub fn finish(&mut self) -> RecordBatch {
+    /// Takes the rows collected so far, as batches, leaving the builder empty.
+    pub fn finish(&mut self) -> Vec<RecordBatch> {
+        if self.rows % BATCH_ROWS != 0 {
+            let batch = self.finish_batch();
+            self.finished.push(batch);
+        }
+        self.rows = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.finished)
+    }
+
+    fn finish_batch(&mut self) -> RecordBatch {
         let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(|c| c.finish()).collect();
         arrays.push(Arc::new(self.event_ids.finish()));
         arrays.push(Arc::new(self.received_at.finish()));
         arrays.push(Arc::new(self.raw.finish()));
-        self.rows = 0;
-        self.bytes = 0;
         RecordBatch::try_new(self.table.schema(), arrays).expect("columns follow the schema")
     }
 }

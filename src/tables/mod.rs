@@ -424,35 +424,35 @@ fn date_of(cells: &[Cell], table: Table, column: &str, tz: Tz) -> NaiveDate {
 
 /// Reads every column of `table` from `scopes` (record, operation, movement).
 fn cells(table: Table, scopes: &[&Object], tz: Tz) -> Result<Vec<Cell>, Misfit> {
-    table
-        .columns()
-        .iter()
-        .map(|column| {
-            let scope = match column.scope {
-                Scope::Record => scopes[0],
-                Scope::Operation => scopes[1],
-                Scope::Movement => scopes[2],
-            };
-            let cell = match scope.path(column.path) {
-                None => Cell::Null,
-                Some(value) => convert(value, column.kind, tz).map_err(|problem| {
-                    Misfit(format!(
-                        "{} ({}): {problem}",
-                        column.name,
-                        column.path.join(".")
-                    ))
-                })?,
-            };
-            if column.required && cell == Cell::Null {
-                return Err(Misfit(format!(
-                    "{} ({}) is missing",
+    let columns = table.columns();
+    // Sized up front: collecting from an iterator of results grows the vector step by step.
+    let mut cells = Vec::with_capacity(columns.len());
+    for column in columns {
+        let scope = match column.scope {
+            Scope::Record => scopes[0],
+            Scope::Operation => scopes[1],
+            Scope::Movement => scopes[2],
+        };
+        let cell = match scope.path(column.path) {
+            None => Cell::Null,
+            Some(value) => convert(value, column.kind, tz).map_err(|problem| {
+                Misfit(format!(
+                    "{} ({}): {problem}",
                     column.name,
                     column.path.join(".")
-                )));
-            }
-            Ok(cell)
-        })
-        .collect()
+                ))
+            })?,
+        };
+        if column.required && cell == Cell::Null {
+            return Err(Misfit(format!(
+                "{} ({}) is missing",
+                column.name,
+                column.path.join(".")
+            )));
+        }
+        cells.push(cell);
+    }
+    Ok(cells)
 }
 
 /// Converts one JSON value, from its text, to a cell of `kind`.
