@@ -107,7 +107,7 @@ impl TableBuilder {
         self.raw.append_value(raw);
         self.rows += 1;
         self.bytes += raw.len() + event_id.len() + 8 * (self.columns.len() + 1);
-        if self.rows % BATCH_ROWS == 0 {
+        if self.rows.is_multiple_of(BATCH_ROWS) {
             let batch = self.finish_batch();
             self.finished.push(batch);
         }
@@ -123,7 +123,7 @@ impl TableBuilder {
 
     /// Takes the rows collected so far, as batches, leaving the builder empty.
     pub fn finish(&mut self) -> Vec<RecordBatch> {
-        if self.rows % BATCH_ROWS != 0 {
+        if !self.rows.is_multiple_of(BATCH_ROWS) {
             let batch = self.finish_batch();
             self.finished.push(batch);
         }
