@@ -321,8 +321,11 @@ fn compact_and_kill(workspace: &Workspace, point: KillPoint) -> bool {
 
 #[tokio::test]
 async fn a_compactor_killed_at_any_point_loses_and_duplicates_nothing() {
-    // Small chunks: a pass makes many commits, so kills land before, between and after them.
-    let workspace = Workspace::new(&format!("compact_chunk_bytes = 40000\n{VENUES}"));
+    // Small chunks: a pass makes many commits, so kills land before, between and after
+    // them; merge_after = 0s makes every pass merge too, so kills also land in merges.
+    let workspace = Workspace::new(&format!(
+        "compact_chunk_bytes = 40000\nmerge_after = \"0s\"\n{VENUES}"
+    ));
     let server = workspace.serve();
     let lake = workspace.lake();
     let (mut check_ids, mut order_ids) = (BTreeSet::new(), BTreeSet::new());
@@ -378,12 +381,19 @@ async fn a_compactor_killed_at_any_point_loses_and_duplicates_nothing() {
         read_table(&lake, "order_movements").len(),
         order_ids.len() * 2
     );
-    // No pending or temporary file is left behind.
-    let leftovers: Vec<_> = walk(&lake.join("tables"))
-        .into_iter()
+    // No pending or temporary file is left behind, and merging ran: every partition of
+    // the settled tables is one file.
+    let files = walk(&lake.join("tables"));
+    let leftovers: Vec<_> = files
+        .iter()
         .filter(|p| p.extension().is_none_or(|e| e != "parquet"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mut per_partition: BTreeMap<&std::path::Path, usize> = BTreeMap::new();
+    for file in &files {
+        *per_partition.entry(file.parent().unwrap()).or_default() += 1;
+    }
+    assert!(per_partition.values().all(|&n| n == 1), "{per_partition:?}");
 }
 
 #[tokio::test]

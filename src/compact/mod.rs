@@ -212,9 +212,14 @@ impl Compactor {
         })
     }
 
-    /// Completes what a commit promised: its files at their final names, its retired files
-    /// gone. Idempotent, so it can always run after a crash.
+    /// Completes what a commit promised: its retired files gone, then its files at their
+    /// final names. In that order a reader that lists directories may miss a merged
+    /// partition for an instant but never sees it twice. Idempotent, so it can always run
+    /// after a crash.
     async fn finish(&self, commit: &Commit) -> Result<(), CompactError> {
+        for path in &commit.removed {
+            self.store.delete(path).await?;
+        }
         for file in &commit.added {
             if self.store.exists(&file.path).await? {
                 continue;
@@ -227,9 +232,6 @@ impl Compactor {
                 });
             }
             self.store.rename(&pending, &file.path).await?;
-        }
-        for path in &commit.removed {
-            self.store.delete(path).await?;
         }
         Ok(())
     }
