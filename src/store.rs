@@ -112,11 +112,6 @@ impl Store {
         self.local_root.as_deref()
     }
 
-    /// The underlying store, for readers that speak `object_store` (DataFusion).
-    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
-        &self.objects
-    }
-
     /// Writes `bytes` at `key` unless an object is already there.
     pub async fn create(
         &self,

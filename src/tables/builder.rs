@@ -72,8 +72,6 @@ pub struct TableBuilder {
     received_at: TimestampMicrosecondBuilder,
     raw: StringBuilder,
     rows: usize,
-    /// A rough count of the bytes held, to bound memory.
-    bytes: usize,
 }
 
 impl TableBuilder {
@@ -90,23 +88,18 @@ impl TableBuilder {
             received_at: utc_timestamps(),
             raw: StringBuilder::new(),
             rows: 0,
-            bytes: 0,
         }
     }
 
     pub fn push(&mut self, cells: Vec<Cell>, event_id: &str, received_at_micros: i64, raw: &str) {
         debug_assert_eq!(cells.len(), self.columns.len());
         for (column, cell) in self.columns.iter_mut().zip(cells) {
-            if let Cell::Text(text) = &cell {
-                self.bytes += text.len();
-            }
             column.push(cell);
         }
         self.event_ids.append_value(event_id);
         self.received_at.append_value(received_at_micros);
         self.raw.append_value(raw);
         self.rows += 1;
-        self.bytes += raw.len() + event_id.len() + 8 * (self.columns.len() + 1);
         if self.rows.is_multiple_of(BATCH_ROWS) {
             let batch = self.finish_batch();
             self.finished.push(batch);
@@ -117,10 +110,6 @@ impl TableBuilder {
         self.rows
     }
 
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     /// Takes the rows collected so far, as batches, leaving the builder empty.
     pub fn finish(&mut self) -> Vec<RecordBatch> {
         if !self.rows.is_multiple_of(BATCH_ROWS) {
@@ -128,7 +117,6 @@ impl TableBuilder {
             self.finished.push(batch);
         }
         self.rows = 0;
-        self.bytes = 0;
         std::mem::take(&mut self.finished)
     }
 
