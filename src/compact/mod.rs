@@ -166,7 +166,7 @@ impl Compactor {
         work.finish(&mut state).await?;
         let mut summary = std::mem::take(&mut work.summary);
         if mode == Mode::Incremental {
-            summary.files_merged = self.merge_settled(&mut state, &mut summary).await?;
+            self.merge_settled(&mut state, &mut summary).await?;
         }
         summary.version = state.version;
         summary.seconds = started.elapsed().as_secs_f64();
@@ -238,7 +238,7 @@ impl Compactor {
 
     /// Deletes pending and temporary files that no commit names: the remains of a pass
     /// that died before its commit. Safe because the lease is held.
-    async fn remove_leftovers(&self) -> Result<usize, CompactError> {
+    async fn remove_leftovers(&self) -> Result<(), CompactError> {
         let leftovers: Vec<String> = self
             .store
             .list("tables")
@@ -255,7 +255,7 @@ impl Compactor {
                 "removed files left by an interrupted pass"
             );
         }
-        Ok(leftovers.len())
+        Ok(())
     }
 
     /// Merges the small files of partitions that have not changed for `merge_after`.
@@ -263,7 +263,7 @@ impl Compactor {
         &self,
         state: &mut LakeState,
         summary: &mut PassSummary,
-    ) -> Result<usize, CompactError> {
+    ) -> Result<(), CompactError> {
         let settled_before = Utc::now() - self.options.merge_after;
         let mut partitions: BTreeMap<(String, String, NaiveDate), Vec<DataFile>> = BTreeMap::new();
         for file in state.files.values() {
@@ -272,7 +272,6 @@ impl Compactor {
                 .or_default()
                 .push(file.clone());
         }
-        let mut merged = 0;
         for ((table_name, institution, date), mut partition_files) in partitions {
             let settled = partition_files.iter().all(|f| f.added_at <= settled_before);
             partition_files.retain(|f| f.bytes < self.options.target_file_bytes / 2);
@@ -298,10 +297,10 @@ impl Compactor {
                 self.commits.commit(state, commit.clone()).await?;
                 self.finish(&commit).await?;
                 summary.commits += 1;
-                merged += group.len();
+                summary.files_merged += group.len();
             }
         }
-        Ok(merged)
+        Ok(())
     }
 }
 
