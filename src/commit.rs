@@ -150,22 +150,28 @@ impl CommitLog {
     /// finishing after a crash).
     pub async fn load(&self) -> Result<(LakeState, Option<Commit>), CommitError> {
         let mut state = self.latest_checkpoint().await?.unwrap_or_default();
-        let mut latest = None;
-        loop {
-            let key = commit_key(state.version + 1);
-            let commit: Commit = match self.store.get(&key).await {
-                Ok(bytes) => parse(&key, &bytes)?,
-                Err(StoreError::NotFound { .. }) => break,
-                Err(e) => return Err(e.into()),
-            };
-            state.apply(&commit);
-            latest = Some(commit);
-        }
+        let mut latest = self.catch_up(&mut state).await?;
         if latest.is_none() && state.version > 0 {
             let key = commit_key(state.version);
             latest = Some(parse(&key, &self.store.get(&key).await?)?);
         }
         Ok((state, latest))
+    }
+
+    /// Applies to `state` every commit made after it, and returns the last one applied: a
+    /// reader that keeps its state pays one read when nothing has changed.
+    pub async fn catch_up(&self, state: &mut LakeState) -> Result<Option<Commit>, CommitError> {
+        let mut latest = None;
+        loop {
+            let key = commit_key(state.version + 1);
+            let commit: Commit = match self.store.get(&key).await {
+                Ok(bytes) => parse(&key, &bytes)?,
+                Err(StoreError::NotFound { .. }) => return Ok(latest),
+                Err(e) => return Err(e.into()),
+            };
+            state.apply(&commit);
+            latest = Some(commit);
+        }
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<LakeState>, CommitError> {

@@ -4,7 +4,7 @@
 //! at start. Anything wrong stops the start with the key's name and the problem; nothing
 //! later has to second-guess the configuration. It must never log a secret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +48,40 @@ pub struct Config {
     /// Event bytes a compaction pass reads before it writes and commits: bounds its memory.
     pub compact_chunk_bytes: usize,
     pub institutions: BTreeMap<String, Institution>,
+    pub sql: Sql,
+}
+
+/// The `[sql]` table: who may query over HTTP, and what one query may cost.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    /// Bearer tokens for `POST /sql`; empty when SQL over HTTP is off.
+    pub tokens: Vec<SqlToken>,
+    /// A query still running after this long is cancelled.
+    pub timeout: Duration,
+    /// Memory one query may hold for joins, sorts and aggregations.
+    pub memory_limit: usize,
+    /// Rows one HTTP answer may carry, so a careless `SELECT *` cannot exhaust the server.
+    pub max_rows: usize,
+}
+
+/// A bearer token and the institutions whose rows it may see.
+#[derive(Clone)]
+pub struct SqlToken {
+    /// `sql` for the token of the `[sql]` table itself, else the `[sql.tokens.NAME]` name.
+    pub name: String,
+    pub token: String,
+    /// `None` sees every institution.
+    pub institutions: Option<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for SqlToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SqlToken {{ name: {:?}, token: ***, institutions: {:?} }}",
+            self.name, self.institutions
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +128,44 @@ struct RawConfig {
     compact_chunk_bytes: u64,
     #[serde(default)]
     institutions: BTreeMap<String, RawInstitution>,
+    #[serde(default)]
+    sql: RawSql,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSql {
+    token: Option<String>,
+    token_env: Option<String>,
+    #[serde(default = "default_sql_timeout")]
+    timeout: String,
+    #[serde(default = "default_sql_memory_limit")]
+    memory_limit: String,
+    #[serde(default = "default_sql_max_rows")]
+    max_rows: u64,
+    #[serde(default)]
+    tokens: BTreeMap<String, RawSqlToken>,
+}
+
+impl Default for RawSql {
+    fn default() -> RawSql {
+        RawSql {
+            token: None,
+            token_env: None,
+            timeout: default_sql_timeout(),
+            memory_limit: default_sql_memory_limit(),
+            max_rows: default_sql_max_rows(),
+            tokens: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqlToken {
+    token: Option<String>,
+    token_env: Option<String>,
+    institutions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +200,15 @@ fn default_compact_chunk_bytes() -> u64 {
 }
 fn default_merge_after() -> String {
     "1h".into()
+}
+fn default_sql_timeout() -> String {
+    "30s".into()
+}
+fn default_sql_memory_limit() -> String {
+    "2GiB".into()
+}
+fn default_sql_max_rows() -> u64 {
+    100_000
 }
 fn default_timezone() -> String {
     "UTC".into()
@@ -231,6 +312,10 @@ impl Config {
                 .map_err(|(key, problem)| invalid(&format!("{prefix}.{key}"), problem))?;
             institutions.insert(code, institution);
         }
+        let sql = raw
+            .sql
+            .validate(&institutions, env)
+            .map_err(|(key, problem)| invalid(&format!("sql.{key}"), problem))?;
 
         Ok(Config {
             listen,
@@ -240,6 +325,7 @@ impl Config {
             merge_after,
             compact_chunk_bytes,
             institutions,
+            sql,
         })
     }
 }
@@ -364,6 +450,101 @@ impl RawInstitution {
     }
 }
 
+impl RawSql {
+    /// Returns the resolved table, or the failing key (relative to `sql`) and the problem.
+    fn validate(
+        self,
+        institutions: &BTreeMap<String, Institution>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Sql, (String, String)> {
+        let timeout = humantime::parse_duration(self.timeout.trim())
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| {
+                let problem = format!("{:?} is not a duration such as \"30s\"", self.timeout);
+                ("timeout".to_string(), problem)
+            })?;
+        let memory_limit = parse_size(&self.memory_limit).ok_or_else(|| {
+            let problem = format!("{:?} is not a size such as \"2GiB\"", self.memory_limit);
+            ("memory_limit".to_string(), problem)
+        })?;
+        let max_rows = usize::try_from(self.max_rows)
+            .ok()
+            .filter(|&rows| rows > 0)
+            .ok_or(("max_rows".to_string(), "must be more than 0".to_string()))?;
+
+        let mut tokens = Vec::new();
+        if self.token.is_some() || self.token_env.is_some() {
+            let token = secret(("token", &self.token), ("token_env", &self.token_env), env)
+                .map_err(|(key, problem)| (key.to_string(), problem))?;
+            tokens.push(SqlToken {
+                name: "sql".into(),
+                token,
+                institutions: None,
+            });
+        }
+        for (name, raw) in self.tokens {
+            let at = |key: &str| format!("tokens.{name}.{key}");
+            let token = secret(("token", &raw.token), ("token_env", &raw.token_env), env)
+                .map_err(|(key, problem)| (at(key), problem))?;
+            let visible = match raw.institutions {
+                None => None,
+                Some(list) if list.is_empty() => {
+                    let problem = "an empty list would see nothing; leave the key out to see every institution";
+                    return Err((at("institutions"), problem.into()));
+                }
+                Some(list) => {
+                    if let Some(unknown) = list.iter().find(|c| !institutions.contains_key(*c)) {
+                        let problem = format!("{unknown:?} is not a declared institution");
+                        return Err((at("institutions"), problem));
+                    }
+                    Some(list.into_iter().collect())
+                }
+            };
+            tokens.push(SqlToken {
+                name,
+                token,
+                institutions: visible,
+            });
+        }
+        // Two names for one secret would make the token's scope depend on which is found first.
+        for (i, token) in tokens.iter().enumerate() {
+            if let Some(twin) = tokens[..i].iter().find(|t| t.token == token.token) {
+                let problem = format!("has the same secret as {:?}", twin.name);
+                return Err((format!("tokens.{}", token.name), problem));
+            }
+        }
+        Ok(Sql {
+            tokens,
+            timeout,
+            memory_limit,
+            max_rows,
+        })
+    }
+}
+
+/// `"512MiB"`, `"2GiB"`, `"1.5GB"` or a plain byte count, as bytes.
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    (bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
+}
+
 /// A secret given inline or through an environment variable, exactly one of the two.
 fn secret(
     (inline_key, inline): (&'static str, &Option<String>),
@@ -456,6 +637,38 @@ mod tests {
     }
 
     #[test]
+    fn sql_tokens_carry_their_institutions() {
+        let config = parse(
+            r#"
+            [institutions.a]
+            [institutions.b]
+            [sql]
+            token_env = "SET"
+            timeout = "5s"
+            memory_limit = "512MiB"
+            [sql.tokens.venue_a]
+            token = "only-a"
+            institutions = ["a"]
+            "#,
+        )
+        .unwrap();
+        let sql = &config.sql;
+        assert_eq!(sql.timeout, Duration::from_secs(5));
+        assert_eq!(sql.memory_limit, 512 * 1024 * 1024);
+        assert_eq!(sql.tokens.len(), 2);
+        assert_eq!(
+            (sql.tokens[0].token.as_str(), &sql.tokens[0].institutions),
+            ("s3cret", &None)
+        );
+        let only_a = BTreeSet::from(["a".to_string()]);
+        assert_eq!(sql.tokens[1].institutions, Some(only_a));
+        assert!(parse("").unwrap().sql.tokens.is_empty());
+        assert_eq!(parse_size("1.5GB"), Some(1_500_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("3 parsecs"), None);
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_problem() {
         let cases = [
             ("listen = \"nowhere\"", "`listen`"),
@@ -491,6 +704,17 @@ mod tests {
                 "[institutions.v]\npassword = \"p\"",
                 "`institutions.v.password`",
             ),
+            ("[sql]\ntimeout = \"0s\"", "`sql.timeout`"),
+            ("[sql]\nmemory_limit = \"lots\"", "`sql.memory_limit`"),
+            (
+                "[sql.tokens.t]\ntoken = \"x\"\ninstitutions = [\"nowhere\"]",
+                "`sql.tokens.t.institutions`",
+            ),
+            (
+                "[sql]\ntoken = \"x\"\n[sql.tokens.t]\ntoken = \"x\"",
+                "`sql.tokens.t`",
+            ),
+            ("[sql.tokens.t]\ninstitutions = []", "`sql.tokens.t.token`"),
         ];
         for (text, expected) in cases {
             let message = problem(text);

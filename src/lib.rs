@@ -1,7 +1,7 @@
 //! datx: the receiving side of the S-360 data integration, turned into a lake.
 //!
-//! Data flows one way: HTTP (`receive`) -> `eventlog` -> `store`. Each module knows only
-//! those below it.
+//! Data flows one way: HTTP (`receive`) -> `eventlog` -> `compact` (through `tables`, into
+//! `commit`s) -> `query`. Each module knows only those below it; `store` is under all.
 
 pub mod batch;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod eventlog;
 pub mod metrics;
 pub mod receive;
+pub mod secret;
 pub mod serve;
 pub mod store;
 pub mod stream;

@@ -107,6 +107,12 @@ impl Store {
         &self.location
     }
 
+    /// The objects themselves, for a reader that fetches them its own way (DataFusion).
+    /// Every write goes through the methods here, which know how to make it durable.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.objects.clone()
+    }
+
     /// The directory of a local lake; `None` for S3.
     pub fn local_root(&self) -> Option<&FsPath> {
         self.local_root.as_deref()

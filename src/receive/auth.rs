@@ -1,17 +1,14 @@
 //! Who may post for an institution.
 //!
 //! Each institution has its own gate built from its own credentials, so a request for one
-//! venue can only ever be checked against that venue's secret. Secrets are compared as
-//! SHA-256 digests with a constant-time equality, which hides both the content and the
-//! length of the expected value from timing.
+//! venue can only ever be checked against that venue's secret, kept as a [`SecretDigest`].
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use warp::http::HeaderMap;
 use warp::http::header::AUTHORIZATION;
 
 use crate::config::Auth;
+use crate::secret::SecretDigest;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -21,24 +18,18 @@ pub enum AuthError {
     Wrong,
 }
 
-type Digest32 = [u8; 32];
-
-fn digest(bytes: &[u8]) -> Digest32 {
-    Sha256::digest(bytes).into()
-}
-
 /// An institution's credential check, with the expected secret kept only as a digest.
 #[derive(Debug, Clone)]
 pub enum Gate {
     Open,
     /// Digest of `user:password`, the decoded form of a Basic credential.
     Basic {
-        expected: Digest32,
+        expected: SecretDigest,
         realm: String,
     },
     ApiKey {
         header: String,
-        expected: Digest32,
+        expected: SecretDigest,
     },
 }
 
@@ -47,12 +38,12 @@ impl Gate {
         match auth {
             Auth::None => Gate::Open,
             Auth::Basic { user, password } => Gate::Basic {
-                expected: digest(format!("{user}:{password}").as_bytes()),
+                expected: SecretDigest::of(format!("{user}:{password}").as_bytes()),
                 realm: format!("datx {institution}"),
             },
             Auth::ApiKey { header, key } => Gate::ApiKey {
                 header: header.clone(),
-                expected: digest(key.as_bytes()),
+                expected: SecretDigest::of(key.as_bytes()),
             },
         }
     }
@@ -73,14 +64,14 @@ impl Gate {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(encoded)
                     .map_err(|_| AuthError::Wrong)?;
-                (digest(&decoded), expected)
+                (decoded, expected)
             }
             Gate::ApiKey { header, expected } => {
                 let value = headers.get(header.as_str()).ok_or(AuthError::Missing)?;
-                (digest(value.as_bytes()), expected)
+                (value.as_bytes().to_vec(), expected)
             }
         };
-        if bool::from(given.ct_eq(expected)) {
+        if expected.matches(&given) {
             Ok(())
         } else {
             Err(AuthError::Wrong)
