@@ -193,7 +193,7 @@ async fn main() {
         };
         let mut http = run_phase(concurrency, duration, post).await;
         let _ = stop.send(());
-        server.await.unwrap();
+        server.await.unwrap().expect("the server ran");
 
         // Ceiling: the same appends, same bytes, same tasks, no HTTP.
         let log = EventLog::new(fresh_lake(root.path(), &format!("ceiling-{concurrency}")));

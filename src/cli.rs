@@ -15,6 +15,8 @@ use uuid::Uuid;
 use crate::compact::{Compactor, PassSummary};
 use crate::config::Config;
 use crate::eventlog::{EventFilter, EventLog};
+use crate::query::output::Format;
+use crate::query::{QueryEngine, Visibility};
 use crate::store::Store;
 use crate::stream::Stream;
 use crate::tables::Table;
@@ -48,6 +50,25 @@ enum Command {
     Compact,
     /// Recompute every table from the whole event log into one new commit
     Rebuild,
+    /// Run SQL over the tables of the latest compaction commit (read-only)
+    #[command(
+        long_about = "Run SQL over the tables of the latest compaction commit.\n\n\
+        Tables: contacts, orders, order_movements, ticket_checks, rejects, each with the \
+        partition columns institution and date; views: contacts_current and orders_current \
+        (the latest body received per contact or order). Statements come from the argument, \
+        from --file, or else from standard input, separated by ';'. Only reading statements \
+        are run. The limits of [sql] in datx.toml (timeout, memory_limit) apply.\n\n\
+        Exits 1 with DataFusion's message when a statement fails."
+    )]
+    Sql {
+        /// One statement, e.g. "SELECT count(*) FROM ticket_checks"
+        statement: Option<String>,
+        /// Read statements from this file, e.g. queries/freshness.sql
+        #[arg(short, long, value_name = "PATH", conflicts_with = "statement")]
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Inspect the raw event log
     #[command(subcommand)]
     Events(EventsCommand),
@@ -125,7 +146,8 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// Parses the command line, runs the command and maps failures to an exit status: 1 for a
-/// failed check (`events verify`), 2 for anything that stopped the command.
+/// failed check (`events verify`) or a failed statement (`sql`), 2 for anything that
+/// stopped the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
@@ -178,6 +200,22 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
             print_summary(&summary);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sql {
+            statement,
+            file,
+            format,
+        } => {
+            let text = match (statement, file) {
+                (Some(statement), _) => statement,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                (None, None) => std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| format!("cannot read standard input: {e}"))?,
+            };
+            let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
+            let engine = QueryEngine::new(store, config.sql).map_err(|e| e.to_string())?;
+            sql(&engine, &text, format).await
+        }
         Command::Events(events) => {
             let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
             let log = EventLog::new(store);
@@ -190,6 +228,42 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
             }
         }
     }
+}
+
+/// Runs each statement in turn and prints its answer; stops at the first that fails.
+async fn sql(engine: &QueryEngine, text: &str, format: Format) -> Result<ExitCode, String> {
+    let statements = match crate::query::statements(text) {
+        Ok(statements) if statements.is_empty() => return Err("no SQL statement given".into()),
+        Ok(statements) => statements,
+        Err(e) => {
+            eprintln!("datx: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for statement in statements {
+        let started = std::time::Instant::now();
+        let answer = match engine.run(statement, Visibility::All, None).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!("datx: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        crate::query::output::write(&answer, format, &mut out)
+            .map_err(|e| format!("cannot write the answer: {e}"))?;
+        if format == Format::Table {
+            out.flush()
+                .map_err(|e| format!("cannot write the answer: {e}"))?;
+            let rows = answer.num_rows();
+            let seconds = started.elapsed().as_secs_f64();
+            eprintln!(
+                "({rows} row{}, {seconds:.3} s)",
+                if rows == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(summary: &PassSummary) {

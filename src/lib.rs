@@ -10,6 +10,7 @@ pub mod compact;
 pub mod config;
 pub mod eventlog;
 pub mod metrics;
+pub mod query;
 pub mod receive;
 pub mod secret;
 pub mod serve;

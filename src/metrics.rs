@@ -17,6 +17,8 @@ const BODY_BYTES: &str = "datx_body_bytes_total";
 const APPEND_SECONDS: &str = "datx_append_seconds";
 const COMPACTION_LAG: &str = "datx_compaction_lag_seconds";
 const COMPACTED_ROWS: &str = "datx_compacted_rows_total";
+const SQL_QUERIES: &str = "datx_sql_queries_total";
+const SQL_SECONDS: &str = "datx_sql_seconds";
 
 /// Durable appends take from a fraction of a millisecond (local SSD) to a few hundred
 /// milliseconds (a slow S3 endpoint).
@@ -56,6 +58,8 @@ pub fn install() -> PrometheusHandle {
                 COMPACTED_ROWS,
                 "Rows added to the tables by compaction, by table"
             );
+            describe_counter!(SQL_QUERIES, "POST /sql requests by token and HTTP code");
+            describe_histogram!(SQL_SECONDS, "Time to answer POST /sql, by token");
             handle
         })
         .clone()
@@ -93,4 +97,10 @@ pub fn compaction(summary: &crate::compact::PassSummary) {
 
 pub fn append_latency(elapsed: Duration) {
     histogram!(APPEND_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// `token` is a name from the configuration, so the label set stays bounded.
+pub fn sql_query(token: &str, code: u16, elapsed: Duration) {
+    counter!(SQL_QUERIES, "token" => token.to_string(), "code" => code.to_string()).increment(1);
+    histogram!(SQL_SECONDS, "token" => token.to_string()).record(elapsed.as_secs_f64());
 }

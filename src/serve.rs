@@ -1,4 +1,5 @@
-//! `datx serve`: one HTTP server for the receive routes, `/healthz` and `/metrics`.
+//! `datx serve`: one HTTP server for the receive routes, `POST /sql`, `/healthz` and
+//! `/metrics`.
 //!
 //! Owns the listener, the joining of routes and a graceful stop (in-flight pushes finish
 //! and get their answer before the process exits). It must never answer for a route it
@@ -19,6 +20,8 @@ use crate::commit::CommitError;
 use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::eventlog::EventLog;
+use crate::query::QueryEngine;
+use crate::query::http::SqlService;
 use crate::receive::{ErrorBody, Receiver};
 use crate::store::{Store, StoreError};
 
@@ -26,6 +29,8 @@ use crate::store::{Store, StoreError};
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -42,8 +47,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             address: config.listen,
             source,
         })?;
-    run(config, store, listener, shutdown_signal()).await;
-    Ok(())
+    run(config, store, listener, shutdown_signal()).await
 }
 
 /// Serves on an already bound listener until `shutdown` completes; the benches and tests
@@ -53,11 +57,15 @@ pub async fn run(
     store: Store,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), ServeError> {
     let metrics = crate::metrics::install();
     let receiver = Arc::new(Receiver::new(EventLog::new(store.clone()), &config));
+    let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
+    let sql = Arc::new(SqlService::new(engine, &config.sql));
     let routes = receiver
         .routes()
+        .or(sql.routes())
+        .unify()
         .or(healthz(store.clone()))
         .unify()
         .or(metrics_route(metrics))
@@ -88,6 +96,7 @@ pub async fn run(
         compaction.abort();
     }
     tracing::info!("datx stopped");
+    Ok(())
 }
 
 /// Runs a compaction pass every `every`, for as long as the server runs.
@@ -160,6 +169,14 @@ async fn refuse_unrouted(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(
         if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
             error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+        } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+            let limit = crate::query::http::MAX_STATEMENT_BYTES;
+            error_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a statement may have at most {limit} bytes"),
+            )
+        } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+            error_reply(StatusCode::LENGTH_REQUIRED, "send a Content-Length".into())
         } else {
             error_reply(StatusCode::NOT_FOUND, "no such route".into())
         },

@@ -1,0 +1,369 @@
+//! Querying: read-only SQL over exactly the files of the latest compaction commit.
+//!
+//! Owns the DataFusion session (the lake's tables and the current-state views), the refusal
+//! of anything that would create, change or drop, the institutions a caller may see, and
+//! the time and memory limits. The command line and `POST /sql` both go through
+//! [`QueryEngine::run`]. It reads commits and Parquet files; it must never write to the
+//! lake, and never find files by listing directories.
+
+pub mod http;
+pub mod output;
+mod table;
+mod views;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
+use futures::StreamExt;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::commit::{CommitError, CommitLog, DataFile, LakeState};
+use crate::config::Sql;
+use crate::store::Store;
+use crate::tables::Table;
+use table::CommittedTable;
+pub use views::VIEWS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The statement does not parse or plan: DataFusion's own message.
+    #[error("{0}")]
+    Invalid(DataFusionError),
+    /// The statement failed while it ran: DataFusion's own message.
+    #[error("{0}")]
+    Failed(DataFusionError),
+    #[error("only queries that read are allowed here: {0}")]
+    Refused(String),
+    #[error("send exactly one SQL statement (this text has {0})")]
+    NotOneStatement(usize),
+    #[error("the query ran past its time limit of {} (sql.timeout) and was cancelled", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error(
+        "the query needed more memory than its limit of {limit} bytes (sql.memory_limit) and was cancelled: {message}"
+    )]
+    MemoryLimit { limit: usize, message: String },
+    #[error("the answer has more than {0} rows (sql.max_rows): add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    #[error("cannot read the lake's commits: {0}")]
+    Lake(#[from] CommitError),
+}
+
+/// The rows a statement returned.
+#[derive(Debug)]
+pub struct Answer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Answer {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// What one query may see: every institution, or only some.
+#[derive(Debug, Clone, Copy)]
+pub enum Visibility<'a> {
+    All,
+    Only(&'a BTreeSet<String>),
+}
+
+/// A file read by a query can vanish when a compaction retires it, and a new commit's files
+/// are missing for the instant between the commit and their rename. A query that fails
+/// while either happened is run again on the latest commit, this many times at most.
+const RETRIES_WHEN_FILES_MOVED: u32 = 5;
+
+/// The live files of one commit, by table.
+struct Snapshot {
+    version: u64,
+    files: BTreeMap<Table, Vec<DataFile>>,
+    /// The files the commit added: they appear only once the compactor has renamed them.
+    added: Vec<String>,
+}
+
+pub struct QueryEngine {
+    commits: CommitLog,
+    /// `None` until the first query loads the commit log (from its latest checkpoint).
+    state: Mutex<Option<(LakeState, Arc<Snapshot>)>>,
+    lake_url: ObjectStoreUrl,
+    /// Holds what queries share: the lake's object store and the Parquet metadata cache.
+    shared: Arc<RuntimeEnv>,
+    limits: Sql,
+    /// Queries run on their own threads, so a heavy one cannot delay the receiving side's
+    /// acknowledgements, and a cancelled one stops where it is.
+    runtime: QueryRuntime,
+}
+
+impl QueryEngine {
+    pub fn new(store: Store, limits: Sql) -> Result<QueryEngine, QueryError> {
+        let lake_url = ObjectStoreUrl::parse("datx://lake").map_err(QueryError::Invalid)?;
+        let shared = RuntimeEnvBuilder::new()
+            .build_arc()
+            .map_err(QueryError::Invalid)?;
+        shared.register_object_store(lake_url.as_ref(), store.object_store());
+        Ok(QueryEngine {
+            commits: CommitLog::new(store),
+            state: Mutex::new(None),
+            lake_url,
+            shared,
+            limits,
+            runtime: QueryRuntime::start(),
+        })
+    }
+
+    /// Runs one statement as the caller `visible` allows; `max_rows` bounds the answer.
+    pub async fn run(
+        &self,
+        statement: Statement,
+        visible: Visibility<'_>,
+        max_rows: Option<usize>,
+    ) -> Result<Answer, QueryError> {
+        let deadline = Instant::now() + self.limits.timeout;
+        let mut attempt = 0;
+        loop {
+            let snapshot = self.snapshot().await?;
+            let session = self.session(&snapshot, visible).await?;
+            let running = self
+                .runtime
+                .spawn(execute(session, statement.clone(), max_rows));
+            let result = match tokio::time::timeout_at(deadline, running).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(crashed)) => Err(QueryError::Failed(DataFusionError::Execution(format!(
+                    "the query stopped unexpectedly: {crashed}"
+                )))),
+                // Dropping the task's future drops its streams, which stops DataFusion's work.
+                Err(_) => return Err(QueryError::Timeout(self.limits.timeout)),
+            };
+            match result {
+                Err(QueryError::Failed(e))
+                    if attempt < RETRIES_WHEN_FILES_MOVED
+                        && self.files_moved(&snapshot, &e).await? =>
+                {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "files moved under a query; running it again");
+                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                }
+                Err(e) => return Err(self.explain(e)),
+                Ok(answer) => return Ok(answer),
+            }
+        }
+    }
+
+    /// The latest commit's files; costs one read of the commit log when nothing changed.
+    async fn snapshot(&self) -> Result<Arc<Snapshot>, QueryError> {
+        let mut guard = self.state.lock().await;
+        let newest = match &mut *guard {
+            None => self.commits.load().await?,
+            Some((state, snapshot)) => match self.commits.catch_up(state).await? {
+                None => return Ok(snapshot.clone()),
+                Some(commit) => (std::mem::take(state), Some(commit)),
+            },
+        };
+        let (state, commit) = newest;
+        let mut files: BTreeMap<Table, Vec<DataFile>> = BTreeMap::new();
+        for file in state.files.values() {
+            if let Some(table) = Table::from_name(&file.table) {
+                files.entry(table).or_default().push(file.clone());
+            }
+        }
+        let snapshot = Arc::new(Snapshot {
+            version: state.version,
+            files,
+            added: commit
+                .map(|c| c.added.into_iter().map(|f| f.path).collect())
+                .unwrap_or_default(),
+        });
+        *guard = Some((state, snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// Whether `error` may come from files moving under the query: a newer commit exists
+    /// (it may have retired some of `snapshot`'s files), or the error names a file that
+    /// `snapshot`'s commit added (its rename may not have happened yet). The error's text
+    /// is all there is to go on: DataFusion reports a missing Parquet file as a message.
+    async fn files_moved(
+        &self,
+        snapshot: &Snapshot,
+        error: &DataFusionError,
+    ) -> Result<bool, QueryError> {
+        if self.snapshot().await?.version != snapshot.version {
+            return Ok(true);
+        }
+        let message = error.to_string();
+        Ok(snapshot
+            .added
+            .iter()
+            .any(|path| message.contains(path.as_str())))
+    }
+
+    async fn session(
+        &self,
+        snapshot: &Snapshot,
+        visible: Visibility<'_>,
+    ) -> Result<SessionContext, QueryError> {
+        // A memory pool per query: one heavy query cannot use up another's share.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_limit, 1.0)
+            .with_object_store_registry(self.shared.object_store_registry.clone())
+            .with_cache_manager(CacheManagerConfig::default().with_file_metadata_cache(Some(
+                self.shared.cache_manager.get_file_metadata_cache(),
+            )))
+            .build_arc()
+            .map_err(QueryError::Invalid)?;
+        let config = SessionConfig::new().with_information_schema(true);
+        let session = SessionContext::new_with_config_rt(config, runtime);
+        for table in Table::ALL {
+            let files = snapshot
+                .files
+                .get(&table)
+                .into_iter()
+                .flatten()
+                .filter(|file| match visible {
+                    Visibility::All => true,
+                    Visibility::Only(codes) => codes.contains(&file.institution),
+                })
+                .cloned()
+                .collect();
+            let provider = CommittedTable::new(table, files, self.lake_url.clone());
+            session
+                .register_table(table.name(), Arc::new(provider))
+                .map_err(QueryError::Invalid)?;
+        }
+        for (name, definition) in VIEWS {
+            session
+                .sql(&format!("CREATE VIEW {name} AS {definition}"))
+                .await
+                .map_err(QueryError::Invalid)?;
+        }
+        Ok(session)
+    }
+
+    fn explain(&self, error: QueryError) -> QueryError {
+        match error {
+            QueryError::Failed(e) => match e.find_root() {
+                DataFusionError::ResourcesExhausted(message) => QueryError::MemoryLimit {
+                    limit: self.limits.memory_limit,
+                    message: message.clone(),
+                },
+                _ => QueryError::Failed(e),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Splits a text into its statements, for the command line's files and standard input.
+pub fn statements(text: &str) -> Result<Vec<Statement>, QueryError> {
+    let parsed = DFParser::parse_sql(text).map_err(QueryError::Invalid)?;
+    Ok(parsed.into_iter().collect())
+}
+
+/// The one statement of a text, for `POST /sql`.
+pub fn one_statement(text: &str) -> Result<Statement, QueryError> {
+    let mut all = statements(text)?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        n => Err(QueryError::NotOneStatement(n)),
+    }
+}
+
+async fn execute(
+    session: SessionContext,
+    statement: Statement,
+    max_rows: Option<usize>,
+) -> Result<Answer, QueryError> {
+    let state = session.state();
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(QueryError::Invalid)?;
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    // verify_plan fails only for a plan that would create, change, drop or set something.
+    if let Err(e) = read_only.verify_plan(&plan) {
+        return Err(QueryError::Refused(e.strip_backtrace()));
+    }
+    let frame = session
+        .execute_logical_plan(plan)
+        .await
+        .map_err(QueryError::Invalid)?;
+    // From here on, a failure happened while reading and computing.
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame.execute_stream().await.map_err(QueryError::Failed)?;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(QueryError::Failed)?;
+        rows += batch.num_rows();
+        if let Some(max) = max_rows.filter(|&max| rows > max) {
+            return Err(QueryError::TooManyRows(max));
+        }
+        batches.push(batch);
+    }
+    Ok(Answer { schema, batches })
+}
+
+/// A multi-threaded Tokio runtime of its own, shut down without waiting when dropped (a
+/// runtime cannot be dropped the ordinary way from inside another one).
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    fn start() -> QueryRuntime {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("datx-sql")
+            .enable_all()
+            .build()
+            .expect("the SQL runtime starts");
+        QueryRuntime(Some(runtime))
+    }
+
+    fn spawn<F>(&self, work: F) -> AbortOnDrop<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        AbortOnDrop(self.0.as_ref().expect("running").spawn(work))
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A task that is cancelled when its handle is dropped: a query whose caller timed out or
+/// went away stops using the machine.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
