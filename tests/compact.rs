@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Server, Workspace, orders, read_table, sample, ticket_checks, walk};
+use common::{BIN, Workspace, compact, orders, post, read_table, sample, ticket_checks, walk};
 use serde_json::{Map, Value, json};
 
 const VENUES: &str = r#"
@@ -19,29 +19,6 @@ timezone = "America/New_York"
 "#;
 
 type Row = Map<String, Value>;
-
-async fn post(server: &Server, stream: &str, institution: &str, body: Vec<u8>) -> Value {
-    let response = reqwest::Client::new()
-        .post(server.url(&format!("/s360/{stream}/{institution}")))
-        .body(body)
-        .send()
-        .await
-        .expect("datx answers");
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
-/// Runs `datx compact` (or `rebuild`) to completion and returns what it printed.
-fn compact(workspace: &Workspace, command: &str) -> String {
-    let output = workspace.run(&[command]);
-    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "datx {command} failed: {printed}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    printed
-}
 
 fn find<'a>(rows: &'a [Row], column: &str, value: Value) -> &'a Row {
     rows.iter()

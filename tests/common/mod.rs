@@ -84,7 +84,10 @@ impl Server {
             .arg("serve")
             .current_dir(dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DATX_TEST_LOG").unwrap_or("info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -161,6 +164,35 @@ impl Drop for Server {
             self.terminate();
         }
     }
+}
+
+/// Posts `body` for `stream` and `institution`, asserts a 200 and returns its JSON.
+pub async fn post(
+    server: &Server,
+    stream: &str,
+    institution: &str,
+    body: Vec<u8>,
+) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/s360/{stream}/{institution}")))
+        .body(body)
+        .send()
+        .await
+        .expect("datx answers");
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Runs `datx compact` (or `rebuild`) to completion and returns what it printed.
+pub fn compact(workspace: &Workspace, command: &str) -> String {
+    let output = workspace.run(&[command]);
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "datx {command} failed: {printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
 }
 
 /// The status code and body of a hand-written HTTP/1.1 request. Used where a client
