@@ -13,10 +13,12 @@
 //! duckdb; `.ci/run` makes one at ~/.cache/datx/venv), `DATX_BENCH_KEEP=1` (keep the
 //! generated log and lakes, e.g. to profile `datx compact` on them).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
+
+mod common;
 
 use bytes::Bytes;
 use datx::eventlog::EventLog;
@@ -194,16 +196,6 @@ fn children_peak_rss_kib() -> i64 {
     usage.ru_maxrss
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("DATX_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs_home().join(".cache/datx/venv/bin/python"))
-}
-
-fn dirs_home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-}
-
 /// DuckDB's conversion of the same bodies, timed inside Python (startup excluded).
 fn run_duckdb(raw: &Path, out: &Path) -> f64 {
     let script = r#"
@@ -245,7 +237,7 @@ con.sql(f"""COPY (SELECT (m->>'$.movementId')::BIGINT AS movement_id, (o->>'$.or
     ) TO '{out}/order_movements' (FORMAT parquet, PARTITION_BY (institution, date))""")
 print(time.time() - started)
 "#;
-    let output = Command::new(python())
+    let output = Command::new(common::python())
         .arg("-c")
         .arg(script)
         .arg(raw)

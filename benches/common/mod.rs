@@ -1,0 +1,32 @@
+//! Helpers shared by the benchmarks that compare datx with DuckDB.
+
+#![allow(dead_code)] // each bench uses its own part
+
+use std::path::{Path, PathBuf};
+
+/// The Python that has duckdb: `DATX_TEST_PYTHON`, else the venv `.ci/run` makes.
+pub fn python() -> PathBuf {
+    std::env::var_os("DATX_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
+            home.join(".cache/datx/venv/bin/python")
+        })
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
