@@ -66,7 +66,11 @@ fn json_rows(bytes: &[u8]) -> Vec<Row> {
 
 /// `POST /sql` with a bearer token; returns the status and the body.
 async fn http_sql(server: &Server, token: &str, statement: &str, accept: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
+    // A bounded wait: a query that is never cancelled fails the test instead of hanging it.
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
         .post(server.url("/sql"))
         .bearer_auth(token)
         .header("accept", accept)
