@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use datx::config::Sql;
 use datx::eventlog::EventLog;
-use datx::query::{QueryEngine, VIEWS, Visibility, statements};
+use datx::query::{QueryEngine, Visibility, statements, views};
 use datx::store::Store;
 use datx::stream::Stream;
 use futures::StreamExt;
@@ -282,14 +282,19 @@ fn main() {
 
 /// DuckDB over the same files: `(median seconds, rows)` per query, timed inside Python.
 fn run_duckdb(lake: &Path, texts: &[String], runs: usize) -> Vec<(f64, usize)> {
-    let views: Vec<Value> = VIEWS.iter().map(|(name, sql)| json!([name, sql])).collect();
+    let views: Vec<Value> = views()
+        .iter()
+        .map(|(name, sql)| json!([name, sql]))
+        .collect();
     let script = r#"
-import duckdb, json, statistics, sys, time
+import duckdb, json, os, statistics, sys, time
 lake, runs = sys.argv[1], int(sys.argv[2])
 spec = json.load(sys.stdin)
 con = duckdb.connect()
 con.sql("SET TimeZone = 'UTC'")
 for table in ["contacts", "orders", "order_movements", "ticket_checks", "rejects"]:
+    if not os.path.isdir(f"{lake}/tables/{table}"):
+        continue  # no record misfit: DuckDB cannot read an empty glob
     con.sql(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{lake}/tables/{table}/**/*.parquet', hive_partitioning = true, union_by_name = true)")
 for name, definition in spec["views"]:
     con.sql(f"CREATE VIEW {name} AS {definition}")

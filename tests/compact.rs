@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Workspace, compact, orders, post, read_table, sample, ticket_checks, walk};
+use common::{
+    BIN, Workspace, compact, orders, post, post_samples, read_table, sample, ticket_checks, walk,
+};
 use serde_json::{Map, Value, json};
 
 const VENUES: &str = r#"
@@ -521,13 +523,7 @@ fn duckdb_python() -> std::path::PathBuf {
 async fn duckdb_reads_the_tables_with_their_types_and_values() {
     let workspace = Workspace::new(VENUES);
     let server = workspace.serve();
-    for (stream, file) in [
-        ("contacts", "contacts.json"),
-        ("orders", "orders.json"),
-        ("ticketchecks", "ticketchecks.json"),
-    ] {
-        post(&server, stream, "myvenue", sample(file)).await;
-    }
+    post_samples(&server, "myvenue").await;
     post(&server, "ticketchecks", "othervenue", ticket_checks(40, 77)).await;
     drop(server);
     compact(&workspace, "compact");

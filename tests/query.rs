@@ -14,7 +14,7 @@ use chrono::{
     DateTime, Datelike, Duration as Span, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
-use common::{Server, Workspace, compact, post, sample};
+use common::{Server, Workspace, compact, post, post_samples};
 use serde_json::{Map, Value, json};
 
 type Row = Map<String, Value>;
@@ -685,13 +685,7 @@ async fn saved_queries_give_what_the_records_say() {
 async fn the_shared_samples_answer_the_saved_queries() {
     let workspace = Workspace::new("[institutions.myvenue]\ntimezone = \"Europe/Zurich\"\n");
     let server = workspace.serve();
-    for (stream, file) in [
-        ("contacts", "contacts.json"),
-        ("orders", "orders.json"),
-        ("ticketchecks", "ticketchecks.json"),
-    ] {
-        post(&server, stream, "myvenue", sample(file)).await;
-    }
+    post_samples(&server, "myvenue").await;
     compact(&workspace, "compact");
     let run = |name: &str| {
         as_values(cli_rows(

@@ -33,7 +33,7 @@ use crate::config::Sql;
 use crate::store::Store;
 use crate::tables::Table;
 use table::CommittedTable;
-pub use views::VIEWS;
+pub use views::views;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -240,7 +240,7 @@ impl QueryEngine {
                 .register_table(table.name(), Arc::new(provider))
                 .map_err(QueryError::Invalid)?;
         }
-        for (name, definition) in VIEWS {
+        for (name, definition) in views() {
             session
                 .sql(&format!("CREATE VIEW {name} AS {definition}"))
                 .await

@@ -183,6 +183,17 @@ pub async fn post(
     response.json().await.unwrap()
 }
 
+/// Posts the three shared sample bodies (contacts, orders, ticket checks) for `institution`.
+pub async fn post_samples(server: &Server, institution: &str) {
+    for (stream, file) in [
+        ("contacts", "contacts.json"),
+        ("orders", "orders.json"),
+        ("ticketchecks", "ticketchecks.json"),
+    ] {
+        post(server, stream, institution, sample(file)).await;
+    }
+}
+
 /// Runs `datx compact` (or `rebuild`) to completion and returns what it printed.
 pub fn compact(workspace: &Workspace, command: &str) -> String {
     let output = workspace.run(&[command]);
