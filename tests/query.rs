@@ -757,7 +757,7 @@ async fn the_shared_samples_answer_the_saved_queries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql() {
-    let (_workspace, server, venues) = venues_lake("").await;
+    let (workspace, server, venues) = venues_lake("").await;
     let alpha_checks = venues
         .checks
         .iter()
@@ -781,6 +781,16 @@ async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql() {
             assert_eq!(row["institution"], "alpha", "{probe} showed {row:?}");
         }
     }
+    // Nor can a file be named directly: the session knows no table but the lake's.
+    let beta_file = common::walk(
+        &workspace
+            .lake()
+            .join("tables/ticket_checks/institution=beta"),
+    )[0]
+    .clone();
+    let by_path = format!("SELECT count(*) FROM '{}'", beta_file.display());
+    let (status, body) = http_sql(&server, ALPHA_TOKEN, &by_path, "application/json").await;
+    assert_eq!(status, 400, "{body}");
     let count = "SELECT count(*) AS n FROM ticket_checks";
     assert_eq!(
         http_rows(&server, ALPHA_TOKEN, count).await[0]["n"],
