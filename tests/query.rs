@@ -1118,3 +1118,33 @@ async fn queries_see_each_commit_and_stay_exact_while_files_merge() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_twice_in_one_body_is_still_one_current_row() {
+    let workspace = Workspace::new(&config(""));
+    let server = workspace.serve();
+    let contact = |name: &str| json!({"contactNumber": "TWICE", "firstName": name, "individualContact": {"firstName": name}});
+    let body = serde_json::to_vec(&[contact("One"), contact("Two")]).unwrap();
+    post(&server, "contacts", "alpha", body).await;
+    post(
+        &server,
+        "contacts",
+        "beta",
+        serde_json::to_vec(&[contact("Beta")]).unwrap(),
+    )
+    .await;
+    compact(&workspace, "compact");
+    let rows = cli_rows(
+        &workspace,
+        &["SELECT institution, first_name FROM contacts_current ORDER BY institution"],
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["institution"], "alpha");
+    assert!(rows[0]["first_name"] == "One" || rows[0]["first_name"] == "Two");
+    assert_eq!(
+        (&rows[1]["institution"], &rows[1]["first_name"]),
+        (&json!("beta"), &json!("Beta"))
+    );
+    let all = cli_rows(&workspace, &["SELECT count(*) AS n FROM contacts"]);
+    assert_eq!(all[0]["n"], 3);
+}

@@ -221,7 +221,11 @@ impl QueryEngine {
             )))
             .build_arc()
             .map_err(QueryError::Invalid)?;
-        let config = SessionConfig::new().with_information_schema(true);
+        // DataFusion's own settings can be tuned with DATAFUSION_* variables, e.g.
+        // DATAFUSION_EXECUTION_TARGET_PARTITIONS.
+        let config = SessionConfig::from_env()
+            .map_err(QueryError::Invalid)?
+            .with_information_schema(true);
         let session = SessionContext::new_with_config_rt(config, runtime);
         for table in Table::ALL {
             let files = snapshot
