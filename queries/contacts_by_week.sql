@@ -5,15 +5,16 @@
 -- update. Weeks start on Monday, in UTC.
 SELECT institution, week, sum(created) AS new_contacts, sum(updated) AS updated_contacts
 FROM (
-    SELECT institution, CAST(date_trunc('week', creation_date) AS DATE) AS week,
+    SELECT institution, CAST(date_trunc('week', CAST(creation_date AS DATE)) AS DATE) AS week,
         1 AS created, 0 AS updated
     FROM contacts_current
     WHERE creation_date IS NOT NULL
     UNION ALL
-    SELECT institution, CAST(date_trunc('week', last_update_date) AS DATE) AS week,
+    SELECT institution, CAST(date_trunc('week', CAST(last_update_date AS DATE)) AS DATE) AS week,
         0 AS created, 1 AS updated
     FROM contacts_current
-    WHERE date_trunc('week', last_update_date) > date_trunc('week', creation_date)
+    WHERE date_trunc('week', CAST(last_update_date AS DATE))
+        > date_trunc('week', CAST(creation_date AS DATE))
 ) AS changes
 GROUP BY institution, week
 ORDER BY institution, week;
