@@ -87,7 +87,8 @@ const RETRIES_WHEN_FILES_MOVED: u32 = 5;
 /// The live files of one commit, by table.
 struct Snapshot {
     version: u64,
-    files: BTreeMap<Table, Vec<DataFile>>,
+    /// Shared by every session on this commit that sees all institutions.
+    files: BTreeMap<Table, Arc<[DataFile]>>,
     /// The files the commit added: they appear only once the compactor has renamed them.
     /// (It finishes a commit's moves before it makes the next commit, so older commits'
     /// files are all in place.)
@@ -179,12 +180,16 @@ impl QueryEngine {
             },
         };
         let (state, commit) = newest;
-        let mut files: BTreeMap<Table, Vec<DataFile>> = BTreeMap::new();
+        let mut by_table: BTreeMap<Table, Vec<DataFile>> = BTreeMap::new();
         for file in state.files.values() {
             if let Some(table) = Table::from_name(&file.table) {
-                files.entry(table).or_default().push(file.clone());
+                by_table.entry(table).or_default().push(file.clone());
             }
         }
+        let files = by_table
+            .into_iter()
+            .map(|(table, files)| (table, files.into()))
+            .collect();
         let snapshot = Arc::new(Snapshot {
             version: state.version,
             files,
@@ -238,17 +243,15 @@ impl QueryEngine {
         }
         let session = SessionContext::new_with_config_rt(config, runtime);
         for table in Table::ALL {
-            let files = snapshot
-                .files
-                .get(&table)
-                .into_iter()
-                .flatten()
-                .filter(|file| match visible {
-                    Visibility::All => true,
-                    Visibility::Only(codes) => codes.contains(&file.institution),
-                })
-                .cloned()
-                .collect();
+            let committed = snapshot.files.get(&table).cloned().unwrap_or_default();
+            let files = match visible {
+                Visibility::All => committed,
+                Visibility::Only(codes) => committed
+                    .iter()
+                    .filter(|file| codes.contains(&file.institution))
+                    .cloned()
+                    .collect(),
+            };
             let provider = CommittedTable::new(table, files, self.lake_url.clone());
             session
                 .register_table(table.name(), Arc::new(provider))

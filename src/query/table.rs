@@ -41,12 +41,12 @@ pub struct CommittedTable {
     file_schema: SchemaRef,
     /// The file columns, then `institution` and `date`.
     schema: SchemaRef,
-    files: Vec<DataFile>,
+    files: Arc<[DataFile]>,
     lake_url: ObjectStoreUrl,
 }
 
 impl CommittedTable {
-    pub fn new(table: Table, files: Vec<DataFile>, lake_url: ObjectStoreUrl) -> CommittedTable {
+    pub fn new(table: Table, files: Arc<[DataFile]>, lake_url: ObjectStoreUrl) -> CommittedTable {
         let file_schema = Arc::new(Schema::new(
             table
                 .schema()
