@@ -75,15 +75,8 @@ fn body(stream: Stream, templates: &[Value], first_id: i64) -> Vec<u8> {
 }
 
 fn main() {
-    let records: usize = std::env::var("DATX_BENCH_RECORDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let root = match std::env::var_os("DATX_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .unwrap();
+    let records = common::env_number("DATX_BENCH_RECORDS", 1_000_000);
+    let root = common::bench_root();
     let lake = root.path().join("lake");
     let raw = root.path().join("raw");
 

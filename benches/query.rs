@@ -182,19 +182,9 @@ fn median(mut times: Vec<Duration>) -> f64 {
 }
 
 fn main() {
-    let records: usize = std::env::var("DATX_BENCH_RECORDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let runs: usize = std::env::var("DATX_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let root = match std::env::var_os("DATX_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .unwrap();
+    let records = common::env_number("DATX_BENCH_RECORDS", 1_000_000);
+    let runs = common::env_number("DATX_BENCH_RUNS", 3);
+    let root = common::bench_root();
     let lake = root.path().join("lake");
     let runtime = tokio::runtime::Runtime::new().unwrap();
 

@@ -30,3 +30,21 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// A number from the environment, or `default` when the variable is unset or not a number.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A fresh directory for a bench's files: under `DATX_BENCH_DIR` (the disk to measure)
+/// when set, else under the system's temporary directory.
+pub fn bench_root() -> tempfile::TempDir {
+    match std::env::var_os("DATX_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .unwrap()
+}
