@@ -144,17 +144,8 @@ fn main() {
     std::fs::write(root.path().join("datx.toml"), config).unwrap();
 
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_datx"))
-        .arg("compact")
-        .current_dir(root.path())
-        .output()
-        .unwrap();
+    let output = common::datx_compact(root.path());
     let datx_seconds = started.elapsed().as_secs_f64();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let peak_mib = children_peak_rss_kib() as f64 / 1024.0;
     print!("{}", String::from_utf8_lossy(&output.stdout));
 
@@ -237,11 +228,7 @@ print(time.time() - started)
         .arg(out)
         .output()
         .expect("a Python with duckdb (set DATX_TEST_PYTHON)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = common::succeeded(output);
     String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()

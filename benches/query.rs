@@ -197,16 +197,7 @@ fn main() {
         ));
     }
     std::fs::write(root.path().join("datx.toml"), config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_datx"))
-        .arg("compact")
-        .current_dir(root.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::datx_compact(root.path());
     let parquet_bytes: u64 = common::walk(&lake.join("tables"))
         .iter()
         .map(|p| p.metadata().unwrap().len())
@@ -321,11 +312,6 @@ print(json.dumps(results))
             .write_all(&serde_json::to_vec(&spec).unwrap())
             .unwrap();
     }
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = common::succeeded(child.wait_with_output().unwrap());
     serde_json::from_slice(&output.stdout).unwrap()
 }

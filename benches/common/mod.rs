@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each bench uses its own part
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// The Python that has duckdb: `DATX_TEST_PYTHON`, else the venv `.ci/run` makes.
 pub fn python() -> PathBuf {
@@ -47,4 +48,26 @@ pub fn bench_root() -> tempfile::TempDir {
         None => tempfile::tempdir(),
     }
     .unwrap()
+}
+
+/// Runs `datx compact` in `dir` (which holds the bench's `datx.toml`) and returns what it
+/// printed; a failed pass stops the bench with its message.
+pub fn datx_compact(dir: &Path) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_datx"))
+        .arg("compact")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    succeeded(output)
+}
+
+/// `output` itself when its process exited with 0; otherwise stops the bench with its
+/// standard error.
+pub fn succeeded(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
