@@ -9,6 +9,7 @@ WITH sold AS (
         ON o.institution = m.institution
         AND o.order_id = m.order_id
         AND o._event_id = m._event_id
+        AND o._position = m._position
     WHERE m.movement_type = 'SALE'
         AND NOT EXISTS (
             SELECT 1 FROM order_movements AS r

@@ -1,8 +1,8 @@
 -- Sales and refunds by day and product.
 -- Answers: on each day (the order's venue-local date), how many tickets of each product
 -- were sold and refunded, and for how much. Amounts are in minor units (40000 = 400.00).
--- Only the latest version of each order counts, so an order S-360 sent twice is not
--- counted twice. A refund is a movement of type REFUND, usually in an order of its own.
+-- Only the latest version of each order counts, so an order S-360 sent twice (in two
+-- bodies, or twice in one) is not counted twice. A refund is a movement of type REFUND, usually in an order of its own.
 SELECT
     m.institution,
     m.date,
@@ -18,5 +18,6 @@ JOIN orders_current AS o
     ON o.institution = m.institution
     AND o.order_id = m.order_id
     AND o._event_id = m._event_id
+    AND o._position = m._position
 GROUP BY m.institution, m.date, m.product_code
 ORDER BY m.institution, m.date, m.product_code;

@@ -281,10 +281,10 @@ fn print_summary(summary: &PassSummary) {
         let rows = summary.rows.get(table.name()).copied().unwrap_or(0);
         println!("  {:<16} {rows:>10} rows", table.name());
     }
-    if summary.duplicate_rows > 0 {
+    if summary.replaced_rows > 0 {
         println!(
-            "  {} rows skipped: their unique key was already present",
-            summary.duplicate_rows
+            "  {} rows replaced an earlier row with the same unique key (the later one is kept)",
+            summary.replaced_rows
         );
     }
 }

@@ -593,3 +593,215 @@ print(json.dumps(out, default=str))
     );
     assert_eq!(seen["sale"], json!([[40000, "2023-02-01"]]));
 }
+
+/// The date partitions under `tables/`, as their directory names give them.
+fn partition_dates(lake: &std::path::Path) -> BTreeSet<String> {
+    walk(&lake.join("tables"))
+        .iter()
+        .filter_map(|file| {
+            let dir = file.parent()?.file_name()?.to_str()?;
+            dir.strip_prefix("date=").map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn venue_local_times_in_a_daylight_saving_gap_move_forward_as_in_java() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    // 02:21:13 on 2024-03-10 does not exist in New York: clocks jump from 02:00 EST to
+    // 03:00 EDT. java.time (S-360's platform) reads it as 03:21:13 EDT, 07:21:13 UTC.
+    let checks = json!([
+        {"ticket_check_id": 1, "access_time": "2024-03-10 02:21:13", "result": "OK"},
+        {"ticket_check_id": 2, "access_time": "2024-11-03 01:30:00", "result": "OK"},
+    ]);
+    post(
+        &server,
+        "ticketchecks",
+        "othervenue",
+        checks.to_string().into_bytes(),
+    )
+    .await;
+    let contact = json!([{"contactNumber": "C1", "creationDate": "2024-03-10 02:59:59"}]);
+    post(
+        &server,
+        "contacts",
+        "othervenue",
+        contact.to_string().into_bytes(),
+    )
+    .await;
+    compact(&workspace, "compact");
+    let lake = workspace.lake();
+    assert_eq!(read_table(&lake, "rejects"), Vec::<Row>::new());
+    let checks = read_table(&lake, "ticket_checks");
+    let gap = find(&checks, "ticket_check_id", json!(1));
+    assert_eq!(gap["access_time"], json!(micros("2024-03-10T07:21:13Z")));
+    assert_eq!(gap["date"], json!("2024-03-10"));
+    // 01:30 on 2024-11-03 happens twice in New York: the earlier offset (EDT, -04:00).
+    let overlap = find(&checks, "ticket_check_id", json!(2));
+    assert_eq!(
+        overlap["access_time"],
+        json!(micros("2024-11-03T05:30:00Z"))
+    );
+    let contacts = read_table(&lake, "contacts");
+    assert_eq!(
+        contacts[0]["creation_date"],
+        json!(micros("2024-03-10T07:59:59Z"))
+    );
+}
+
+#[tokio::test]
+async fn years_outside_four_digits_are_rejected_with_the_reason_never_a_partition() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    let checks = json!([
+        {"ticket_check_id": 1, "access_time": "10000-01-01 00:00:00"},
+        {"ticket_check_id": 2, "access_time": "+12345-06-01T00:00:00Z"},
+        {"ticket_check_id": 3, "access_time": "9999-12-31T23:00:00-05:00"},
+        {"ticket_check_id": 4, "access_time": "0000-06-01 12:00:00"},
+        {"ticket_check_id": 5, "access_time": "2023-02-09 18:25:10"},
+    ]);
+    post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        checks.to_string().into_bytes(),
+    )
+    .await;
+    let mut order: Value = serde_json::from_slice(&sample("orders.json")).unwrap();
+    order[0]["orderDetailsData"]["creationDateTime"] = json!("9999-12-31T23:30:00+00:00");
+    post(
+        &server,
+        "orders",
+        "myvenue",
+        order[0].to_string().into_bytes(),
+    )
+    .await;
+    compact(&workspace, "compact");
+    let lake = workspace.lake();
+    let kept = read_table(&lake, "ticket_checks");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["ticket_check_id"], json!(5));
+    assert_eq!(read_table(&lake, "orders"), Vec::<Row>::new());
+    let rejects = read_table(&lake, "rejects");
+    assert_eq!(rejects.len(), 5);
+    for reject in &rejects {
+        let reason = reject["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("is outside the years 0001 to 9999"),
+            "{reason}"
+        );
+    }
+    for date in partition_dates(&lake) {
+        assert!(
+            chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_ok() && date.len() == 10,
+            "partition date={date}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_later_ticket_check_replaces_the_earlier_one_whatever_its_date() {
+    let workspace = Workspace::new(&format!("compact_chunk_bytes = 1\n{VENUES}"));
+    let server = workspace.serve();
+    let check = |id: i64, at: &str, result: &str| json!({"ticket_check_id": id, "access_time": at, "result": result});
+    let body = |records: Vec<Value>| Value::Array(records).to_string().into_bytes();
+    // Check 1 is compacted, then corrected to another day by a later body.
+    post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        body(vec![
+            check(1, "2023-02-09 18:25:10", "FAIL"),
+            check(10, "2023-02-09 18:26:00", "OK"),
+        ]),
+    )
+    .await;
+    compact(&workspace, "compact");
+    post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        body(vec![check(1, "2023-02-10 09:00:00", "OK")]),
+    )
+    .await;
+    // Check 2 is sent, then corrected, between two passes (one chunk per body here: the
+    // correction replaces a file of the same pass); check 3 twice in one body.
+    post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        body(vec![check(2, "2023-03-01 10:00:00", "FAIL")]),
+    )
+    .await;
+    post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        body(vec![
+            check(2, "2023-03-02 10:00:00", "OK"),
+            check(3, "2023-04-01 10:00:00", "FAIL"),
+            check(3, "2023-04-02 10:00:00", "OK"),
+        ]),
+    )
+    .await;
+    // The same check id at another venue is another check.
+    post(
+        &server,
+        "ticketchecks",
+        "othervenue",
+        body(vec![check(1, "2023-02-09 12:00:00", "FAIL")]),
+    )
+    .await;
+    let printed = compact(&workspace, "compact");
+    assert!(
+        printed.contains("3 rows replaced an earlier row"),
+        "{printed}"
+    );
+    let lake = workspace.lake();
+    let expect = |rows: &[Row]| {
+        let mine: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r["institution"] == "myvenue")
+            .collect();
+        let seen: BTreeMap<i64, (String, String)> = mine
+            .iter()
+            .map(|r| {
+                let date = r["date"].as_str().unwrap().to_string();
+                let result = r["result"].as_str().unwrap().to_string();
+                (r["ticket_check_id"].as_i64().unwrap(), (date, result))
+            })
+            .collect();
+        assert_eq!(mine.len(), seen.len(), "a check id is repeated: {mine:?}");
+        let want = |date: &str, result: &str| (date.to_string(), result.to_string());
+        assert_eq!(
+            seen,
+            BTreeMap::from([
+                (1, want("2023-02-10", "OK")),
+                (2, want("2023-03-02", "OK")),
+                (3, want("2023-04-02", "OK")),
+                (10, want("2023-02-09", "OK")),
+            ])
+        );
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r["institution"] == "othervenue")
+                .count(),
+            1
+        );
+    };
+    let incremental = read_table(&lake, "ticket_checks");
+    expect(&incremental);
+    // A partition whose only check moved to another day holds no file any more.
+    let emptied = lake.join("tables/ticket_checks/institution=myvenue/date=2023-03-01");
+    assert!(!emptied.exists() || walk(&emptied).is_empty());
+    drop(server);
+    let before = all_rows(&workspace);
+    compact(&workspace, "rebuild");
+    expect(&read_table(&lake, "ticket_checks"));
+    assert_eq!(
+        all_rows(&workspace),
+        before,
+        "rebuild differs from the passes"
+    );
+}

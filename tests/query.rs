@@ -756,6 +756,56 @@ async fn the_shared_samples_answer_the_saved_queries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_carrying_a_key_twice_counts_its_later_record_once() {
+    let workspace = Workspace::new(&config(""));
+    let server = workspace.serve();
+    let contacts = json!([
+        {"contactNumber": "C1", "individualContact": {"firstName": "First"}},
+        {"contactNumber": "C1", "individualContact": {"firstName": "Second"}},
+    ]);
+    post(
+        &server,
+        "contacts",
+        "alpha",
+        contacts.to_string().into_bytes(),
+    )
+    .await;
+    // The same order twice in one body, its amount corrected in the second record.
+    let orders: Value = serde_json::from_slice(&common::sample("orders.json")).unwrap();
+    let mut corrected = orders[0].clone();
+    corrected["orderDetailsData"]["saleAmount"] = json!(39000);
+    let body = Value::Array(vec![orders[0].clone(), corrected]);
+    post(&server, "orders", "alpha", body.to_string().into_bytes()).await;
+    compact(&workspace, "compact");
+    let column = |sql: &str| -> Vec<Value> {
+        cli_rows(&workspace, &[sql])
+            .into_iter()
+            .map(|row| row.into_iter().next().unwrap().1)
+            .collect()
+    };
+    assert_eq!(column("SELECT count(*) FROM contacts"), [json!(2)]);
+    assert_eq!(
+        column("SELECT first_name FROM contacts_current"),
+        [json!("Second")]
+    );
+    assert_eq!(
+        column("SELECT sale_amount FROM orders_current"),
+        [json!(39000)]
+    );
+    // Its two SALE movements of 20000 count once, not once per copy.
+    let sales = as_values(cli_rows(
+        &workspace,
+        &[
+            "-f",
+            saved_query("sales_by_day_and_product").to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(sales.len(), 1);
+    assert_eq!(sales[0]["tickets_sold"], json!(2));
+    assert_eq!(sales[0]["sales_amount"], json!(40000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql() {
     let (workspace, server, venues) = venues_lake("").await;
     let alpha_checks = venues

@@ -14,7 +14,11 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use std::collections::HashSet;
+
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::error::ArrowError;
 
 use crate::tables::{self, Table};
 
@@ -110,4 +114,64 @@ pub fn int64_column(bytes: Bytes, column: &str) -> Result<Vec<i64>, parquet::err
         values.extend(array.iter().flatten());
     }
     Ok(values)
+}
+
+/// The lowest and highest values of an Int64 column over `batches`; `None` when it holds
+/// none. Commits record it for unique keys, so that a pass reads only the files that may
+/// hold a key it meets again.
+pub fn int64_range(batches: &[RecordBatch], column: &str) -> Result<Option<[i64; 2]>, ArrowError> {
+    let mut range: Option<[i64; 2]> = None;
+    for batch in batches {
+        let values = int64s(batch, column)?;
+        if let (Some(low), Some(high)) = (arrow::compute::min(values), arrow::compute::max(values))
+        {
+            range = Some(range.map_or([low, high], |[l, h]| [l.min(low), h.max(high)]));
+        }
+    }
+    Ok(range)
+}
+
+/// `batches` without the rows at the given indexes, counted across the batches in order.
+pub fn without_rows(
+    batches: Vec<RecordBatch>,
+    rows: &HashSet<u32>,
+) -> Result<Vec<RecordBatch>, ArrowError> {
+    if rows.is_empty() {
+        return Ok(batches);
+    }
+    let mut first = 0usize;
+    let mut kept = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let keep: BooleanArray = (first..first + batch.num_rows())
+            .map(|row| Some(!rows.contains(&(row as u32))))
+            .collect();
+        first += batch.num_rows();
+        kept.push(filter_record_batch(&batch, &keep)?);
+    }
+    Ok(kept)
+}
+
+/// `batches` without the rows whose Int64 `column` holds one of `keys`.
+pub fn without_keys(
+    batches: Vec<RecordBatch>,
+    column: &str,
+    keys: &HashSet<i64>,
+) -> Result<Vec<RecordBatch>, ArrowError> {
+    batches
+        .into_iter()
+        .map(|batch| {
+            let keep: BooleanArray = int64s(&batch, column)?
+                .iter()
+                .map(|key| Some(key.is_none_or(|key| !keys.contains(&key))))
+                .collect();
+            filter_record_batch(&batch, &keep)
+        })
+        .collect()
+}
+
+fn int64s<'a>(batch: &'a RecordBatch, column: &str) -> Result<&'a Int64Array, ArrowError> {
+    batch
+        .column_by_name(column)
+        .and_then(|array| array.as_any().downcast_ref::<Int64Array>())
+        .ok_or_else(|| ArrowError::SchemaError(format!("{column} is not an Int64 column")))
 }

@@ -10,8 +10,9 @@
 //! make a file live except through a commit.
 
 pub mod files;
+mod unique;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use crate::eventlog::{EventKey, EventLog, EventLogError};
 use crate::store::{Durability, Store, StoreError};
 use crate::stream::Stream;
 use crate::tables::{self, Cell, Row, Table, TableBuilder};
+use unique::{Partition, Rewrite, UniqueKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -38,7 +40,11 @@ pub enum CompactError {
     Store(#[from] StoreError),
     #[error("cannot encode or read a Parquet file: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    #[error("{path} is live in commit {version} but neither it nor its pending file exists")]
+    #[error("cannot select the rows of a file: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(
+        "{path} is live in commit {version} but neither it nor its pending file exists: `datx rebuild` recomputes the tables from the event log"
+    )]
     CommittedFileMissing { path: String, version: u64 },
 }
 
@@ -74,8 +80,9 @@ pub struct PassSummary {
     /// Events whose body had already been compacted from another event (same SHA-256).
     pub duplicate_events: usize,
     pub rows: BTreeMap<&'static str, u64>,
-    /// Rows not added because their unique key was already in the table.
-    pub duplicate_rows: u64,
+    /// Rows that replaced an earlier row with the same unique key (a correction, or a check
+    /// sent again): the later version is kept.
+    pub replaced_rows: u64,
     pub files_written: usize,
     pub files_merged: usize,
     pub commits: usize,
@@ -137,7 +144,19 @@ impl Compactor {
         let _lease = Lease::acquire(&self.store)?;
         let (mut state, latest) = self.commits.load().await?;
         if let Some(latest) = &latest {
-            self.finish(latest).await?;
+            match self.finish(latest).await {
+                // A rebuild replaces every file, so it repairs a lake whose files were lost.
+                Err(CompactError::CommittedFileMissing { path, version })
+                    if mode == Mode::Rebuild =>
+                {
+                    tracing::warn!(
+                        path,
+                        version,
+                        "a committed file is missing; the rebuild replaces it"
+                    );
+                }
+                finished => finished?,
+            }
         }
         self.remove_leftovers().await?;
 
@@ -287,10 +306,12 @@ impl Compactor {
                 for file in &group {
                     batches.extend(files::decode(self.store.get(&file.path).await?)?);
                 }
-                let written = write_file(&self.store, table, &institution, date, batches).await?;
+                let path = files::new_file_key(table, &institution, date);
+                let written =
+                    write_file(&self.store, path, table, &institution, date, batches).await?;
                 let commit = Commit {
                     kind: "merge".into(),
-                    added: vec![written.clone()],
+                    added: written.into_iter().collect(),
                     removed: group.iter().map(|f| f.path.clone()).collect(),
                     ..Commit::default()
                 };
@@ -304,24 +325,33 @@ impl Compactor {
     }
 }
 
-/// Encodes `batches` as a new file of a partition, written under its pending name.
+/// Encodes `batches` as the file `path` of a partition, written under its pending name;
+/// `None` when there is no row to write.
 async fn write_file(
     store: &Store,
+    path: String,
     table: Table,
     institution: &str,
     date: NaiveDate,
     batches: Vec<arrow::array::RecordBatch>,
-) -> Result<DataFile, CompactError> {
+) -> Result<Option<DataFile>, CompactError> {
     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if rows == 0 {
+        return Ok(None);
+    }
+    let key_range = table
+        .unique_key()
+        .map(|column| files::int64_range(&batches, column))
+        .transpose()?
+        .flatten();
     let bytes = tokio::task::spawn_blocking(move || files::encode(&batches))
         .await
         .expect("encoding does not panic")?;
-    let path = files::new_file_key(table, institution, date);
     let size = bytes.len() as u64;
     store
         .create(&files::pending_key(&path), bytes, Durability::Synced)
         .await?;
-    Ok(DataFile {
+    Ok(Some(DataFile {
         path,
         table: table.name().to_string(),
         institution: institution.to_string(),
@@ -329,7 +359,60 @@ async fn write_file(
         rows,
         bytes: size,
         added_at: Utc::now(),
-    })
+        key_range,
+    }))
+}
+
+/// A file a chunk writes: the rows it collected for a partition, or a committed file
+/// written again without the keys that later rows replace.
+enum FileJob {
+    Collected {
+        path: String,
+        partition: Partition,
+        builder: Box<TableBuilder>,
+        superseded: HashSet<u32>,
+    },
+    Rewrite(Rewrite),
+}
+
+impl FileJob {
+    async fn run(self, store: &Store) -> Result<Option<DataFile>, CompactError> {
+        match self {
+            FileJob::Collected {
+                path,
+                partition: (table, institution, date),
+                mut builder,
+                superseded,
+            } => {
+                let batches = files::without_rows(builder.finish(), &superseded)?;
+                write_file(store, path, table, &institution, date, batches).await
+            }
+            FileJob::Rewrite(Rewrite { file, path, keys }) => {
+                // Committed files have their final name once their commit is finished; a
+                // rebuild's files keep their pending one until its single commit.
+                let bytes = match store.get(&file.path).await {
+                    Err(StoreError::NotFound { .. }) => {
+                        store.get(&files::pending_key(&file.path)).await?
+                    }
+                    read => read?,
+                };
+                let column = file
+                    .table
+                    .unique_key()
+                    .expect("only keyed tables are rewritten");
+                let batches = files::without_keys(files::decode(bytes)?, column, &keys)?;
+                write_file(
+                    store,
+                    path,
+                    file.table,
+                    &file.institution,
+                    file.date,
+                    batches,
+                )
+                .await
+            }
+        }
+    }
 }
 
 /// Groups files (largest first) into bins of at most `target` bytes.
@@ -472,7 +555,7 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
     };
     let mut rows = Vec::with_capacity(records.len());
     for (position, record) in records.into_iter().enumerate() {
-        match tables::rows_of(stream, record, tz, received_at_micros) {
+        match tables::rows_of(stream, record, position, tz, received_at_micros) {
             Ok(record_rows) => rows.extend(record_rows),
             Err(tables::Misfit(reason)) => rows.push(tables::reject_row(
                 stream,
@@ -487,29 +570,31 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
     rows
 }
 
-/// A chunk whose files are being written, with the events they consume.
+/// A chunk whose files are being written, with the events they consume and the files
+/// they replace.
 struct InFlight {
     files: tokio::task::JoinHandle<Result<Vec<DataFile>, CompactError>>,
     consumed: BTreeMap<String, Vec<Uuid>>,
+    removed: Vec<String>,
 }
 
 /// The work of one pass: rows collected per partition, files written, events consumed.
 struct Work<'a> {
     compactor: &'a Compactor,
     mode: Mode,
-    view: &'a LakeState,
     /// By institution, then table and date: rows are added with a borrowed institution,
     /// without building a key per row.
     partitions: BTreeMap<String, BTreeMap<(Table, NaiveDate), TableBuilder>>,
     buffered_bytes: usize,
-    /// Unique keys present per partition (committed files and this pass), loaded lazily.
-    unique_keys: HashMap<String, HashMap<(Table, NaiveDate), HashSet<i64>>>,
+    /// Where each unique key of the pass lives, committed files included.
+    keys: UniqueKeys,
     /// Events whose rows are in `partitions`.
     consumed: BTreeMap<String, Vec<Uuid>>,
     /// The chunk being encoded and written in the background.
     in_flight: Option<InFlight>,
-    /// Files written, and the events they consumed, not yet committed.
+    /// Files written and retired, and the events they consumed, not yet committed.
     files: Vec<DataFile>,
+    removed: Vec<String>,
     landed: BTreeMap<String, Vec<Uuid>>,
     /// Sealing advances in the pass's last commit only: an earlier one may not yet hold
     /// every event of the days it seals.
@@ -523,20 +608,20 @@ impl<'a> Work<'a> {
     fn new(
         compactor: &'a Compactor,
         mode: Mode,
-        view: &'a LakeState,
+        view: &LakeState,
         seal_before: NaiveDate,
     ) -> Work<'a> {
         Work {
             seal_before,
             compactor,
             mode,
-            view,
             partitions: BTreeMap::new(),
             buffered_bytes: 0,
-            unique_keys: HashMap::new(),
+            keys: UniqueKeys::new(view.files.values()),
             consumed: BTreeMap::new(),
             in_flight: None,
             files: Vec::new(),
+            removed: Vec::new(),
             landed: BTreeMap::new(),
             sealed: BTreeMap::new(),
             oldest_received_micros: None,
@@ -554,7 +639,7 @@ impl<'a> Work<'a> {
         let mut batches = std::pin::pin!(batches);
         while let Some(batch) = batches.try_next().await? {
             for event in batch {
-                self.load_unique_keys(&event.key.institution, &event.rows)
+                self.read_committed_keys(&event.key.institution, &event.rows)
                     .await?;
                 self.buffered_bytes += event.size;
                 self.add_event(event);
@@ -591,58 +676,40 @@ impl<'a> Work<'a> {
             self.partitions.insert(institution.clone(), BTreeMap::new());
         }
         let partitions = self.partitions.get_mut(institution).expect("just ensured");
-        let unique_keys = self.unique_keys.get_mut(institution);
-        let mut unique_keys = unique_keys;
         for row in event.rows {
-            let partition = (row.table, row.date);
-            if let Some(id) = unique_key_of(&row)
-                && !unique_keys
-                    .as_mut()
-                    .and_then(|keys| keys.get_mut(&partition))
-                    .expect("loaded before the event is added")
-                    .insert(id)
-            {
-                self.summary.duplicate_rows += 1;
-                continue;
+            let builder = partitions
+                .entry((row.table, row.date))
+                .or_insert_with(|| TableBuilder::new(row.table));
+            if let Some(key) = unique_key_of(&row) {
+                let partition = (row.table, institution.clone(), row.date);
+                let at =
+                    u32::try_from(builder.rows()).expect("a chunk holds fewer than 4 billion rows");
+                if self.keys.place(&partition, key, at) {
+                    self.summary.replaced_rows += 1;
+                }
             }
             *self.summary.rows.entry(row.table.name()).or_default() += 1;
-            partitions
-                .entry(partition)
-                .or_insert_with(|| TableBuilder::new(row.table))
-                .push(row.cells, &event_id, event.received_at_micros, &row.raw);
+            builder.push(row, &event_id, event.received_at_micros);
         }
     }
 
-    /// Makes sure the unique keys of every partition that `rows` touch are known: read from
-    /// the partition's committed files the first time it is touched in this pass.
-    async fn load_unique_keys(
+    /// Reads the keys of every committed file that may already hold a unique key of
+    /// `rows`, so that the row replaces it wherever it is. Keys above every committed
+    /// file's range, the common case for new ids, read nothing.
+    async fn read_committed_keys(
         &mut self,
         institution: &str,
         rows: &[Row],
     ) -> Result<(), CompactError> {
         for row in rows {
-            let Some(column) = row.table.unique_key() else {
+            let (Some(column), Some(key)) = (row.table.unique_key(), unique_key_of(row)) else {
                 continue;
             };
-            let partition = (row.table, row.date);
-            if self
-                .unique_keys
-                .get(institution)
-                .is_some_and(|keys| keys.contains_key(&partition))
-            {
-                continue;
-            }
-            let mut keys = HashSet::new();
-            for file in self.view.files.values().filter(|f| {
-                f.table == row.table.name() && f.institution == institution && f.date == row.date
-            }) {
+            for file in self.keys.unread_files(row.table, institution, key) {
                 let bytes = self.compactor.store.get(&file.path).await?;
-                keys.extend(files::int64_column(bytes, column)?);
+                let keys = files::int64_column(bytes, column)?;
+                self.keys.file_read(&file, keys);
             }
-            self.unique_keys
-                .entry(institution.to_string())
-                .or_default()
-                .insert(partition, keys);
         }
         Ok(())
     }
@@ -654,32 +721,46 @@ impl<'a> Work<'a> {
         let partitions = std::mem::take(&mut self.partitions);
         let consumed = std::mem::take(&mut self.consumed);
         self.buffered_bytes = 0;
+        let mut plan = self.keys.end_chunk(files::new_file_key);
+        if !plan.rewrites.is_empty() {
+            // A rewrite may read the previous chunk's files, which must be landed first.
+            let previous = self.in_flight.take();
+            self.land(previous, state).await?;
+        }
+        let mut jobs = Vec::new();
+        for (institution, tables) in partitions {
+            for ((table, date), builder) in tables {
+                let partition = (table, institution.clone(), date);
+                let (path, superseded) = plan.collected.remove(&partition).unwrap_or_else(|| {
+                    (
+                        files::new_file_key(table, &institution, date),
+                        HashSet::new(),
+                    )
+                });
+                jobs.push(FileJob::Collected {
+                    path,
+                    partition,
+                    builder: Box::new(builder),
+                    superseded,
+                });
+            }
+        }
+        let removed = plan.rewrites.iter().map(|r| r.file.path.clone()).collect();
+        jobs.extend(plan.rewrites.into_iter().map(FileJob::Rewrite));
         let store = self.compactor.store.clone();
-        let partitions: Vec<_> = partitions
-            .into_iter()
-            .flat_map(|(institution, tables)| {
-                tables
-                    .into_iter()
-                    .filter(|(_, builder)| builder.rows() > 0)
-                    .map(move |((table, date), builder)| {
-                        ((table, institution.clone(), date), builder)
-                    })
-            })
-            .collect();
         let files = tokio::spawn(async move {
-            futures::stream::iter(partitions)
-                .map(|((table, institution, date), mut builder)| {
-                    let store = &store;
-                    async move {
-                        let batches = builder.finish();
-                        write_file(store, table, &institution, date, batches).await
-                    }
-                })
+            let written: Vec<Option<DataFile>> = futures::stream::iter(jobs)
+                .map(|job| job.run(&store))
                 .buffer_unordered(2)
-                .try_collect::<Vec<DataFile>>()
-                .await
+                .try_collect()
+                .await?;
+            Ok(written.into_iter().flatten().collect())
         });
-        let previous = self.in_flight.replace(InFlight { files, consumed });
+        let previous = self.in_flight.replace(InFlight {
+            files,
+            consumed,
+            removed,
+        });
         self.land(previous, state).await
     }
 
@@ -690,11 +771,29 @@ impl<'a> Work<'a> {
         chunk: Option<InFlight>,
         state: &mut LakeState,
     ) -> Result<(), CompactError> {
-        let Some(InFlight { files, consumed }) = chunk else {
+        let Some(InFlight {
+            files,
+            consumed,
+            removed,
+        }) = chunk
+        else {
             return Ok(());
         };
         let files = files.await.expect("writing files does not panic")?;
         self.summary.files_written += files.len();
+        match self.mode {
+            Mode::Incremental => self.removed.extend(removed),
+            Mode::Rebuild => {
+                // Files of this rebuild, not committed yet: dropped from it and deleted.
+                self.files.retain(|file| !removed.contains(&file.path));
+                for path in &removed {
+                    self.compactor
+                        .store
+                        .delete(&files::pending_key(path))
+                        .await?;
+                }
+            }
+        }
         self.files.extend(files);
         for (day_dir, ids) in consumed {
             self.landed.entry(day_dir).or_default().extend(ids);
@@ -707,7 +806,11 @@ impl<'a> Work<'a> {
 
     /// Commits the files and consumed events since the last commit, then publishes them.
     async fn commit(&mut self, state: &mut LakeState, last: bool) -> Result<(), CompactError> {
-        if self.landed.is_empty() && self.files.is_empty() && (!last || self.sealed.is_empty()) {
+        if self.landed.is_empty()
+            && self.files.is_empty()
+            && self.removed.is_empty()
+            && (!last || self.sealed.is_empty())
+        {
             return Ok(());
         }
         let commit = Commit {
@@ -720,7 +823,7 @@ impl<'a> Work<'a> {
             consumed: std::mem::take(&mut self.landed),
             added: std::mem::take(&mut self.files),
             removed: match self.mode {
-                Mode::Incremental => Vec::new(),
+                Mode::Incremental => std::mem::take(&mut self.removed),
                 Mode::Rebuild => state.files.keys().cloned().collect(),
             },
             sealed: if last {
@@ -731,12 +834,17 @@ impl<'a> Work<'a> {
             ..Commit::default()
         };
         if let Err(e) = self.compactor.commits.commit(state, commit.clone()).await {
-            for file in &commit.added {
-                let _ = self
-                    .compactor
-                    .store
-                    .delete(&files::pending_key(&file.path))
-                    .await;
+            // Only a conflict proves the commit does not exist. After any other failure it
+            // may (its fsync failed, say): its files stay, and the next pass either finishes
+            // the commit or removes them as leftovers.
+            if let CommitError::Conflict { .. } = e {
+                for file in &commit.added {
+                    let _ = self
+                        .compactor
+                        .store
+                        .delete(&files::pending_key(&file.path))
+                        .await;
+                }
             }
             return Err(e.into());
         }

@@ -7,7 +7,7 @@ use arrow::array::{
     TimestampMicrosecondBuilder,
 };
 
-use super::{Cell, Kind, Table};
+use super::{Cell, Kind, Row, Table};
 
 enum ColumnBuilder {
     Int64(Int64Builder),
@@ -69,6 +69,7 @@ pub struct TableBuilder {
     table: Table,
     columns: Vec<ColumnBuilder>,
     event_ids: StringBuilder,
+    positions: Int64Builder,
     received_at: TimestampMicrosecondBuilder,
     raw: StringBuilder,
     rows: usize,
@@ -85,20 +86,22 @@ impl TableBuilder {
                 .map(|c| ColumnBuilder::new(c.kind))
                 .collect(),
             event_ids: StringBuilder::new(),
+            positions: Int64Builder::new(),
             received_at: utc_timestamps(),
             raw: StringBuilder::new(),
             rows: 0,
         }
     }
 
-    pub fn push(&mut self, cells: Vec<Cell>, event_id: &str, received_at_micros: i64, raw: &str) {
-        debug_assert_eq!(cells.len(), self.columns.len());
-        for (column, cell) in self.columns.iter_mut().zip(cells) {
+    pub fn push(&mut self, row: Row, event_id: &str, received_at_micros: i64) {
+        debug_assert_eq!(row.cells.len(), self.columns.len());
+        for (column, cell) in self.columns.iter_mut().zip(row.cells) {
             column.push(cell);
         }
         self.event_ids.append_value(event_id);
+        self.positions.append_value(row.position as i64);
         self.received_at.append_value(received_at_micros);
-        self.raw.append_value(raw);
+        self.raw.append_value(&row.raw);
         self.rows += 1;
         if self.rows.is_multiple_of(BATCH_ROWS) {
             let batch = self.finish_batch();
@@ -123,6 +126,7 @@ impl TableBuilder {
     fn finish_batch(&mut self) -> RecordBatch {
         let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(|c| c.finish()).collect();
         arrays.push(Arc::new(self.event_ids.finish()));
+        arrays.push(Arc::new(self.positions.finish()));
         arrays.push(Arc::new(self.received_at.finish()));
         arrays.push(Arc::new(self.raw.finish()));
         RecordBatch::try_new(self.table.schema(), arrays).expect("columns follow the schema")

@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use json::Object;
 
 pub use builder::TableBuilder;
-pub use timestamps::{local_date, parse_date, parse_instant};
+pub use timestamps::{TimeError, local_date, parse_date, parse_instant};
 
 use crate::stream::Stream;
 
@@ -67,8 +67,8 @@ impl Table {
         }
     }
 
-    /// The Arrow schema of the files: the declared columns, then `_event_id`,
-    /// `_received_at` and `_raw`. The partition columns `institution` and `date` live only
+    /// The Arrow schema of the files: the declared columns, then `_event_id`, `_position`
+    /// (the record's place in its body), `_received_at` and `_raw`. The partition columns `institution` and `date` live only
     /// in the path.
     pub fn schema(self) -> SchemaRef {
         let mut fields: Vec<Field> = self
@@ -77,6 +77,7 @@ impl Table {
             .map(|c| Field::new(c.name, c.kind.data_type(), true))
             .collect();
         fields.push(Field::new(EVENT_ID, DataType::Utf8, false));
+        fields.push(Field::new(POSITION, DataType::Int64, false));
         fields.push(Field::new(RECEIVED_AT, Kind::Instant.data_type(), false));
         fields.push(Field::new(RAW, DataType::Utf8, false));
         Arc::new(Schema::new(fields))
@@ -92,6 +93,9 @@ impl Table {
 }
 
 pub const EVENT_ID: &str = "_event_id";
+/// Orders the records of one body: where a body carries a key twice, the later one is the
+/// current one.
+pub const POSITION: &str = "_position";
 pub const RECEIVED_AT: &str = "_received_at";
 pub const RAW: &str = "_raw";
 
@@ -292,6 +296,8 @@ pub struct Row {
     pub date: NaiveDate,
     /// One cell per declared column, in order.
     pub cells: Vec<Cell>,
+    /// The record's place in its body, from 0.
+    pub position: usize,
     /// The JSON that produced the row, as received for whole records.
     pub raw: String,
 }
@@ -319,16 +325,18 @@ pub fn reject_row(
             Cell::Int64(position as i64),
             Cell::Text(reason),
         ],
+        position,
         raw: raw.to_string(),
     }
 }
 
-/// Converts one record of a body (its JSON exactly as received) into its rows: one row for
-/// contacts, orders and ticket checks; for orders also one `order_movements` row per
-/// movement of each operation.
+/// Converts the record at `position` of a body (its JSON exactly as received) into its
+/// rows: one row for contacts, orders and ticket checks; for orders also one
+/// `order_movements` row per movement of each operation.
 pub fn rows_of(
     stream: Stream,
     record: &RawValue,
+    position: usize,
     tz: Tz,
     received_at_micros: i64,
 ) -> Result<Vec<Row>, Misfit> {
@@ -343,6 +351,7 @@ pub fn rows_of(
                 table: Table::Contacts,
                 date: timestamps::local_date(received_at_micros, tz),
                 cells,
+                position,
                 raw: raw.to_string(),
             }])
         }
@@ -353,14 +362,15 @@ pub fn rows_of(
                 table: Table::TicketChecks,
                 date,
                 cells,
+                position,
                 raw: raw.to_string(),
             }])
         }
-        Stream::Orders => order_rows(&object, raw, tz),
+        Stream::Orders => order_rows(&object, raw, position, tz),
     }
 }
 
-fn order_rows(record: &Object, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
+fn order_rows(record: &Object, raw: &str, position: usize, tz: Tz) -> Result<Vec<Row>, Misfit> {
     // S-360 sends orders either wrapped in `orderDetailsData` or bare.
     let wrapped = match record.get("orderDetailsData") {
         Some(inner) => Some(
@@ -376,6 +386,7 @@ fn order_rows(record: &Object, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
         table: Table::Orders,
         date,
         cells: order_cells,
+        position,
         raw: raw.to_string(),
     }];
     for (operation_index, operation) in array_at(order, "operationDatas")?.into_iter().enumerate() {
@@ -393,6 +404,7 @@ fn order_rows(record: &Object, raw: &str, tz: Tz) -> Result<Vec<Row>, Misfit> {
                 table: Table::OrderMovements,
                 date,
                 cells,
+                position,
                 raw: movement_raw.get().to_string(),
             });
         }
@@ -455,6 +467,13 @@ fn cells(table: Table, scopes: &[&Object], tz: Tz) -> Result<Vec<Cell>, Misfit> 
     Ok(cells)
 }
 
+fn time_misfit(error: TimeError, expected: &str, text: &str) -> String {
+    match error {
+        TimeError::Unreadable => format!("expected {expected}, found {text}"),
+        TimeError::OutsideYears => format!("{text} is {error}"),
+    }
+}
+
 /// Converts one JSON value, from its text, to a cell of `kind`.
 fn convert(value: &RawValue, kind: Kind, tz: Tz) -> Result<Cell, String> {
     let text = value.get();
@@ -477,11 +496,14 @@ fn convert(value: &RawValue, kind: Kind, tz: Tz) -> Result<Cell, String> {
         }),
         Kind::Instant => {
             let string = json::string(value).ok_or_else(|| wrong("a timestamp string"))?;
-            Cell::Instant(parse_instant(&string, tz).ok_or_else(|| wrong("a readable timestamp"))?)
+            Cell::Instant(
+                parse_instant(&string, tz)
+                    .map_err(|e| time_misfit(e, "a readable timestamp", text))?,
+            )
         }
         Kind::Date => {
             let string = json::string(value).ok_or_else(|| wrong("a date string"))?;
-            Cell::Date(parse_date(&string).ok_or_else(|| wrong("a YYYY-MM-DD date"))?)
+            Cell::Date(parse_date(&string).map_err(|e| time_misfit(e, "a YYYY-MM-DD date", text))?)
         }
     })
 }
@@ -496,6 +518,7 @@ mod tests {
         rows_of(
             stream,
             &serde_json::value::to_raw_value(record).unwrap(),
+            0,
             tz,
             0,
         )
