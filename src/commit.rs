@@ -41,6 +41,10 @@ pub struct DataFile {
     pub rows: u64,
     pub bytes: u64,
     pub added_at: DateTime<Utc>,
+    /// The lowest and highest unique key in the file, for tables that have one. Absent in
+    /// files written before it was recorded: such a file may hold any key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_range: Option<[i64; 2]>,
 }
 
 /// What one commit did.
@@ -159,37 +163,55 @@ impl CommitLog {
     }
 
     /// Applies to `state` every commit made after it, and returns the last one applied: a
-    /// reader that keeps its state pays one read when nothing has changed.
+    /// reader that keeps its state pays one read when nothing has changed. The new commits
+    /// are all read before any is applied, so a failed read leaves `state` as it was rather
+    /// than part-way to the newest version.
     pub async fn catch_up(&self, state: &mut LakeState) -> Result<Option<Commit>, CommitError> {
-        let mut latest = None;
+        let mut newer = Vec::new();
         loop {
-            let key = commit_key(state.version + 1);
-            let commit: Commit = match self.store.get(&key).await {
-                Ok(bytes) => parse(&key, &bytes)?,
-                Err(StoreError::NotFound { .. }) => return Ok(latest),
+            let key = commit_key(state.version + 1 + newer.len() as u64);
+            match self.store.get(&key).await {
+                Ok(bytes) => newer.push(parse::<Commit>(&key, &bytes)?),
+                Err(StoreError::NotFound { .. }) => break,
                 Err(e) => return Err(e.into()),
-            };
-            state.apply(&commit);
-            latest = Some(commit);
+            }
         }
+        for commit in &newer {
+            state.apply(commit);
+        }
+        Ok(newer.pop())
     }
 
+    /// The newest readable checkpoint. One that cannot be read is passed over (with a
+    /// warning) for the one before it, down to replaying every commit: commits are never
+    /// deleted, so a damaged checkpoint costs time, never the lake.
     async fn latest_checkpoint(&self) -> Result<Option<LakeState>, CommitError> {
         use futures::TryStreamExt;
-        let keys: Vec<String> = self
+        let mut keys: Vec<String> = self
             .store
             .list("_datx/checkpoints")
             .map_ok(|meta| meta.location.to_string())
+            .try_filter(|key| futures::future::ready(key.ends_with(".json")))
             .try_collect()
             .await?;
-        let Some(key) = keys.into_iter().filter(|k| k.ends_with(".json")).max() else {
-            return Ok(None);
-        };
-        Ok(Some(parse(&key, &self.store.get(&key).await?)?))
+        keys.sort();
+        while let Some(key) = keys.pop() {
+            match parse(&key, &self.store.get(&key).await?) {
+                Ok(state) => return Ok(Some(state)),
+                Err(e) => tracing::warn!(error = %e, "checkpoint passed over"),
+            }
+        }
+        Ok(None)
     }
 
     /// Writes `commit` as the version after `state`'s, then applies it to `state`. Fails
     /// with `Conflict`, changing nothing, when another writer took that version.
+    ///
+    /// Any other error leaves it unknown whether the commit exists (the file may be in place
+    /// and only its directory's fsync have failed): the caller must then keep every file the
+    /// commit names, for the next pass under the lease to finish or discard. A commit is
+    /// done once its file exists; the checkpoint that may follow it is an optimisation, and
+    /// its failure (it is the largest write, the first to meet a full disk) is only logged.
     pub async fn commit(
         &self,
         state: &mut LakeState,
@@ -217,14 +239,14 @@ impl CommitLog {
         state.apply(&commit);
         if state.version.is_multiple_of(CHECKPOINT_EVERY) {
             let bytes = serde_json::to_vec(&state).expect("a state serialises");
-            // A lost checkpoint only means a longer replay next time.
-            self.store
-                .create(
-                    &checkpoint_key(state.version),
-                    Bytes::from(bytes),
-                    Durability::Synced,
-                )
-                .await?;
+            let key = checkpoint_key(state.version);
+            if let Err(e) = self
+                .store
+                .create(&key, Bytes::from(bytes), Durability::Synced)
+                .await
+            {
+                tracing::warn!(error = %e, "checkpoint not written: loading the lake replays more commits until the next one");
+            }
         }
         Ok(())
     }
@@ -284,6 +306,7 @@ mod tests {
             rows: 1,
             bytes: 10,
             added_at: Utc::now(),
+            key_range: None,
         }
     }
 
@@ -343,6 +366,70 @@ mod tests {
         let result = log.commit(&mut stale, Commit::default()).await;
         assert!(matches!(result, Err(CommitError::Conflict { version: 2 })));
         assert_eq!(stale.version, 1);
+    }
+
+    fn append(i: u64) -> Commit {
+        Commit {
+            kind: "append".into(),
+            added: vec![file(&format!("f{i}"))],
+            ..Commit::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_cannot_be_written_or_read_does_not_fail_the_commit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let log = CommitLog::new(store);
+        // A file where the checkpoint directory must be: every checkpoint write fails, as
+        // on a disk with room for a commit but not for the larger checkpoint.
+        std::fs::create_dir_all(dir.path().join("_datx")).unwrap();
+        std::fs::write(dir.path().join("_datx/checkpoints"), b"").unwrap();
+        let mut state = LakeState::default();
+        for i in 0..CHECKPOINT_EVERY + 2 {
+            log.commit(&mut state, append(i)).await.unwrap();
+        }
+        std::fs::remove_file(dir.path().join("_datx/checkpoints")).unwrap();
+        let (loaded, _) = log.load().await.unwrap();
+        assert_eq!(loaded.version, CHECKPOINT_EVERY + 2);
+        assert_eq!(loaded.files.len(), CHECKPOINT_EVERY as usize + 2);
+
+        // A checkpoint written, then damaged: loading replays from the start instead.
+        for i in CHECKPOINT_EVERY + 2..2 * CHECKPOINT_EVERY + 1 {
+            log.commit(&mut state, append(i)).await.unwrap();
+        }
+        let checkpoint = dir.path().join(checkpoint_key(2 * CHECKPOINT_EVERY));
+        assert!(checkpoint.exists());
+        std::fs::write(&checkpoint, b"{\"version\": 1").unwrap();
+        let (loaded, _) = log.load().await.unwrap();
+        assert_eq!(loaded.version, 2 * CHECKPOINT_EVERY + 1);
+        assert_eq!(loaded.files.len(), 2 * CHECKPOINT_EVERY as usize + 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_catch_up_leaves_the_state_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let log = CommitLog::new(store);
+        let mut writer = LakeState::default();
+        log.commit(&mut writer, append(0)).await.unwrap();
+        let (mut reader, _) = log.load().await.unwrap();
+        log.commit(&mut writer, append(1)).await.unwrap();
+        log.commit(&mut writer, append(2)).await.unwrap();
+        // Version 3 cannot be read: the reader must not stop at version 2 believing it has
+        // caught up.
+        let third = dir.path().join(commit_key(3));
+        std::fs::write(&third, b"{\"version\":").unwrap();
+        assert!(matches!(
+            log.catch_up(&mut reader).await,
+            Err(CommitError::Corrupt { .. })
+        ));
+        assert_eq!(reader.version, 1);
+        assert_eq!(reader.files.len(), 1);
+        std::fs::remove_file(third).unwrap();
+        let latest = log.catch_up(&mut reader).await.unwrap().unwrap();
+        assert_eq!((reader.version, latest.version), (2, 2));
+        assert_eq!(reader.files.len(), 2);
     }
 
     #[test]

@@ -17,6 +17,8 @@ const BODY_BYTES: &str = "datx_body_bytes_total";
 const APPEND_SECONDS: &str = "datx_append_seconds";
 const COMPACTION_LAG: &str = "datx_compaction_lag_seconds";
 const COMPACTED_ROWS: &str = "datx_compacted_rows_total";
+const COMPACTION_FAILING_SINCE: &str = "datx_compaction_failing_since_seconds";
+const COMPACTION_FAILED_PASSES: &str = "datx_compaction_failed_passes";
 const SQL_QUERIES: &str = "datx_sql_queries_total";
 const SQL_SECONDS: &str = "datx_sql_seconds";
 
@@ -58,6 +60,14 @@ pub fn install() -> PrometheusHandle {
                 COMPACTED_ROWS,
                 "Rows added to the tables by compaction, by table"
             );
+            describe_gauge!(
+                COMPACTION_FAILING_SINCE,
+                "Unix time of the first failed compaction pass in the current run of failures; 0 while compaction succeeds"
+            );
+            describe_gauge!(
+                COMPACTION_FAILED_PASSES,
+                "Compaction passes failed in a row; 0 while compaction succeeds"
+            );
             describe_counter!(SQL_QUERIES, "POST /sql requests by token and HTTP code");
             describe_histogram!(SQL_SECONDS, "Time to answer POST /sql, by token");
             handle
@@ -93,6 +103,12 @@ pub fn compaction(summary: &crate::compact::PassSummary) {
     for (table, rows) in &summary.rows {
         counter!(COMPACTED_ROWS, "table" => *table).increment(*rows);
     }
+}
+
+/// `since` is when compaction started failing, `None` once a pass succeeds.
+pub fn compaction_failing(since: Option<chrono::DateTime<chrono::Utc>>, passes: u32) {
+    gauge!(COMPACTION_FAILING_SINCE).set(since.map_or(0.0, |at| at.timestamp() as f64));
+    gauge!(COMPACTION_FAILED_PASSES).set(f64::from(passes));
 }
 
 pub fn append_latency(elapsed: Duration) {

@@ -62,11 +62,12 @@ pub async fn run(
     let receiver = Arc::new(Receiver::new(EventLog::new(store.clone()), &config));
     let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
     let sql = Arc::new(SqlService::new(engine, &config.sql));
+    let health = Arc::new(CompactionHealth::default());
     let routes = receiver
         .routes()
         .or(sql.routes())
         .unify()
-        .or(healthz(store.clone()))
+        .or(healthz(store.clone(), health.clone()))
         .unify()
         .or(metrics_route(metrics))
         .unify()
@@ -82,8 +83,9 @@ pub async fn run(
     );
     let compaction = config.compact_every.map(|every| {
         tokio::spawn(compact_in_background(
-            Compactor::new(store.clone(), &config),
+            Arc::new(Compactor::new(store.clone(), &config)),
             every,
+            health.clone(),
         ))
     });
     warp::serve(routes)
@@ -99,19 +101,84 @@ pub async fn run(
     Ok(())
 }
 
-/// Runs a compaction pass every `every`, for as long as the server runs.
-async fn compact_in_background(compactor: Compactor, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Whether background compaction is failing, and since when: for `/healthz` and the logs.
+#[derive(Debug, Default)]
+pub struct CompactionHealth {
+    failing: std::sync::Mutex<Option<Failing>>,
+}
+
+#[derive(Debug, Clone)]
+struct Failing {
+    since: chrono::DateTime<chrono::Utc>,
+    passes: u32,
+    error: String,
+}
+
+impl CompactionHealth {
+    fn failed(&self, error: String) -> Failing {
+        let mut failing = self.failing.lock().expect("the lock is never poisoned");
+        let now = failing.take().map_or(
+            Failing {
+                since: chrono::Utc::now(),
+                passes: 1,
+                error: error.clone(),
+            },
+            |before| Failing {
+                passes: before.passes + 1,
+                error: error.clone(),
+                ..before
+            },
+        );
+        crate::metrics::compaction_failing(Some(now.since), now.passes);
+        *failing = Some(now.clone());
+        now
+    }
+
+    fn succeeded(&self) {
+        let mut failing = self.failing.lock().expect("the lock is never poisoned");
+        if let Some(was) = failing.take() {
+            tracing::info!(since = %was.since, passes = was.passes, "compaction recovered");
+        }
+        crate::metrics::compaction_failing(None, 0);
+    }
+
+    fn current(&self) -> Option<Failing> {
+        self.failing
+            .lock()
+            .expect("the lock is never poisoned")
+            .clone()
+    }
+}
+
+/// The longest wait between two attempts while compaction keeps failing.
+const MAX_COMPACTION_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Runs a compaction pass every `every`, for as long as the server runs. A pass that fails
+/// or panics is retried, after a wait that doubles with each failure in a row (up to
+/// `MAX_COMPACTION_BACKOFF`), and `health` says so until one succeeds: the loop never
+/// stops by itself, and never silently.
+async fn compact_in_background(
+    compactor: Arc<Compactor>,
+    every: Duration,
+    health: Arc<CompactionHealth>,
+) {
+    let mut wait = Duration::ZERO;
     loop {
-        ticks.tick().await;
-        match compactor.pass().await {
-            Ok(summary) => {
+        tokio::time::sleep(wait).await;
+        wait = every;
+        let pass = tokio::spawn({
+            let compactor = compactor.clone();
+            async move { compactor.pass().await }
+        });
+        let error = match pass.await {
+            Ok(Ok(summary)) => {
+                health.succeeded();
                 crate::metrics::compaction(&summary);
                 if summary.events > 0 || summary.files_merged > 0 {
                     tracing::info!(
                         events = summary.events,
                         rows = summary.rows.values().sum::<u64>(),
+                        replaced = summary.replaced_rows,
                         files = summary.files_written,
                         merged = summary.files_merged,
                         version = summary.version,
@@ -119,29 +186,59 @@ async fn compact_in_background(compactor: Compactor, every: Duration) {
                         "compaction pass"
                     );
                 }
+                continue;
             }
-            Err(CompactError::Commit(CommitError::Busy)) => {
+            Ok(Err(CompactError::Commit(CommitError::Busy))) => {
                 tracing::debug!("compaction skipped: another compactor holds the lease");
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "compaction pass failed; the next one retries"),
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(crashed) => format!("the pass stopped unexpectedly: {crashed}"),
+        };
+        let failing = health.failed(error);
+        wait = every
+            .max(Duration::from_secs(1))
+            .saturating_mul(1 << failing.passes.min(16))
+            .min(MAX_COMPACTION_BACKOFF);
+        tracing::error!(
+            error = failing.error,
+            failing_since = %failing.since,
+            passes = failing.passes,
+            retry_in = %humantime::format_duration(wait),
+            "compaction pass failed"
+        );
     }
 }
 
-/// `GET /healthz`: 200 only when a durable write to the lake succeeds right now.
-fn healthz(store: Store) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+/// `GET /healthz`: 200 only when a durable write to the lake succeeds right now and
+/// background compaction is not failing.
+fn healthz(
+    store: Store,
+    compaction: Arc<CompactionHealth>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz").and(warp::get()).then(move || {
         let store = store.clone();
+        let compaction = compaction.clone();
         async move {
-            match store.check_writable().await {
-                Ok(()) => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),
-                Err(e) => {
-                    tracing::error!(error = %e, "health check: the lake is not writable");
-                    error_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the lake is not writable".into(),
-                    )
-                }
+            if let Err(e) = store.check_writable().await {
+                tracing::error!(error = %e, "health check: the lake is not writable");
+                return error_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the lake is not writable".into(),
+                );
+            }
+            match compaction.current() {
+                None => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),
+                Some(failing) => warp::reply::with_status(
+                    warp::reply::json(&serde_json::json!({
+                        "status": "compaction failing",
+                        "failing_since": failing.since,
+                        "failed_passes": failing.passes,
+                        "error": failing.error,
+                    })),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response(),
             }
         }
     })

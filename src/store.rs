@@ -149,7 +149,7 @@ impl Store {
     }
 
     /// Writes `bytes` at `key`, replacing what is there, atomically (readers see the old or
-    /// the new object, never a mix). Only for internal state, never for events.
+    /// the new object, never a mix) and durably. Only for internal state, never for events.
     pub async fn replace(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         match &self.local_root {
             Some(root) => {
@@ -248,6 +248,21 @@ impl Store {
             }
             File::open(target.parent().expect("a key always has a directory"))?.sync_all()?;
             Ok(true)
+        })
+        .await
+    }
+
+    /// Makes an object written with `Durability::AtomicOnly` (or by a writer that may have
+    /// died before syncing) survive a power loss: its data, then its directory entry. A PUT
+    /// that has returned on S3 is durable already.
+    pub async fn sync(&self, key: &str) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let target = root.join(key);
+        local_io(key, move || {
+            File::open(&target)?.sync_data()?;
+            File::open(target.parent().expect("a key always has a directory"))?.sync_all()
         })
         .await
     }
@@ -377,10 +392,12 @@ fn replace_local(target: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = open_new(&temp_path)?;
     let temp = TempFile(&temp_path);
     file.write_all(bytes)?;
+    // Synced before the rename, or a power loss could leave the name with no data.
+    file.sync_data()?;
     drop(file);
     std::fs::rename(temp.0, target)?;
     std::mem::forget(temp);
-    Ok(())
+    File::open(dir)?.sync_all()
 }
 
 fn rename_local(source: &FsPath, target: &FsPath) -> std::io::Result<()> {

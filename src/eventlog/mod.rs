@@ -93,11 +93,13 @@ impl EventLog {
     /// stored before for this stream and institution. Returns once the event is durable.
     ///
     /// The duplicate marker is claimed first, with a create-only write, so exactly one
-    /// event exists per body even when replicas race. A crash between the marker and the
-    /// event leaves a marker pointing at nothing; the retry that S-360 sends after the
-    /// missing 200 finds it and writes the event under the claimed id. The marker is not
-    /// fsynced: a power loss may forget it, and then a later resend of the body becomes a
-    /// second event with the same SHA-256, which the compactor counts once.
+    /// event exists per body even when replicas race. The marker is made durable too (in
+    /// parallel with the event), because a resend after a power loss must find it: a
+    /// forgotten marker would let that resend become a second event, counted twice if the
+    /// first was already compacted. A crash between the marker and the event leaves a
+    /// marker naming nothing; the resend that S-360 sends after the missing 200 writes the
+    /// event under the claimed id. A marker that cannot be read (damaged on disk) is claimed
+    /// anew rather than refusing the body.
     pub async fn append(
         &self,
         stream: Stream,
@@ -119,50 +121,62 @@ impl EventLog {
         let key = match claim {
             Created::New => claimed,
             Created::AlreadyExisted => {
-                let text = self.store.get(&marker).await?;
-                let key = std::str::from_utf8(&text)
-                    .ok()
-                    .and_then(|k| k.parse::<EventKey>().ok())
-                    .ok_or_else(|| EventLogError::Corrupt {
-                        key: marker.clone(),
-                        source: EnvelopeError::BadKey(String::from_utf8_lossy(&text).into()),
-                    })?;
-                if self.store.confirm_durable(&key.to_string()).await? {
-                    return Ok(Appended {
-                        event_id: key.event_id,
-                        sha256,
-                        records,
-                        duplicate: true,
-                    });
-                }
-                if key.day < claimed.day.pred_opt().unwrap_or(claimed.day) {
-                    // The claim is older than yesterday and its event was never written.
-                    // Writing it under the old day would put it where the compactor no
-                    // longer looks (days older than two days are sealed): take a new id.
-                    self.store
-                        .replace(&marker, Bytes::from(claimed.to_string()))
-                        .await?;
-                    claimed
-                } else {
-                    key
+                match self.read_marker(&marker, stream, institution).await? {
+                    Some(key) if self.store.confirm_durable(&key.to_string()).await? => {
+                        // Its writer may have died before making the marker durable.
+                        self.store.sync(&marker).await?;
+                        return Ok(Appended {
+                            event_id: key.event_id,
+                            sha256,
+                            records,
+                            duplicate: true,
+                        });
+                    }
+                    // The claim's event was never written: write it under the claimed id.
+                    Some(key) if key.day >= claimed.day.pred_opt().unwrap_or(claimed.day) => key,
+                    // An older claim would put the event in a day the compactor has sealed, and
+                    // an unreadable marker names nothing: claim the body anew.
+                    named => {
+                        if named.is_none() {
+                            tracing::warn!(marker, "duplicate marker was unreadable; claimed anew");
+                        }
+                        self.store
+                            .replace(&marker, Bytes::from(claimed.to_string()))
+                            .await?;
+                        claimed
+                    }
                 }
             }
         };
         let envelope = Envelope::new(&key, sha256.clone(), records, body.len());
-        let written = self
-            .store
-            .create(
-                &key.to_string(),
-                envelope.encode_with(&body),
-                Durability::Synced,
-            )
-            .await?;
+        let event = key.to_string();
+        let (_, written) = futures::try_join!(
+            self.store.sync(&marker),
+            self.store
+                .create(&event, envelope.encode_with(&body), Durability::Synced),
+        )?;
         Ok(Appended {
             event_id: key.event_id,
             sha256,
             records,
             duplicate: written == Created::AlreadyExisted,
         })
+    }
+
+    /// The event a duplicate marker names; `None` when the marker is damaged (empty, not a
+    /// key, or a key of another stream or institution).
+    async fn read_marker(
+        &self,
+        marker: &str,
+        stream: Stream,
+        institution: &str,
+    ) -> Result<Option<EventKey>, EventLogError> {
+        match self.store.get(marker).await {
+            Ok(text) => Ok(parse_marker(&text, stream, institution)),
+            // Removed under us (by an operator): as good as damaged.
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Lists the events matching `filter`, one received day of one stream and institution
@@ -253,37 +267,38 @@ impl EventLog {
     }
 
     /// Whether `key` is the one event that speaks for its body. Identical bodies are one
-    /// event at ingest, but a power loss can forget a duplicate marker, and then a resend
-    /// becomes a second event with the same SHA-256: the marker decides which one counts.
-    /// A missing marker is recreated for `key`; a marker naming an event that was never
-    /// written is moved to `key`, so a later resend is recognised as this event.
+    /// event at ingest, but a marker can be lost or damaged (an operator, a disk fault), and
+    /// then a resend becomes a second event with the same SHA-256: the marker decides which
+    /// one counts. A missing marker is created for `key`; one that is damaged or names an
+    /// event that was never written is repaired to name `key`, so that a later resend is
+    /// recognised as this event.
     pub async fn is_canonical(&self, key: &EventKey, sha256: &str) -> Result<bool, EventLogError> {
         let marker = marker_key(key.stream, &key.institution, sha256);
-        let key_text = key.to_string();
+        let claim = Bytes::from(key.to_string());
         let named = match self.store.get(&marker).await {
-            Ok(text) => String::from_utf8_lossy(&text).into_owned(),
-            Err(StoreError::NotFound { .. }) => {
-                let claim = Bytes::from(key_text.clone());
-                match self
-                    .store
-                    .create(&marker, claim, Durability::AtomicOnly)
-                    .await?
-                {
-                    Created::New => return Ok(true),
-                    Created::AlreadyExisted => {
-                        String::from_utf8_lossy(&self.store.get(&marker).await?).into_owned()
-                    }
+            Ok(text) => parse_marker(&text, key.stream, &key.institution),
+            Err(StoreError::NotFound { .. }) => match self
+                .store
+                .create(&marker, claim.clone(), Durability::Synced)
+                .await?
+            {
+                Created::New => return Ok(true),
+                Created::AlreadyExisted => {
+                    self.read_marker(&marker, key.stream, &key.institution)
+                        .await?
                 }
-            }
+            },
             Err(e) => return Err(e.into()),
         };
-        if named == key_text {
-            return Ok(true);
+        match named {
+            Some(named) if named == *key => return Ok(true),
+            Some(named) if self.store.exists(&named.to_string()).await? => return Ok(false),
+            Some(_) => {}
+            None => {
+                tracing::warn!(marker, event = %key, "duplicate marker was unreadable; repaired")
+            }
         }
-        if self.store.exists(&named).await? {
-            return Ok(false);
-        }
-        self.store.replace(&marker, Bytes::from(key_text)).await?;
+        self.store.replace(&marker, claim).await?;
         Ok(true)
     }
 
@@ -405,6 +420,15 @@ impl EventLog {
             problem: problems.join("; "),
         }))
     }
+}
+
+/// The event a marker's text names, if it is a key of the marker's own stream and
+/// institution.
+fn parse_marker(text: &[u8], stream: Stream, institution: &str) -> Option<EventKey> {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|text| text.parse::<EventKey>().ok())
+        .filter(|key| key.stream == stream && key.institution == institution)
 }
 
 /// Content-addressed: the same body for the same stream and institution always maps to the

@@ -1,0 +1,247 @@
+//! Recovery: what damaged or missing state does to receiving and compaction, and that a
+//! restart, a resend or `datx rebuild` always brings the lake back, with every accepted
+//! record exactly once. Faults are made on the real filesystem: files truncated, removed,
+//! or a file put where a directory must be.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Workspace, compact, post, read_table, ticket_checks, walk};
+use serde_json::{Value, json};
+
+const VENUE: &str = r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+"#;
+
+/// Asserts that the ticket checks are exactly `ids`, each once.
+fn assert_checks(workspace: &Workspace, ids: &BTreeSet<i64>) {
+    let rows = read_table(&workspace.lake(), "ticket_checks");
+    let seen: Vec<i64> = rows
+        .iter()
+        .map(|row| row["ticket_check_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seen.len(), ids.len(), "a check is missing or repeated");
+    assert_eq!(&seen.into_iter().collect::<BTreeSet<_>>(), ids);
+}
+
+fn contacts(names: &[&str]) -> Vec<u8> {
+    let records: Vec<Value> = names
+        .iter()
+        .map(|name| json!({"contactNumber": name, "individualContact": {"firstName": name}}))
+        .collect();
+    Value::Array(records).to_string().into_bytes()
+}
+
+/// The duplicate marker of each body of a stream, found on disk.
+fn markers(workspace: &Workspace, stream: &str) -> Vec<std::path::PathBuf> {
+    walk(
+        &workspace
+            .lake()
+            .join("_datx/seen")
+            .join(stream)
+            .join("myvenue"),
+    )
+}
+
+fn failed(output: &std::process::Output) -> String {
+    format!(
+        "exit {:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn checkpoints_that_cannot_be_written_do_not_stop_compaction() {
+    // One commit per body, and a file where the checkpoint directory must be: the 50th
+    // commit's checkpoint fails, as it would on a disk with room for a commit but not for
+    // the larger checkpoint.
+    let workspace = Workspace::new(&format!("compact_chunk_bytes = 1\n{VENUE}"));
+    std::fs::create_dir_all(workspace.lake().join("_datx")).unwrap();
+    std::fs::write(workspace.lake().join("_datx/checkpoints"), b"").unwrap();
+    let server = workspace.serve();
+    let mut ids = BTreeSet::new();
+    for body in 0..60_i64 {
+        post(
+            &server,
+            "ticketchecks",
+            "myvenue",
+            ticket_checks(3, body * 10),
+        )
+        .await;
+        ids.extend(body * 10..body * 10 + 3);
+    }
+    let printed = compact(&workspace, "compact");
+    assert!(printed.contains("60 commits"), "{printed}");
+    assert_checks(&workspace, &ids);
+    post(&server, "ticketchecks", "myvenue", ticket_checks(3, 5000)).await;
+    ids.extend(5000..5003);
+    compact(&workspace, "compact");
+    assert_checks(&workspace, &ids);
+    compact(&workspace, "rebuild");
+    assert_checks(&workspace, &ids);
+}
+
+#[tokio::test]
+async fn rebuild_repairs_a_lake_whose_committed_files_are_gone() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    let mut ids = BTreeSet::new();
+    for body in 0..3_i64 {
+        post(
+            &server,
+            "ticketchecks",
+            "myvenue",
+            ticket_checks(5, body * 100),
+        )
+        .await;
+        ids.extend(body * 100..body * 100 + 5);
+    }
+    compact(&workspace, "compact");
+    // Every Parquet file lost (a restore that missed them, an operator's rm).
+    for file in walk(&workspace.lake().join("tables")) {
+        std::fs::remove_file(file).unwrap();
+    }
+    let output = workspace.run(&["compact"]);
+    assert_eq!(output.status.code(), Some(2), "{}", failed(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("datx rebuild"),
+        "{}",
+        failed(&output)
+    );
+    compact(&workspace, "rebuild");
+    assert_checks(&workspace, &ids);
+    post(&server, "ticketchecks", "myvenue", ticket_checks(5, 900)).await;
+    ids.extend(900..905);
+    compact(&workspace, "compact");
+    assert_checks(&workspace, &ids);
+}
+
+#[tokio::test]
+async fn a_damaged_duplicate_marker_neither_refuses_a_body_nor_stops_compaction() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+
+    // A marker emptied (as a power loss can leave an unsynced one), then a pass: the pass
+    // repairs it, and the resend is recognised.
+    let first = contacts(&["A1", "A2"]);
+    let stored = post(&server, "contacts", "myvenue", first.clone()).await;
+    let [marker] = &markers(&workspace, "contacts")[..] else {
+        panic!("one marker expected");
+    };
+    std::fs::write(marker, b"").unwrap();
+    compact(&workspace, "compact");
+    let again = post(&server, "contacts", "myvenue", first.clone()).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["event_id"], stored["event_id"]);
+
+    // A marker garbled, then the resend: the body is stored again, and compaction counts
+    // it once.
+    let second = contacts(&["B1", "B2", "B3"]);
+    post(&server, "contacts", "myvenue", second.clone()).await;
+    for marker in markers(&workspace, "contacts") {
+        let text = std::fs::read_to_string(&marker).unwrap();
+        if !text.contains(stored["event_id"].as_str().unwrap()) {
+            std::fs::write(&marker, b"#1/\x00garbage").unwrap();
+        }
+    }
+    let resent = post(&server, "contacts", "myvenue", second.clone()).await;
+    assert_eq!(resent["duplicate"], false);
+    compact(&workspace, "compact");
+    let names: Vec<String> = read_table(&workspace.lake(), "contacts")
+        .iter()
+        .map(|row| row["contact_number"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["A1", "A2", "B1", "B2", "B3"], "{names:?}");
+    let verify = workspace.run(&["events", "verify"]);
+    assert!(verify.status.success(), "{}", failed(&verify));
+}
+
+#[tokio::test]
+async fn an_event_lost_under_its_marker_is_written_by_the_resend() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    let body = ticket_checks(4, 700);
+    let first = post(&server, "ticketchecks", "myvenue", body.clone()).await;
+    // As if the process died after claiming the marker and before the event was stored.
+    let events = walk(&workspace.lake().join("events"));
+    assert_eq!(events.len(), 1);
+    std::fs::remove_file(&events[0]).unwrap();
+    let resent = post(&server, "ticketchecks", "myvenue", body.clone()).await;
+    assert_eq!(resent["duplicate"], false);
+    assert_eq!(resent["event_id"], first["event_id"]);
+    assert!(std::fs::read(&events[0]).unwrap().ends_with(&body));
+    compact(&workspace, "compact");
+    assert_checks(&workspace, &(700..704).collect());
+}
+
+#[tokio::test]
+async fn failing_background_compaction_is_retried_and_reported_until_it_recovers() {
+    let workspace = Workspace::new(VENUE);
+    std::fs::write(
+        workspace.path().join("datx.toml"),
+        format!("listen = \"127.0.0.1:0\"\ncompact_every = \"50ms\"\n{VENUE}"),
+    )
+    .unwrap();
+    // A file where the tables directory must be: every pass that has rows to write fails.
+    std::fs::create_dir_all(workspace.lake()).unwrap();
+    let blocker = workspace.lake().join("tables");
+    std::fs::write(&blocker, b"").unwrap();
+    let server = workspace.serve();
+    post(&server, "ticketchecks", "myvenue", ticket_checks(5, 1)).await;
+    let client = reqwest::Client::new();
+    let health = || async {
+        let response = client.get(server.url("/healthz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let mut failing = None;
+    for _ in 0..200 {
+        let (status, body) = health().await;
+        if status == 503 {
+            failing = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failing = failing.expect("/healthz never reported the failing compaction");
+    assert_eq!(failing["status"], "compaction failing");
+    assert!(failing["failing_since"].is_string(), "{failing}");
+    assert!(failing["failed_passes"].as_u64().unwrap() >= 1, "{failing}");
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let since = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("datx_compaction_failing_since_seconds "))
+        .expect("the failing-since gauge is exported");
+    assert!(since.parse::<f64>().unwrap() > 0.0, "{since}");
+    assert!(server.log().contains("compaction pass failed"));
+
+    // Receiving goes on meanwhile; once the fault is gone, a retry compacts everything.
+    post(&server, "ticketchecks", "myvenue", ticket_checks(5, 100)).await;
+    std::fs::remove_file(&blocker).unwrap();
+    let mut recovered = false;
+    for _ in 0..400 {
+        if health().await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "compaction did not recover:\n{}", server.log());
+    assert!(server.log().contains("compaction recovered"));
+    drop(server);
+    assert_checks(&workspace, &(1..6).chain(100..105).collect());
+}
