@@ -138,7 +138,7 @@ fn main() {
     let mut config = String::from("compact_every = \"off\"\nmerge_after = \"1000h\"\n");
     for institution in INSTITUTIONS {
         config.push_str(&format!(
-            "[institutions.{institution}]\ntimezone = \"Europe/Zurich\"\n"
+            "[institutions.{institution}]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n"
         ));
     }
     std::fs::write(root.path().join("datx.toml"), config).unwrap();

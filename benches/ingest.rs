@@ -166,7 +166,7 @@ async fn main() {
         // HTTP: the real server, in this process, on an ephemeral loopback port.
         let store = fresh_lake(root.path(), &format!("http-{concurrency}"));
         let config = Config::parse(
-            &format!("compact_every = \"off\"\n[institutions.{INSTITUTION}]\n"),
+            &format!("compact_every = \"off\"\n[institutions.{INSTITUTION}]\nauth = \"none\"\n"),
             std::path::Path::new("bench.toml"),
             root.path(),
             &|_| None,

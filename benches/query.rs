@@ -193,7 +193,7 @@ fn main() {
     let mut config = String::from("compact_every = \"off\"\n");
     for institution in INSTITUTIONS {
         config.push_str(&format!(
-            "[institutions.{institution}]\ntimezone = \"Europe/Zurich\"\n"
+            "[institutions.{institution}]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n"
         ));
     }
     std::fs::write(root.path().join("datx.toml"), config).unwrap();
@@ -214,6 +214,7 @@ fn main() {
         timeout: Duration::from_secs(600),
         memory_limit: 8 << 30,
         max_rows: usize::MAX,
+        max_concurrent: 1,
     };
     let engine = QueryEngine::new(Store::open(lake.to_str().unwrap()).unwrap(), limits).unwrap();
     let texts: Vec<String> = QUERIES

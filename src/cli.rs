@@ -212,12 +212,12 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                 (None, None) => std::io::read_to_string(std::io::stdin())
                     .map_err(|e| format!("cannot read standard input: {e}"))?,
             };
-            let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
+            let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
             let engine = QueryEngine::new(store, config.sql).map_err(|e| e.to_string())?;
             sql(&engine, &text, format).await
         }
         Command::Events(events) => {
-            let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
+            let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
             let log = EventLog::new(store);
             match events {
                 EventsCommand::List { filter, format } => {

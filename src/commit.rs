@@ -277,13 +277,7 @@ impl Lease {
                 "compaction of s3:// lakes is not supported yet",
             )));
         };
-        let dir = root.join("_datx");
-        std::fs::create_dir_all(&dir).map_err(CommitError::Lease)?;
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("compactor.lock"))
+        let file = crate::store::open_private(&root.join("_datx/compactor.lock"))
             .map_err(CommitError::Lease)?;
         match file.try_lock() {
             Ok(()) => Ok(Lease { _lock: file }),

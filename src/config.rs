@@ -49,6 +49,23 @@ pub struct Config {
     pub compact_chunk_bytes: usize,
     pub institutions: BTreeMap<String, Institution>,
     pub sql: Sql,
+    pub connections: Connections,
+    /// Bearer token `GET /metrics` asks for; `None` leaves it open (it names institutions
+    /// and counts, never records).
+    pub metrics_token: Option<String>,
+}
+
+/// What one HTTP client may hold: slow or idle clients are cut off, and the number of open
+/// connections is capped, so a few stalled sockets cannot starve S-360.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    /// A request whose headers have not all arrived by then is answered by a closed
+    /// connection; an idle keep-alive connection is closed after as long.
+    pub header_timeout: Duration,
+    /// A body that sends nothing for this long is abandoned (nothing of it is stored).
+    pub body_idle_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's queue until one closes.
+    pub max_connections: usize,
 }
 
 /// The `[sql]` table: who may query over HTTP, and what one query may cost.
@@ -62,6 +79,8 @@ pub struct Sql {
     pub memory_limit: usize,
     /// Rows one HTTP answer may carry, so a careless `SELECT *` cannot exhaust the server.
     pub max_rows: usize,
+    /// Queries that run at once over HTTP; more wait briefly, then get 503.
+    pub max_concurrent: usize,
 }
 
 /// A bearer token and the institutions whose rows it may see.
@@ -130,6 +149,21 @@ struct RawConfig {
     institutions: BTreeMap<String, RawInstitution>,
     #[serde(default)]
     sql: RawSql,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_body_idle_timeout")]
+    body_idle_timeout: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: u64,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    token: Option<String>,
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +177,8 @@ struct RawSql {
     memory_limit: String,
     #[serde(default = "default_sql_max_rows")]
     max_rows: u64,
+    #[serde(default = "default_sql_max_concurrent")]
+    max_concurrent: u64,
     #[serde(default)]
     tokens: BTreeMap<String, RawSqlToken>,
 }
@@ -155,6 +191,7 @@ impl Default for RawSql {
             timeout: default_sql_timeout(),
             memory_limit: default_sql_memory_limit(),
             max_rows: default_sql_max_rows(),
+            max_concurrent: default_sql_max_concurrent(),
             tokens: BTreeMap::new(),
         }
     }
@@ -173,8 +210,8 @@ struct RawSqlToken {
 struct RawInstitution {
     #[serde(default = "default_timezone")]
     timezone: String,
-    #[serde(default = "default_auth")]
-    auth: String,
+    /// Required: `auth = "none"` must be written out for a venue to be open.
+    auth: Option<String>,
     user: Option<String>,
     password: Option<String>,
     password_env: Option<String>,
@@ -210,11 +247,20 @@ fn default_sql_memory_limit() -> String {
 fn default_sql_max_rows() -> u64 {
     100_000
 }
+fn default_sql_max_concurrent() -> u64 {
+    4
+}
+fn default_header_timeout() -> String {
+    "30s".into()
+}
+fn default_body_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_connections() -> u64 {
+    1024
+}
 fn default_timezone() -> String {
     "UTC".into()
-}
-fn default_auth() -> String {
-    "none".into()
 }
 
 impl Config {
@@ -316,6 +362,28 @@ impl Config {
             .sql
             .validate(&institutions, env)
             .map_err(|(key, problem)| invalid(&format!("sql.{key}"), problem))?;
+        let connections = Connections {
+            header_timeout: positive_duration(&raw.header_timeout)
+                .map_err(|p| invalid("header_timeout", p))?,
+            body_idle_timeout: positive_duration(&raw.body_idle_timeout)
+                .map_err(|p| invalid("body_idle_timeout", p))?,
+            max_connections: usize::try_from(raw.max_connections)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| invalid("max_connections", "must be more than 0".into()))?,
+        };
+        let metrics = raw.metrics;
+        let metrics_token = match (&metrics.token, &metrics.token_env) {
+            (None, None) => None,
+            _ => Some(
+                secret(
+                    ("token", &metrics.token),
+                    ("token_env", &metrics.token_env),
+                    env,
+                )
+                .map_err(|(key, problem)| invalid(&format!("metrics.{key}"), problem))?,
+            ),
+        };
 
         Ok(Config {
             listen,
@@ -326,8 +394,18 @@ impl Config {
             compact_chunk_bytes,
             institutions,
             sql,
+            connections,
+            metrics_token,
         })
     }
+}
+
+/// A duration such as `"30s"`, longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration longer than 0 such as \"30s\""))
 }
 
 /// Local paths become absolute against the configuration file's directory, so the same
@@ -372,7 +450,13 @@ impl RawInstitution {
                 ),
             )
         })?;
-        let auth = match self.auth.as_str() {
+        let Some(mode) = self.auth.as_deref() else {
+            return Err((
+                "auth",
+                "is missing: write auth = \"none\" to accept pushes without credentials, or \"basic\" or \"api_key\"".into(),
+            ));
+        };
+        let auth = match mode {
             "none" => {
                 self.refuse_secret_keys(&[
                     "user",
@@ -443,7 +527,8 @@ impl RawInstitution {
                 _ => unreachable!("unknown key {key}"),
             };
             if present {
-                return Err((key, format!("does not apply to auth = {:?}", self.auth)));
+                let mode = self.auth.as_deref().unwrap_or_default();
+                return Err((key, format!("does not apply to auth = {mode:?}")));
             }
         }
         Ok(())
@@ -457,13 +542,8 @@ impl RawSql {
         institutions: &BTreeMap<String, Institution>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Sql, (String, String)> {
-        let timeout = humantime::parse_duration(self.timeout.trim())
-            .ok()
-            .filter(|t| !t.is_zero())
-            .ok_or_else(|| {
-                let problem = format!("{:?} is not a duration such as \"30s\"", self.timeout);
-                ("timeout".to_string(), problem)
-            })?;
+        let timeout =
+            positive_duration(&self.timeout).map_err(|problem| ("timeout".to_string(), problem))?;
         let memory_limit = parse_size(&self.memory_limit).ok_or_else(|| {
             let problem = format!("{:?} is not a size such as \"2GiB\"", self.memory_limit);
             ("memory_limit".to_string(), problem)
@@ -472,6 +552,13 @@ impl RawSql {
             .ok()
             .filter(|&rows| rows > 0)
             .ok_or(("max_rows".to_string(), "must be more than 0".to_string()))?;
+        let max_concurrent = usize::try_from(self.max_concurrent)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or((
+                "max_concurrent".to_string(),
+                "must be more than 0".to_string(),
+            ))?;
 
         let mut tokens = Vec::new();
         if self.token.is_some() || self.token_env.is_some() {
@@ -519,6 +606,7 @@ impl RawSql {
             timeout,
             memory_limit,
             max_rows,
+            max_concurrent,
         })
     }
 }
@@ -604,6 +692,7 @@ mod tests {
             lake = "s3://bucket/prefix"
             [institutions.a]
             timezone = "Europe/Zurich"
+            auth = "none"
             [institutions.b]
             auth = "basic"
             user = "s360"
@@ -641,7 +730,9 @@ mod tests {
         let config = parse(
             r#"
             [institutions.a]
+            auth = "none"
             [institutions.b]
+            auth = "none"
             [sql]
             token_env = "SET"
             timeout = "5s"
@@ -677,7 +768,7 @@ mod tests {
             ("lake = \"ftp://x\"", "`lake`"),
             ("[institutions.\"a/b\"]", "`institutions.a/b`"),
             (
-                "[institutions.v]\ntimezone = \"Mars/Base\"",
+                "[institutions.v]\ntimezone = \"Mars/Base\"\nauth = \"none\"",
                 "`institutions.v.timezone`",
             ),
             (
@@ -701,10 +792,19 @@ mod tests {
                 "`institutions.v.header`",
             ),
             (
-                "[institutions.v]\npassword = \"p\"",
+                "[institutions.v]\nauth = \"none\"\npassword = \"p\"",
                 "`institutions.v.password`",
             ),
+            (
+                "[institutions.v]\ntimezone = \"UTC\"",
+                "`institutions.v.auth`: is missing",
+            ),
             ("[sql]\ntimeout = \"0s\"", "`sql.timeout`"),
+            ("[sql]\nmax_concurrent = 0", "`sql.max_concurrent`"),
+            ("header_timeout = \"0s\"", "`header_timeout`"),
+            ("body_idle_timeout = \"soon\"", "`body_idle_timeout`"),
+            ("max_connections = 0", "`max_connections`"),
+            ("[metrics]\ntoken_env = \"UNSET\"", "`metrics.token_env`"),
             ("[sql]\nmemory_limit = \"lots\"", "`sql.memory_limit`"),
             (
                 "[sql.tokens.t]\ntoken = \"x\"\ninstitutions = [\"nowhere\"]",

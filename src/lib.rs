@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commit;
 pub mod compact;
 pub mod config;
+pub mod connections;
 pub mod eventlog;
 pub mod metrics;
 pub mod query;

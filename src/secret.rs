@@ -19,3 +19,11 @@ impl SecretDigest {
         bool::from(SecretDigest::of(given).0.ct_eq(&self.0))
     }
 }
+
+/// The token of an `Authorization: Bearer ...` header value.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}

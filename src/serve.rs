@@ -23,6 +23,7 @@ use crate::eventlog::EventLog;
 use crate::query::QueryEngine;
 use crate::query::http::SqlService;
 use crate::receive::{ErrorBody, Receiver};
+use crate::secret::SecretDigest;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ pub async fn run(
         .unify()
         .or(healthz(store.clone(), health.clone()))
         .unify()
-        .or(metrics_route(metrics))
+        .or(metrics_route(metrics, config.metrics_token.as_deref()))
         .unify()
         .recover(refuse_unrouted);
     let address = listener
@@ -88,11 +89,13 @@ pub async fn run(
             health.clone(),
         ))
     });
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    crate::connections::serve(
+        listener,
+        warp::service(routes),
+        &config.connections,
+        shutdown,
+    )
+    .await;
     // A pass cut short is like a crash: the next one finishes or discards its work.
     if let Some(compaction) = compaction {
         compaction.abort();
@@ -244,18 +247,29 @@ fn healthz(
     })
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format; behind a bearer token when `[metrics]` sets one.
 fn metrics_route(
     handle: PrometheusHandle,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("metrics").and(warp::get()).map(move || {
-        warp::reply::with_header(
-            handle.render(),
-            "content-type",
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-        .into_response()
-    })
+    token: Option<&str>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let token = token.map(|token| SecretDigest::of(token.as_bytes()));
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |authorization: Option<String>| {
+            let given = crate::secret::bearer(authorization.as_deref());
+            if let Some(token) = &token
+                && !given.is_some_and(|given| token.matches(given.as_bytes()))
+            {
+                return crate::query::http::unauthorized("datx metrics");
+            }
+            warp::reply::with_header(
+                handle.render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response()
+        })
 }
 
 fn error_reply(status: StatusCode, error: String) -> Response {

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
@@ -64,9 +65,20 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens a lake: a local directory (created if missing) or `s3://bucket/prefix`, whose
-    /// credentials and endpoint come from the standard `AWS_*` variables.
+    /// Opens a lake to write to: a local directory (created, private, if missing) or
+    /// `s3://bucket/prefix`, whose credentials and endpoint come from the standard `AWS_*`
+    /// variables.
     pub fn open(location: &str) -> Result<Store, StoreError> {
+        Store::open_as(location, true)
+    }
+
+    /// Opens a lake only to read it: a local directory that does not exist is an error
+    /// naming it, rather than an empty lake created by a typo.
+    pub fn open_existing(location: &str) -> Result<Store, StoreError> {
+        Store::open_as(location, false)
+    }
+
+    fn open_as(location: &str, create: bool) -> Result<Store, StoreError> {
         let open_error = |reason: String| StoreError::Open {
             location: location.to_string(),
             reason,
@@ -91,7 +103,14 @@ impl Store {
             });
         }
         let root = PathBuf::from(location);
-        std::fs::create_dir_all(&root).map_err(|e| open_error(e.to_string()))?;
+        if create {
+            create_private_dirs(&root).map_err(|e| open_error(e.to_string()))?;
+        } else if !root.is_dir() {
+            return Err(open_error(
+                "no lake there: check `lake` in the configuration, or receive or compact first"
+                    .into(),
+            ));
+        }
         let root = root.canonicalize().map_err(|e| open_error(e.to_string()))?;
         let objects =
             LocalFileSystem::new_with_prefix(&root).map_err(|e| open_error(e.to_string()))?;
@@ -383,7 +402,7 @@ fn create_local(target: &FsPath, bytes: &[u8], durability: Durability) -> std::i
 
 fn replace_local(target: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
     let dir = target.parent().expect("a key always has a directory");
-    std::fs::create_dir_all(dir)?;
+    create_private_dirs(dir)?;
     let name = target
         .file_name()
         .expect("a key always has a file name")
@@ -402,13 +421,43 @@ fn replace_local(target: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
 
 fn rename_local(source: &FsPath, target: &FsPath) -> std::io::Result<()> {
     let dir = target.parent().expect("a key always has a directory");
-    std::fs::create_dir_all(dir)?;
+    create_private_dirs(dir)?;
     std::fs::rename(source, target)?;
     File::open(dir)?.sync_all()
 }
 
+/// Lake files hold people's names and e-mail addresses: only the service's user may read
+/// them, whatever the umask.
+const PRIVATE_FILE_MODE: u32 = 0o600;
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
 fn open_new(path: &FsPath) -> std::io::Result<File> {
-    File::options().write(true).create_new(true).open(path)
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
+/// Opens (creating it, private, if missing) a file of the lake's internal state for writing.
+pub fn open_private(path: &FsPath) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        create_private_dirs(dir)?;
+    }
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
+/// Creates `dir` and its missing parents, each readable by the service's user only.
+fn create_private_dirs(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
 }
 
 /// Creates `dir` and its missing parents; when durable, fsyncs every parent whose entries
@@ -423,7 +472,7 @@ fn create_dirs(dir: &FsPath, durability: Durability) -> std::io::Result<()> {
             None => break,
         }
     }
-    std::fs::create_dir_all(dir)?;
+    create_private_dirs(dir)?;
     if durability == Durability::Synced {
         for created in missing.iter().rev() {
             if let Some(parent) = created.parent() {

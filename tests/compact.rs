@@ -16,8 +16,10 @@ use serde_json::{Map, Value, json};
 const VENUES: &str = r#"
 [institutions.myvenue]
 timezone = "Europe/Zurich"
+auth = "none"
 [institutions.othervenue]
 timezone = "America/New_York"
+auth = "none"
 "#;
 
 type Row = Map<String, Value>;

@@ -27,8 +27,10 @@ fn config(extra: &str) -> String {
         r#"
 [institutions.alpha]
 timezone = "Europe/Zurich"
+auth = "none"
 [institutions.beta]
 timezone = "America/New_York"
+auth = "none"
 [sql]
 token = "{SQL_TOKEN}"
 {extra}
@@ -683,7 +685,8 @@ async fn saved_queries_give_what_the_records_say() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_samples_answer_the_saved_queries() {
-    let workspace = Workspace::new("[institutions.myvenue]\ntimezone = \"Europe/Zurich\"\n");
+    let workspace =
+        Workspace::new("[institutions.myvenue]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n");
     let server = workspace.serve();
     post_samples(&server, "myvenue").await;
     compact(&workspace, "compact");

@@ -14,6 +14,7 @@ const SECURED: &str = r#"
 max_body_bytes = 2097152
 [institutions.myvenue]
 timezone = "Europe/Zurich"
+auth = "none"
 [institutions.othervenue]
 auth = "basic"
 user = "s360"

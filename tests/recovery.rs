@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 const VENUE: &str = r#"
 [institutions.myvenue]
 timezone = "Europe/Zurich"
+auth = "none"
 "#;
 
 /// Asserts that the ticket checks are exactly `ids`, each once.

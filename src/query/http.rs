@@ -87,15 +87,7 @@ impl SqlService {
             );
         }
         let Some(caller) = self.caller(authorization.as_deref()) else {
-            let mut reply = error_reply(
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required".into(),
-            );
-            reply.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                "Bearer realm=\"datx sql\"".parse().expect("a valid header"),
-            );
-            return reply;
+            return unauthorized("datx sql");
         };
         let Ok(text) = std::str::from_utf8(&body) else {
             return error_reply(
@@ -160,11 +152,7 @@ impl SqlService {
 
     /// The caller whose token is presented. Every token is compared, in constant time.
     fn caller(&self, authorization: Option<&str>) -> Option<&Caller> {
-        let (scheme, token) = authorization?.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let token = token.trim().as_bytes();
+        let token = crate::secret::bearer(authorization)?.as_bytes();
         self.callers
             .iter()
             .fold(None, |found, caller| match caller.digest.matches(token) {
@@ -172,6 +160,20 @@ impl SqlService {
                 false => found,
             })
     }
+}
+
+/// 401 with the challenge of a bearer-token `realm`.
+pub fn unauthorized(realm: &str) -> Response {
+    let mut reply = error_reply(
+        StatusCode::UNAUTHORIZED,
+        "a valid bearer token is required".into(),
+    );
+    let challenge = format!("Bearer realm=\"{realm}\"");
+    reply.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        challenge.parse().expect("a realm is a valid header value"),
+    );
+    reply
 }
 
 fn status_of(error: &QueryError) -> StatusCode {

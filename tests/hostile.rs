@@ -1,0 +1,198 @@
+//! Hostile load: what a stalled client, a flood of connections, an absurd body or a
+//! malicious query can cost, and the safe defaults. Each case runs against the real binary
+//! over real sockets, and checks that `serve` goes on receiving meanwhile.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{Server, Workspace, compact, post, sample, ticket_checks, walk};
+use serde_json::{Value, json};
+
+const VENUE: &str = r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+auth = "none"
+"#;
+
+/// Short limits, so that the test sees them act.
+const QUICK_LIMITS: &str = "header_timeout = \"1s\"\nbody_idle_timeout = \"2s\"\n";
+
+/// Opens a connection and sends `head` (and nothing more).
+fn stall(server: &Server, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(&server.address).expect("connect to datx");
+    stream.write_all(head.as_bytes()).expect("send the start");
+    stream
+}
+
+/// Whether the server closed `stream` (or answered and closed) within `wait`: a stalled
+/// connection that is still open after it was not cut off.
+fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+fn events_stored(workspace: &Workspace) -> usize {
+    let events = workspace.lake().join("events");
+    if events.exists() {
+        walk(&events).len()
+    } else {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_cut_off_and_others_are_answered_meanwhile() {
+    let workspace = Workspace::new(&format!("{QUICK_LIMITS}{VENUE}"));
+    let server = workspace.serve();
+    let path = "/s360/ticketchecks/myvenue";
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        // Headers never finished.
+        stalled.push(stall(
+            &server,
+            &format!("POST {path} HTTP/1.1\r\nHost: x\r\n"),
+        ));
+        // Headers sent, then half a body.
+        stalled.push(stall(
+            &server,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[{{\"ticket_check_id\": 1"
+            ),
+        ));
+        // An oversized body (413) whose drain stalls.
+        stalled.push(stall(
+            &server,
+            &format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n[{{"),
+        ));
+    }
+    // A normal push is answered while they hang.
+    let answer = post(&server, "ticketchecks", "myvenue", ticket_checks(3, 1)).await;
+    assert_eq!(answer["records"], 3);
+    let still_open = stalled
+        .iter_mut()
+        .map(|stream| closed_by_server(stream, Duration::from_secs(20)))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(
+        still_open, 0,
+        "{still_open} of 60 stalled connections are still open"
+    );
+    // Nothing of a stalled body was stored.
+    assert_eq!(events_stored(&workspace), 1);
+    post(&server, "ticketchecks", "myvenue", ticket_checks(3, 10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_limit_clients_wait_and_are_then_served() {
+    let workspace = Workspace::new(&format!("{QUICK_LIMITS}max_connections = 4\n{VENUE}"));
+    let server = workspace.serve();
+    let mut stalled: Vec<TcpStream> = (0..4)
+        .map(|_| stall(&server, "POST /s360/contacts/myvenue HTTP/1.1\r\n"))
+        .collect();
+    // The fifth connection waits for a stalled one to be cut off, then gets its answer.
+    let answer = post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+    assert_eq!(answer["duplicate"], false);
+    for stream in &mut stalled {
+        assert!(closed_by_server(stream, Duration::from_secs(20)));
+    }
+}
+
+#[test]
+fn an_institution_without_auth_is_refused_naming_the_key() {
+    let workspace = Workspace::new("[institutions.myvenue]\ntimezone = \"UTC\"\n");
+    let output = workspace.run(&["compact"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`institutions.myvenue.auth`") && stderr.contains("auth = \"none\""),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn lake_files_and_directories_are_private_to_the_service() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+    drop(server);
+    compact(&workspace, "compact");
+    let mut seen = 0;
+    let mut check = |path: &std::path::Path| {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let wanted = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, wanted, "{} is {mode:o}", path.display());
+        seen += 1;
+    };
+    fn dirs(root: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.push(path.clone());
+                dirs(&path, found);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    dirs(&workspace.lake(), &mut all);
+    all.extend(walk(&workspace.lake()));
+    for path in &all {
+        check(path);
+    }
+    check(&workspace.lake());
+    // Events, markers, commits, the lease and Parquet files are all among them.
+    assert!(seen > 10, "{seen}");
+}
+
+#[test]
+fn read_only_commands_on_a_missing_lake_fail_and_create_nothing() {
+    let workspace = Workspace::new(&format!("lake = \"no-such-lake\"\n{VENUE}"));
+    for args in [
+        &["sql", "SELECT count(*) FROM contacts"][..],
+        &["events", "list"][..],
+        &["events", "verify"][..],
+    ] {
+        let output = workspace.run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("no-such-lake"), "{args:?}: {stderr}");
+        assert!(!workspace.path().join("no-such-lake").exists(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_take_a_token_when_one_is_configured() {
+    let workspace = Workspace::new(&format!("[metrics]\ntoken = \"metrics-secret\"\n{VENUE}"));
+    let server = workspace.serve();
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+    let client = reqwest::Client::new();
+    let get = |token: Option<&str>| {
+        let mut request = client.get(server.url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for token in [None, Some("wrong")] {
+        let refused = get(token).await.unwrap();
+        assert_eq!(refused.status(), 401);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body, json!({"error": "a valid bearer token is required"}));
+    }
+    let allowed = get(Some("metrics-secret")).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert!(
+        allowed
+            .text()
+            .await
+            .unwrap()
+            .contains("datx_requests_total")
+    );
+}
