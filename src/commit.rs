@@ -196,7 +196,11 @@ impl CommitLog {
             .await?;
         keys.sort();
         while let Some(key) = keys.pop() {
-            match parse(&key, &self.store.get(&key).await?) {
+            let read = match self.store.get(&key).await {
+                Ok(bytes) => parse(&key, &bytes),
+                Err(e) => Err(e.into()),
+            };
+            match read {
                 Ok(state) => return Ok(Some(state)),
                 Err(e) => tracing::warn!(error = %e, "checkpoint passed over"),
             }

@@ -372,7 +372,7 @@ fn create_local(target: &FsPath, bytes: &[u8], durability: Durability) -> std::i
     let temp_path = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::now_v7().simple()));
     let mut file = match open_new(&temp_path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dirs(dir, durability)?;
+            create_dirs(dir)?;
             open_new(&temp_path)?
         }
         other => other?,
@@ -460,9 +460,11 @@ fn create_private_dirs(dir: &FsPath) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Creates `dir` and its missing parents; when durable, fsyncs every parent whose entries
-/// changed, so that the new directories survive a power loss with the file inside.
-fn create_dirs(dir: &FsPath, durability: Durability) -> std::io::Result<()> {
+/// Creates `dir` and its missing parents, and fsyncs every parent whose entries changed,
+/// whatever the write's durability: a directory is created once, and an object that is
+/// later made durable with [`Store::sync`] (which syncs only its own directory) must not
+/// lose the path to it in a power loss.
+fn create_dirs(dir: &FsPath) -> std::io::Result<()> {
     let mut missing = Vec::new();
     let mut probe = dir;
     while !probe.exists() {
@@ -473,11 +475,9 @@ fn create_dirs(dir: &FsPath, durability: Durability) -> std::io::Result<()> {
         }
     }
     create_private_dirs(dir)?;
-    if durability == Durability::Synced {
-        for created in missing.iter().rev() {
-            if let Some(parent) = created.parent() {
-                File::open(parent)?.sync_all()?;
-            }
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            File::open(parent)?.sync_all()?;
         }
     }
     Ok(())

@@ -807,3 +807,109 @@ async fn a_later_ticket_check_replaces_the_earlier_one_whatever_its_date() {
         "rebuild differs from the passes"
     );
 }
+
+/// Rewrites every Parquet file of `table` as an older datx wrote it: without `_position`.
+fn drop_position_column(lake: &std::path::Path, table: &str) {
+    for file in walk(&lake.join("tables").join(table)) {
+        if file.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<_> = reader
+            .map(|batch| {
+                let batch = batch.unwrap();
+                let at = batch.schema().index_of("_position").unwrap();
+                let mut batch = batch;
+                batch.remove_column(at);
+                batch
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut out, batches[0].schema(), None).unwrap();
+        for batch in &batches {
+            writer.write(batch).unwrap();
+        }
+        writer.close().unwrap();
+        std::fs::write(&file, out).unwrap();
+    }
+}
+
+/// Removes the key ranges from every commit, as an older datx wrote them, and gives each
+/// file its size on disk now.
+fn drop_key_ranges(lake: &std::path::Path) {
+    for file in walk(&lake.join("_datx/commits")) {
+        let mut commit: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        for added in commit["added"].as_array_mut().unwrap() {
+            let added = added.as_object_mut().unwrap();
+            added.remove("key_range");
+            let path = lake.join(added["path"].as_str().unwrap());
+            if let Ok(metadata) = std::fs::metadata(path) {
+                added.insert("bytes".into(), json!(metadata.len()));
+            }
+        }
+        std::fs::write(&file, serde_json::to_vec(&commit).unwrap()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_lake_written_before_positions_and_key_ranges_reads_merges_and_corrects() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    let lake = workspace.lake();
+    post(&server, "ticketchecks", "myvenue", ticket_checks(5, 1)).await;
+    compact(&workspace, "compact");
+    drop_position_column(&lake, "ticket_checks");
+    drop_key_ranges(&lake);
+    let output = workspace.run(&[
+        "sql",
+        "--format",
+        "json",
+        "SELECT ticket_check_id, _position FROM ticket_checks ORDER BY 1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.iter()
+            .all(|row| row.get("_position").is_none_or(Value::is_null)),
+        "{rows:?}"
+    );
+
+    // A correction of an old check rewrites the old file; then the partition merges.
+    let corrected = json!([{"ticket_check_id": 3, "access_time": "2023-02-09 18:25:10", "result": "CORRECTED"}]);
+    post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        corrected.to_string().into_bytes(),
+    )
+    .await;
+    post(&server, "ticketchecks", "myvenue", ticket_checks(3, 100)).await;
+    std::fs::write(
+        workspace.path().join("datx.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\ncompact_every = \"off\"\nmerge_after = \"0s\"\n{VENUES}"
+        ),
+    )
+    .unwrap();
+    let printed = compact(&workspace, "compact");
+    assert!(printed.contains("1 rows replaced"), "{printed}");
+    let checks = read_table(&lake, "ticket_checks");
+    assert_eq!(counts(&checks, "ticket_check_id").len(), 8);
+    assert_eq!(checks.len(), 8);
+    assert_eq!(
+        find(&checks, "ticket_check_id", json!(3))["result"],
+        json!("CORRECTED")
+    );
+    let partition = lake.join("tables/ticket_checks/institution=myvenue/date=2023-02-09");
+    assert_eq!(walk(&partition).len(), 1, "the partition was not merged");
+}

@@ -246,3 +246,32 @@ async fn failing_background_compaction_is_retried_and_reported_until_it_recovers
     drop(server);
     assert_checks(&workspace, &(1..6).chain(100..105).collect());
 }
+
+#[tokio::test]
+async fn a_body_stored_late_does_not_undo_a_later_correction() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    let check = |result: &str| {
+        json!([{"ticket_check_id": 42, "access_time": "2023-02-09 18:25:10", "result": result}])
+            .to_string()
+            .into_bytes()
+    };
+    // The first version's event is lost after its marker was claimed (a crash); the
+    // correction is received and compacted; then S-360 resends the first version, which
+    // is stored under the id claimed first, before the correction's.
+    post(&server, "ticketchecks", "myvenue", check("FAIL")).await;
+    for event in walk(&workspace.lake().join("events")) {
+        std::fs::remove_file(event).unwrap();
+    }
+    post(&server, "ticketchecks", "myvenue", check("OK")).await;
+    compact(&workspace, "compact");
+    post(&server, "ticketchecks", "myvenue", check("FAIL")).await;
+    compact(&workspace, "compact");
+    let rows = read_table(&workspace.lake(), "ticket_checks");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["result"], "OK");
+    drop(server);
+    compact(&workspace, "rebuild");
+    let rows = read_table(&workspace.lake(), "ticket_checks");
+    assert_eq!((rows.len(), &rows[0]["result"]), (1, &json!("OK")));
+}

@@ -10,6 +10,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
+use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
@@ -20,6 +21,7 @@ use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::error::ArrowError;
 
+use super::unique::Version;
 use crate::tables::{self, Table};
 
 const PENDING_PREFIX: &str = "_pending-";
@@ -85,35 +87,58 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, parquet::errors::Parquet
     Ok(Bytes::from(writer.into_inner()?))
 }
 
-/// Every batch of a file.
-pub fn decode(bytes: Bytes) -> Result<Vec<RecordBatch>, parquet::errors::ParquetError> {
+/// Every batch of a file of `table`, in the table's current schema: a column the file was
+/// written without (by an older datx) is null, so old and new files merge into one.
+pub fn decode(bytes: Bytes, table: Table) -> Result<Vec<RecordBatch>, ParquetError> {
+    let schema = table.schema();
     ParquetRecordBatchReaderBuilder::try_new(bytes)?
         .build()?
-        .map(|batch| batch.map_err(Into::into))
+        .map(|batch| {
+            let batch = batch?;
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|field| match batch.column_by_name(field.name()) {
+                    Some(column) => column.clone(),
+                    None => arrow::array::new_null_array(field.data_type(), batch.num_rows()),
+                })
+                .collect();
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
         .collect()
 }
 
-/// The values of one Int64 column of a file.
-pub fn int64_column(bytes: Bytes, column: &str) -> Result<Vec<i64>, parquet::errors::ParquetError> {
+/// Each unique key of a file with the version of its row: its event id (as a number, which
+/// orders UUIDv7 ids by time) and its place in the body (0 in files written before
+/// `_position` existed).
+pub fn key_versions(bytes: Bytes, column: &str) -> Result<Vec<(i64, Version)>, ParquetError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    let index = builder
-        .schema()
-        .index_of(column)
-        .map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
-    let mut values = Vec::new();
+    let wanted = [column, tables::EVENT_ID, tables::POSITION];
+    let indices = wanted
+        .iter()
+        .filter_map(|name| builder.schema().index_of(name).ok());
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let mut versions = Vec::new();
     for batch in builder.with_projection(mask).build()? {
         let batch = batch?;
-        let array = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| {
-                parquet::errors::ParquetError::General(format!("{column} is not Int64"))
-            })?;
-        values.extend(array.iter().flatten());
+        let keys = int64s(&batch, column)?;
+        let events = batch
+            .column_by_name(tables::EVENT_ID)
+            .and_then(|a| a.as_any().downcast_ref::<arrow::array::StringArray>())
+            .ok_or_else(|| ParquetError::General(format!("{} is not text", tables::EVENT_ID)))?;
+        let positions = batch.column_by_name(tables::POSITION);
+        let positions = positions.and_then(|a| a.as_any().downcast_ref::<Int64Array>());
+        for row in 0..batch.num_rows() {
+            if keys.is_null(row) {
+                continue;
+            }
+            let event = Uuid::parse_str(events.value(row))
+                .map_err(|e| ParquetError::General(format!("an _event_id is not a UUID: {e}")))?;
+            let position = positions.map_or(0, |p| p.value(row).max(0) as u32);
+            versions.push((keys.value(row), (event.as_u128(), position)));
+        }
     }
-    Ok(values)
+    Ok(versions)
 }
 
 /// The lowest and highest values of an Int64 column over `batches`; `None` when it holds

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::batch;
 use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState, Lease};
 use crate::config::Config;
-use crate::eventlog::{EventKey, EventLog, EventLogError};
+use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError};
 use crate::store::{Durability, Store, StoreError};
 use crate::stream::Stream;
 use crate::tables::{self, Cell, Row, Table, TableBuilder};
@@ -304,7 +304,7 @@ impl Compactor {
                 }
                 let mut batches = Vec::new();
                 for file in &group {
-                    batches.extend(files::decode(self.store.get(&file.path).await?)?);
+                    batches.extend(files::decode(self.store.get(&file.path).await?, table)?);
                 }
                 let path = files::new_file_key(table, &institution, date);
                 let written =
@@ -400,7 +400,8 @@ impl FileJob {
                     .table
                     .unique_key()
                     .expect("only keyed tables are rewritten");
-                let batches = files::without_keys(files::decode(bytes)?, column, &keys)?;
+                let batches =
+                    files::without_keys(files::decode(bytes, file.table)?, column, &keys)?;
                 write_file(
                     store,
                     path,
@@ -450,6 +451,8 @@ struct ConvertedEvent {
     size: usize,
     received_at_micros: i64,
     canonical: bool,
+    /// The body's SHA-256 when the event became canonical by repairing its marker.
+    repaired: Option<String>,
     rows: Vec<Row>,
 }
 
@@ -489,6 +492,7 @@ struct ReadEvent {
     size: usize,
     /// `None` when another event already speaks for the same body.
     body: Option<Bytes>,
+    repaired: Option<String>,
 }
 
 async fn read_event(log: &EventLog, key: EventKey, tz: Tz) -> Result<ReadEvent, CompactError> {
@@ -497,7 +501,8 @@ async fn read_event(log: &EventLog, key: EventKey, tz: Tz) -> Result<ReadEvent, 
     Ok(ReadEvent {
         received_at_micros: event.envelope.received_at.timestamp_micros(),
         size: event.body.len(),
-        body: canonical.then_some(event.body),
+        body: (canonical != Canonical::No).then_some(event.body),
+        repaired: (canonical == Canonical::Repaired).then_some(event.envelope.sha256),
         key,
         tz,
     })
@@ -519,6 +524,7 @@ async fn convert_batch(events: Vec<ReadEvent>) -> Vec<ConvertedEvent> {
             part.into_iter()
                 .map(|event| ConvertedEvent {
                     canonical: event.body.is_some(),
+                    repaired: event.repaired,
                     rows: event.body.map_or_else(Vec::new, |body| {
                         body_rows(event.key.stream, &body, event.tz, event.received_at_micros)
                     }),
@@ -588,6 +594,8 @@ struct Work<'a> {
     buffered_bytes: usize,
     /// Where each unique key of the pass lives, committed files included.
     keys: UniqueKeys,
+    /// Bodies (stream, institution, SHA-256) whose marker this pass repaired.
+    repaired: HashSet<String>,
     /// Events whose rows are in `partitions`.
     consumed: BTreeMap<String, Vec<Uuid>>,
     /// The chunk being encoded and written in the background.
@@ -618,6 +626,7 @@ impl<'a> Work<'a> {
             partitions: BTreeMap::new(),
             buffered_bytes: 0,
             keys: UniqueKeys::new(view.files.values()),
+            repaired: HashSet::new(),
             consumed: BTreeMap::new(),
             in_flight: None,
             files: Vec::new(),
@@ -666,7 +675,13 @@ impl<'a> Work<'a> {
                     oldest.min(event.received_at_micros)
                 }),
         );
-        if !event.canonical {
+        let repeated_repair = event.repaired.as_ref().is_some_and(|sha| {
+            !self.repaired.insert(format!(
+                "{}/{}/{sha}",
+                event.key.stream, event.key.institution
+            ))
+        });
+        if !event.canonical || repeated_repair {
             self.summary.duplicate_events += 1;
             return;
         }
@@ -684,7 +699,8 @@ impl<'a> Work<'a> {
                 let partition = (row.table, institution.clone(), row.date);
                 let at =
                     u32::try_from(builder.rows()).expect("a chunk holds fewer than 4 billion rows");
-                if self.keys.place(&partition, key, at) {
+                let version = (event.key.event_id.as_u128(), row.position as u32);
+                if self.keys.place(&partition, key, at, version) {
                     self.summary.replaced_rows += 1;
                 }
             }
@@ -707,7 +723,7 @@ impl<'a> Work<'a> {
             };
             for file in self.keys.unread_files(row.table, institution, key) {
                 let bytes = self.compactor.store.get(&file.path).await?;
-                let keys = files::int64_column(bytes, column)?;
+                let keys = files::key_versions(bytes, column)?;
                 self.keys.file_read(&file, keys);
             }
         }

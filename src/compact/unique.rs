@@ -1,11 +1,13 @@
-//! Unique keys across a pass: where the row holding each key lives, so that a later row
-//! with the same key replaces the earlier one, whichever date partition either is in.
+//! Unique keys across a pass: where the row holding each key lives, so that the later row
+//! with a key replaces the earlier one, whichever date partition either is in.
 //!
 //! Owns the bookkeeping only: which committed files may hold a key (from the key range
 //! each commit records per file), which rows of the chunk being collected were superseded,
 //! and which files must be rewritten without some keys. The compactor does the reading and
-//! writing. It must never decide which version wins: that is arrival order, the order in
-//! which rows are placed.
+//! writing. "Later" is the row's [`Version`]: its event's id (a UUIDv7, minted when the
+//! body was first received) then its place in the body, not the order in which a pass
+//! happens to meet rows, so that a body stored late (a resend after a crash) does not undo
+//! a correction, and a rebuild keeps the rows the passes kept.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -36,26 +38,31 @@ enum Slot {
     File(FileRef),
 }
 
+/// Which of two rows with one key is the later: its event id, then its place in the body.
+pub type Version = (u128, u32);
+
 /// Where a key's row is: a slot, and for a collecting slot the row's index in it.
 #[derive(Debug, Clone, Copy)]
 struct Home {
     slot: u32,
     row: u32,
+    version: Version,
 }
 
 /// Committed files of one scope that were not read yet, sorted by the low end of their key
 /// range, with the running maximum of the high ends: the files that may hold a key are
 /// found by a binary search and a short walk back, so that keys above every range (new ids,
-/// the common case) cost no read at all.
+/// the common case) cost no read at all. Files without a range are read at the first key.
 #[derive(Debug, Default)]
 struct Unread {
     files: Vec<(i64, i64, DataFile)>,
     running_max: Vec<i64>,
     read: Vec<bool>,
+    unranged: Vec<DataFile>,
 }
 
 impl Unread {
-    fn new(mut files: Vec<(i64, i64, DataFile)>) -> Unread {
+    fn new(mut files: Vec<(i64, i64, DataFile)>, unranged: Vec<DataFile>) -> Unread {
         files.sort_by_key(|(low, _, _)| *low);
         let mut max = i64::MIN;
         let running_max = files
@@ -69,12 +76,13 @@ impl Unread {
             read: vec![false; files.len()],
             files,
             running_max,
+            unranged,
         }
     }
 
     /// The unread files whose range holds `key`, marked read.
     fn take_candidates(&mut self, key: i64) -> Vec<DataFile> {
-        let mut found = Vec::new();
+        let mut found = std::mem::take(&mut self.unranged);
         let mut at = self.files.partition_point(|(low, _, _)| *low <= key);
         while at > 0 && self.running_max[at - 1] >= key {
             at -= 1;
@@ -118,7 +126,8 @@ impl UniqueKeys {
     /// Starts a pass over `committed` files. A file without a recorded key range (written
     /// before ranges were recorded) may hold any key.
     pub fn new<'a>(committed: impl Iterator<Item = &'a DataFile>) -> UniqueKeys {
-        let mut by_scope: HashMap<Scope, Vec<(i64, i64, DataFile)>> = HashMap::new();
+        type Files = (Vec<(i64, i64, DataFile)>, Vec<DataFile>);
+        let mut by_scope: HashMap<Scope, Files> = HashMap::new();
         for file in committed {
             let Some(table) = Table::from_name(&file.table) else {
                 continue;
@@ -126,18 +135,18 @@ impl UniqueKeys {
             if table.unique_key().is_none() {
                 continue;
             }
-            let (low, high) = file
-                .key_range
-                .map_or((i64::MIN, i64::MAX), |[low, high]| (low, high));
-            by_scope
+            let (ranged, unranged) = by_scope
                 .entry((table, file.institution.clone()))
-                .or_default()
-                .push((low, high, file.clone()));
+                .or_default();
+            match file.key_range {
+                Some([low, high]) => ranged.push((low, high, file.clone())),
+                None => unranged.push(file.clone()),
+            }
         }
         UniqueKeys {
             unread: by_scope
                 .into_iter()
-                .map(|(scope, files)| (scope, Unread::new(files)))
+                .map(|(scope, (ranged, unranged))| (scope, Unread::new(ranged, unranged)))
                 .collect(),
             ..UniqueKeys::default()
         }
@@ -151,8 +160,8 @@ impl UniqueKeys {
             .map_or_else(Vec::new, |unread| unread.take_candidates(key))
     }
 
-    /// Records the keys a committed file holds.
-    pub fn file_read(&mut self, file: &DataFile, keys: Vec<i64>) {
+    /// Records the keys a committed file holds, with their rows' versions.
+    pub fn file_read(&mut self, file: &DataFile, keys: Vec<(i64, Version)>) {
         let Some(table) = Table::from_name(&file.table) else {
             return;
         };
@@ -166,14 +175,22 @@ impl UniqueKeys {
             .homes
             .entry((table, file.institution.clone()))
             .or_default();
-        for key in keys {
-            homes.insert(key, Home { slot, row: 0 });
+        for (key, version) in keys {
+            homes.insert(
+                key,
+                Home {
+                    slot,
+                    row: 0,
+                    version,
+                },
+            );
         }
     }
 
-    /// Places the row of `key` collected at index `row` of its partition in this chunk.
-    /// Returns whether it replaces an earlier row with the same key.
-    pub fn place(&mut self, partition: &Partition, key: i64, row: u32) -> bool {
+    /// Places the row of `key` (of `version`) collected at index `row` of its partition in
+    /// this chunk. Returns whether another row with that key was there: then the earlier
+    /// of the two is dropped (the one just placed, if the other is later).
+    pub fn place(&mut self, partition: &Partition, key: i64, row: u32, version: Version) -> bool {
         let slot = match self.collecting.get(partition) {
             Some(slot) => *slot,
             None => {
@@ -183,23 +200,25 @@ impl UniqueKeys {
             }
         };
         let (table, institution, _) = partition;
-        let previous = self
-            .homes
-            .entry((*table, institution.clone()))
-            .or_default()
-            .insert(key, Home { slot, row });
-        let Some(previous) = previous else {
-            return false;
+        let placed = Home { slot, row, version };
+        let homes = self.homes.entry((*table, institution.clone())).or_default();
+        let dropped = match homes.get_mut(&key) {
+            None => {
+                homes.insert(key, placed);
+                return false;
+            }
+            Some(home) if home.version > version => placed,
+            Some(home) => std::mem::replace(home, placed),
         };
-        match &self.slots[previous.slot as usize] {
+        match &self.slots[dropped.slot as usize] {
             Slot::Collecting => {
                 self.superseded
-                    .entry(previous.slot)
+                    .entry(dropped.slot)
                     .or_default()
-                    .insert(previous.row);
+                    .insert(dropped.row);
             }
             Slot::File(_) => {
-                self.rewrites.entry(previous.slot).or_default().insert(key);
+                self.rewrites.entry(dropped.slot).or_default().insert(key);
             }
         }
         true

@@ -40,6 +40,18 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// Whether an event is the one that speaks for its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canonical {
+    Yes,
+    /// Another stored event speaks for the same body.
+    No,
+    /// Its marker was damaged or named nothing, and now names this event. Two events with
+    /// the same body checked at once can both get this answer: the caller counts only the
+    /// first of them.
+    Repaired,
+}
+
 /// One event as stored.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -272,7 +284,11 @@ impl EventLog {
     /// one counts. A missing marker is created for `key`; one that is damaged or names an
     /// event that was never written is repaired to name `key`, so that a later resend is
     /// recognised as this event.
-    pub async fn is_canonical(&self, key: &EventKey, sha256: &str) -> Result<bool, EventLogError> {
+    pub async fn is_canonical(
+        &self,
+        key: &EventKey,
+        sha256: &str,
+    ) -> Result<Canonical, EventLogError> {
         let marker = marker_key(key.stream, &key.institution, sha256);
         let claim = Bytes::from(key.to_string());
         let named = match self.store.get(&marker).await {
@@ -282,7 +298,7 @@ impl EventLog {
                 .create(&marker, claim.clone(), Durability::Synced)
                 .await?
             {
-                Created::New => return Ok(true),
+                Created::New => return Ok(Canonical::Yes),
                 Created::AlreadyExisted => {
                     self.read_marker(&marker, key.stream, &key.institution)
                         .await?
@@ -291,15 +307,17 @@ impl EventLog {
             Err(e) => return Err(e.into()),
         };
         match named {
-            Some(named) if named == *key => return Ok(true),
-            Some(named) if self.store.exists(&named.to_string()).await? => return Ok(false),
+            Some(named) if named == *key => return Ok(Canonical::Yes),
+            Some(named) if self.store.exists(&named.to_string()).await? => {
+                return Ok(Canonical::No);
+            }
             Some(_) => {}
             None => {
                 tracing::warn!(marker, event = %key, "duplicate marker was unreadable; repaired")
             }
         }
         self.store.replace(&marker, claim).await?;
-        Ok(true)
+        Ok(Canonical::Repaired)
     }
 
     /// Reads one event, envelope and body.

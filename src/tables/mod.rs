@@ -77,7 +77,8 @@ impl Table {
             .map(|c| Field::new(c.name, c.kind.data_type(), true))
             .collect();
         fields.push(Field::new(EVENT_ID, DataType::Utf8, false));
-        fields.push(Field::new(POSITION, DataType::Int64, false));
+        // Nullable: files written before it existed read it as null.
+        fields.push(Field::new(POSITION, DataType::Int64, true));
         fields.push(Field::new(RECEIVED_AT, Kind::Instant.data_type(), false));
         fields.push(Field::new(RAW, DataType::Utf8, false));
         Arc::new(Schema::new(fields))
@@ -357,7 +358,7 @@ pub fn rows_of(
         }
         Stream::TicketChecks => {
             let cells = cells(Table::TicketChecks, &[&object], tz)?;
-            let date = date_of(&cells, Table::TicketChecks, "access_time", tz);
+            let date = date_of(&cells, Table::TicketChecks, "access_time", tz)?;
             Ok(vec![Row {
                 table: Table::TicketChecks,
                 date,
@@ -381,7 +382,7 @@ fn order_rows(record: &Object, raw: &str, position: usize, tz: Tz) -> Result<Vec
     };
     let order = wrapped.as_ref().unwrap_or(record);
     let order_cells = cells(Table::Orders, &[order], tz)?;
-    let date = date_of(&order_cells, Table::Orders, "creation_date_time", tz);
+    let date = date_of(&order_cells, Table::Orders, "creation_date_time", tz)?;
     let mut rows = vec![Row {
         table: Table::Orders,
         date,
@@ -421,17 +422,25 @@ fn array_at<'a>(object: &Object<'a>, key: &str) -> Result<Vec<&'a RawValue>, Mis
     }
 }
 
-/// The partition date of a row: the venue-local date of a required instant column.
-fn date_of(cells: &[Cell], table: Table, column: &str, tz: Tz) -> NaiveDate {
+/// The partition date of a row: the venue-local date of a required instant column, which
+/// must have a 4-digit year to name a partition.
+fn date_of(cells: &[Cell], table: Table, column: &str, tz: Tz) -> Result<NaiveDate, Misfit> {
     let index = table
         .columns()
         .iter()
         .position(|c| c.name == column)
         .expect("the partition column is declared");
-    match cells[index] {
+    let date = match cells[index] {
         Cell::Instant(micros) => timestamps::local_date(micros, tz),
         _ => unreachable!("{column} is a required instant"),
+    };
+    if !timestamps::is_partition_date(date) {
+        return Err(Misfit(format!(
+            "{column}: its date in the venue's zone, {date}, is {}",
+            TimeError::OutsideYears
+        )));
     }
+    Ok(date)
 }
 
 /// Reads every column of `table` from `scopes` (record, operation, movement).

@@ -19,10 +19,11 @@ pub enum TimeError {
     OutsideYears,
 }
 
-/// The first and last instants (microseconds, UTC) the lake keeps: a day inside the years
-/// 0001 to 9999, so that the venue-local date of any of them, in any zone, has 4 digits.
-const FIRST_INSTANT_MICROS: i64 = -62_135_510_400_000_000; // 0001-01-02T00:00:00Z
-const LAST_INSTANT_MICROS: i64 = 253_402_214_399_999_999; // 9999-12-30T23:59:59.999999Z
+/// The first and last instants (microseconds, UTC) the lake keeps: the years 0001 to 9999.
+/// (A partition date, the venue-local date of an instant, is checked on its own: near either
+/// end it can fall a day outside.)
+const FIRST_INSTANT_MICROS: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00Z
+const LAST_INSTANT_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999Z
 
 /// Forms without an offset that the fixed layout does not cover.
 const LOCAL_FORMATS: &[&str] = &["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"];
@@ -160,6 +161,11 @@ pub fn parse_date(text: &str) -> Result<i32, TimeError> {
 /// `NaiveDate::from_ymd(1970, 1, 1).num_days_from_ce()`.
 const EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
+/// Whether a date can name a partition: 4-digit years only.
+pub fn is_partition_date(date: NaiveDate) -> bool {
+    (1..=9999).contains(&date.year())
+}
+
 /// The venue-local calendar date of an instant.
 pub fn local_date(micros: i64, tz: Tz) -> NaiveDate {
     DateTime::from_timestamp_micros(micros)
@@ -244,7 +250,7 @@ mod tests {
             "0000-06-01 12:00:00",
             // Read with its offset, this is already 10000-01-01 in UTC.
             "9999-12-31T23:00:00-05:00",
-            "9999-12-31 23:00:00",
+            "10000-01-01 00:30:00",
         ] {
             assert_eq!(
                 parse_instant(text, ZURICH),
@@ -252,9 +258,14 @@ mod tests {
                 "{text}"
             );
         }
+        // "Never expires", as Java systems often write it.
         assert_eq!(
-            parse_instant("9999-12-30 12:00:00", Tz::UTC),
-            Ok(micros("9999-12-30T12:00:00Z"))
+            parse_instant("9999-12-31 23:59:59", ZURICH),
+            Ok(micros("9999-12-31T22:59:59Z"))
+        );
+        assert_eq!(
+            parse_instant("0001-01-01T00:00:00Z", ZURICH),
+            Ok(micros("0001-01-01T00:00:00Z"))
         );
         assert_eq!(parse_date("10000-01-01"), Err(TimeError::OutsideYears));
         assert_eq!(parse_date("0000-01-01"), Err(TimeError::OutsideYears));
