@@ -196,3 +196,119 @@ async fn metrics_take_a_token_when_one_is_configured() {
             .contains("datx_requests_total")
     );
 }
+
+const SQL_TOKEN: &str = "hostile-sql-token";
+
+/// `POST /sql` with the token: the status, the `Retry-After` header and the body.
+async fn http_sql(server: &Server, statement: &str) -> (u16, Option<String>, String) {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .post(server.url("/sql"))
+        .bearer_auth(SQL_TOKEN)
+        .body(statement.to_string())
+        .send()
+        .await
+        .expect("datx answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, response.text().await.unwrap())
+}
+
+/// Queries whose answer is a few bytes, but that ask a function for 100 GB to a petabyte.
+const AMPLIFIERS: &[&str] = &[
+    "SELECT length(repeat(arrow_cast('x', 'LargeUtf8'), 100000000000))",
+    "SELECT length(repeat('x', 100000000000))",
+    "SELECT length(repeat(contact_number, 100000000000)) FROM contacts",
+    "SELECT length(lpad('x', 100000000000))",
+    "SELECT length(rpad(arrow_cast('x', 'LargeUtf8'), 100000000000, 'yz'))",
+    "SELECT length(replace(repeat('a', 1000000), 'a', repeat('b', 1000000)))",
+    "SELECT length(regexp_replace(repeat('a', 100000), '', repeat('b', 1000000), 'g'))",
+    "SELECT cardinality(array_repeat(1, 100000000000))",
+    "SELECT cardinality(range(0, 100000000000000))",
+    "SELECT cardinality(generate_series(1, 100000000000000, 1))",
+    "SELECT cardinality(range(TIMESTAMP '1700-01-01', TIMESTAMP '2200-01-01', INTERVAL '1 microsecond'))",
+    "SELECT cardinality(array_resize([1], 100000000000, 0))",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_that_would_build_huge_values_is_refused_and_serve_keeps_receiving() {
+    let workspace = Workspace::new(&format!("[sql]\ntoken = \"{SQL_TOKEN}\"\n{VENUE}"));
+    let server = workspace.serve();
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+    compact(&workspace, "compact");
+    for statement in AMPLIFIERS {
+        let (status, _, body) = http_sql(&server, statement).await;
+        assert_eq!(status, 422, "{statement}: {body}");
+        assert!(
+            body.contains("more than the query may hold"),
+            "{statement}: {body}"
+        );
+        let output = workspace.run(&["sql", statement]);
+        assert_eq!(output.status.code(), Some(1), "{statement}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("more than the query may hold"),
+            "{statement}: {stderr}"
+        );
+    }
+    // The same functions within reason still answer.
+    let (status, _, body) = http_sql(
+        &server,
+        "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(0, 10)) AS n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!([{"r": "ababab", "p": "007", "n": 10}])
+    );
+    // And receiving never stopped.
+    let answer = post(&server, "ticketchecks", "myvenue", ticket_checks(2, 1)).await;
+    assert_eq!(answer["records"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_concurrency_limit_wait_then_get_503() {
+    let workspace = Workspace::new(&format!(
+        "[sql]\ntoken = \"{SQL_TOKEN}\"\ntimeout = \"4s\"\nmax_concurrent = 1\n{VENUE}"
+    ));
+    let server = workspace.serve();
+    let slow = "SELECT count(*) FROM generate_series(1, 1000000000000)";
+    let running = {
+        let url = server.url("/sql");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(SQL_TOKEN)
+                .body(slow)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // Until the slow query holds the only slot, a quick one may still get it.
+    let mut busy = None;
+    for _ in 0..50 {
+        let (status, retry_after, body) = http_sql(&server, "SELECT 1 AS one").await;
+        if status == 503 {
+            busy = Some((retry_after, body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (retry_after, body) = busy.expect("a second query was never refused while one ran");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert!(body.contains("max_concurrent"), "{body}");
+    assert_eq!(running.await.unwrap(), 422);
+    let (status, _, body) = http_sql(&server, "SELECT 1 AS one").await;
+    assert_eq!(status, 200, "{body}");
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+}

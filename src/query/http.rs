@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use warp::http::StatusCode;
-use warp::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use warp::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -16,6 +16,10 @@ use super::output::{self, Format};
 use super::{QueryEngine, QueryError, Visibility, one_statement};
 use crate::config::{Sql, SqlToken};
 use crate::secret::SecretDigest;
+
+/// Seconds a client is asked to wait before trying again when every query slot is taken
+/// or the lake's commits cannot be read.
+const RETRY_AFTER_SECONDS: u32 = 5;
 
 /// The largest statement accepted: SQL text, not data.
 pub const MAX_STATEMENT_BYTES: u64 = 1024 * 1024;
@@ -135,7 +139,13 @@ impl SqlService {
             }
             Err(e) => {
                 let status = status_of(&e);
-                (status, 0, error_reply(status, e.to_string()))
+                let mut reply = error_reply(status, e.to_string());
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    reply
+                        .headers_mut()
+                        .insert(RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+                }
+                (status, 0, reply)
             }
         };
         tracing::info!(
@@ -185,7 +195,7 @@ fn status_of(error: &QueryError) -> StatusCode {
         QueryError::Timeout(_) | QueryError::MemoryLimit { .. } | QueryError::TooManyRows(_) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        QueryError::Lake(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Lake(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

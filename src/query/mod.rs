@@ -6,6 +6,7 @@
 //! [`QueryEngine::run`]. It reads commits and Parquet files; it must never write to the
 //! lake, and never find files by listing directories.
 
+mod guard;
 pub mod http;
 pub mod output;
 mod table;
@@ -57,6 +58,10 @@ pub enum QueryError {
     TooManyRows(usize),
     #[error("cannot read the lake's commits: {0}")]
     Lake(#[from] CommitError),
+    #[error(
+        "{0} queries are running already (sql.max_concurrent) and none finished in time: try again shortly"
+    )]
+    Busy(usize),
 }
 
 /// The rows a statement returned.
@@ -111,6 +116,8 @@ pub struct QueryEngine {
     /// Queries run on their own threads, so a heavy one cannot delay the receiving side's
     /// acknowledgements, and a cancelled one stops where it is.
     runtime: QueryRuntime,
+    /// One permit per query allowed to run at once.
+    running: tokio::sync::Semaphore,
 }
 
 impl QueryEngine {
@@ -125,9 +132,10 @@ impl QueryEngine {
             state: Mutex::new(None),
             lake_url,
             shared,
-            limits,
             target_partitions: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             runtime: QueryRuntime::start(),
+            running: tokio::sync::Semaphore::new(limits.max_concurrent),
+            limits,
         })
     }
 
@@ -138,6 +146,12 @@ impl QueryEngine {
         visible: Visibility<'_>,
         max_rows: Option<usize>,
     ) -> Result<Answer, QueryError> {
+        // A query waits for a slot at most half as long as it may run, then is refused,
+        // so that a client sees "busy" well before its own timeout.
+        let _slot = tokio::time::timeout(self.limits.timeout / 2, self.running.acquire())
+            .await
+            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
+            .expect("the semaphore is never closed");
         let deadline = Instant::now() + self.limits.timeout;
         let mut attempt = 0;
         loop {
@@ -242,6 +256,7 @@ impl QueryEngine {
             config = config.with_target_partitions(self.target_partitions);
         }
         let session = SessionContext::new_with_config_rt(config, runtime);
+        guard::install(&session, self.limits.memory_limit).map_err(QueryError::Invalid)?;
         for table in Table::ALL {
             let committed = snapshot.files.get(&table).cloned().unwrap_or_default();
             let files = match visible {
