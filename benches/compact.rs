@@ -8,10 +8,16 @@
 //! UTC and partition by institution and date. Prints records per second for both, the
 //! ratio, and datx's peak memory (maximum resident set of the child process).
 //!
+//! Then two cases that measure only datx's time, files and peak memory, where memory used
+//! to grow with partitions: a first-time synchronisation of 8 years of history (two
+//! venues, every record on a random day of 2019-2026, 50 records a body), and one body of
+//! 40,000 ticket checks each on another day.
+//!
 //! Run: `cargo bench --bench compact`. Environment: `DATX_BENCH_RECORDS` (default
-//! 1000000), `DATX_BENCH_DIR` (on the disk to measure), `DATX_TEST_PYTHON` (a Python with
-//! duckdb; `.ci/run` makes one at ~/.cache/datx/venv), `DATX_BENCH_KEEP=1` (keep the
-//! generated log and lakes, e.g. to profile `datx compact` on them).
+//! 1000000), `DATX_BENCH_HISTORY_RECORDS` (default 170000), `DATX_BENCH_DIR` (on the disk
+//! to measure), `DATX_TEST_PYTHON` (a Python with duckdb; `.ci/run` makes one at
+//! ~/.cache/datx/venv), `DATX_BENCH_KEEP=1` (keep the generated log and lakes, e.g. to
+//! profile `datx compact` on them).
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +27,7 @@ use std::time::Instant;
 mod common;
 
 use bytes::Bytes;
+use chrono::NaiveDate;
 use datx::eventlog::EventLog;
 use datx::store::Store;
 use datx::stream::Stream;
@@ -36,24 +43,29 @@ fn sample(name: &str) -> Vec<Value> {
     serde_json::from_slice(&std::fs::read(path).expect("shared samples beside the repo")).unwrap()
 }
 
-/// One body of `stream` whose records get ids from `first_id` and dates spread over the
-/// 30 days.
-fn body(stream: Stream, templates: &[Value], first_id: i64) -> Vec<u8> {
-    let records: Vec<Value> = (0..RECORDS_PER_BODY as i64)
+/// One body of `count` records of `stream`, with ids from `first_id` (ten apart) and the
+/// date `date_of` gives each id.
+fn body(
+    stream: Stream,
+    templates: &[Value],
+    first_id: i64,
+    count: usize,
+    date_of: impl Fn(i64) -> NaiveDate,
+) -> Vec<u8> {
+    let records: Vec<Value> = (0..count as i64)
         .map(|i| {
             let id = first_id + i * 10;
-            let day = (id / 10) % DAYS + 1;
+            let day = date_of(id);
             let mut record = templates[(i as usize) % templates.len()].clone();
             match stream {
                 Stream::TicketChecks => {
                     record["ticket_check_id"] = json!(id);
-                    record["access_time"] = json!(format!("2023-01-{day:02} 18:25:{:02}", i % 60));
+                    record["access_time"] = json!(format!("{day} 18:25:{:02}", i % 60));
                 }
                 Stream::Orders => {
                     let order = &mut record["orderDetailsData"];
                     order["orderId"] = json!(id);
-                    order["creationDateTime"] =
-                        json!(format!("2023-01-{day:02}T10:09:27.503+00:00"));
+                    order["creationDateTime"] = json!(format!("{day}T10:09:27.503+00:00"));
                     for (m, movement) in order["operationDatas"][0]["movementDatas"]
                         .as_array_mut()
                         .unwrap()
@@ -75,49 +87,77 @@ fn body(stream: Stream, templates: &[Value], first_id: i64) -> Vec<u8> {
 }
 
 fn main() {
-    let records = common::env_number("DATX_BENCH_RECORDS", 1_000_000);
-    let root = common::bench_root();
-    let lake = root.path().join("lake");
-    let raw = root.path().join("raw");
-
-    // Half ticket checks, a quarter orders (two movements each), a quarter contacts.
-    let bodies = records / RECORDS_PER_BODY;
-    let plan: Vec<(Stream, usize)> = (0..bodies)
-        .map(|n| match n % 4 {
-            0 | 1 => (Stream::TicketChecks, n),
-            2 => (Stream::Orders, n),
-            _ => (Stream::Contacts, n),
-        })
-        .collect();
-    let generated = Instant::now();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let log = EventLog::new(Store::open(lake.to_str().unwrap()).unwrap());
     let templates = Arc::new([
         sample("ticketchecks.json"),
         sample("orders.json"),
         sample("contacts.json"),
     ]);
-    let raw_bytes: usize = runtime.block_on(
-        futures::stream::iter(plan)
-            .map(|(stream, n)| {
-                let (log, templates, raw) = (log.clone(), templates.clone(), raw.clone());
+    against_duckdb(&templates);
+    first_time_sync(&templates);
+    one_body_many_days(&templates);
+}
+
+type Templates = Arc<[Vec<Value>; 3]>;
+
+fn template(templates: &Templates, stream: Stream) -> &[Value] {
+    match stream {
+        Stream::TicketChecks => &templates[0],
+        Stream::Orders => &templates[1],
+        Stream::Contacts => &templates[2],
+    }
+}
+
+/// Half ticket checks, a quarter orders (two movements each), a quarter contacts.
+fn stream_of(body: usize) -> Stream {
+    match body % 4 {
+        0 | 1 => Stream::TicketChecks,
+        2 => Stream::Orders,
+        _ => Stream::Contacts,
+    }
+}
+
+/// Writes `datx.toml` for `institutions` in `dir`.
+fn configure(dir: &Path, institutions: &[&str]) {
+    let mut config = String::from("compact_every = \"off\"\nmerge_after = \"1000h\"\n");
+    for institution in institutions {
+        config.push_str(&format!(
+            "[institutions.{institution}]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n"
+        ));
+    }
+    std::fs::write(dir.join("datx.toml"), config).unwrap();
+}
+
+/// Runs `datx compact` in `dir`, prints a line on it for `case`, and returns its seconds.
+fn measure(case: &str, dir: &Path, records: usize) -> f64 {
+    let started = Instant::now();
+    let (printed, peak_mib) = common::datx_compact(dir);
+    let seconds = started.elapsed().as_secs_f64();
+    let files = common::walk(&dir.join("lake/tables")).len();
+    println!(
+        "{case}: datx {seconds:.2} s, {:.0} records/s, {files} files, peak memory {peak_mib:.0} MiB",
+        records as f64 / seconds
+    );
+    print!("{printed}");
+    seconds
+}
+
+/// Appends the bodies `make` gives for `0..bodies` to the event log under `root`, 32 at a
+/// time; returns their bytes.
+fn append_all(
+    root: &Path,
+    bodies: usize,
+    make: impl FnMut(usize) -> (Stream, &'static str, Vec<u8>),
+) -> usize {
+    let log = EventLog::new(Store::open(root.join("lake").to_str().unwrap()).unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(
+        futures::stream::iter((0..bodies).map(make))
+            .map(|(stream, institution, bytes)| {
+                let log = log.clone();
                 async move {
-                    let template = match stream {
-                        Stream::TicketChecks => &templates[0],
-                        Stream::Orders => &templates[1],
-                        Stream::Contacts => &templates[2],
-                    };
-                    let institution = INSTITUTIONS[n % INSTITUTIONS.len()];
-                    let bytes = body(stream, template, 10_000_000_000 + (n as i64) * 1000);
-                    let dir = raw
-                        .join(stream.as_str())
-                        .join(format!("institution={institution}"));
-                    tokio::fs::create_dir_all(&dir).await.unwrap();
-                    tokio::fs::write(dir.join(format!("{n}.json")), &bytes)
-                        .await
-                        .unwrap();
                     let size = bytes.len();
-                    log.append(stream, institution, Bytes::from(bytes), RECORDS_PER_BODY)
+                    let records = datx::batch::count_records(&bytes).unwrap();
+                    log.append(stream, institution, Bytes::from(bytes), records)
                         .await
                         .unwrap();
                     size
@@ -125,7 +165,36 @@ fn main() {
             })
             .buffer_unordered(32)
             .fold(0, |total, size| async move { total + size }),
-    );
+    )
+}
+
+fn against_duckdb(templates: &Templates) {
+    let records = common::env_number("DATX_BENCH_RECORDS", 1_000_000);
+    let root = common::bench_root();
+    let raw = root.path().join("raw");
+    let bodies = records / RECORDS_PER_BODY;
+    let generated = Instant::now();
+    let january =
+        |id: i64| NaiveDate::from_ymd_opt(2023, 1, ((id / 10) % DAYS + 1) as u32).unwrap();
+    let raw_bytes = append_all(root.path(), bodies, |n| {
+        let stream = stream_of(n);
+        let institution = INSTITUTIONS[n % INSTITUTIONS.len()];
+        let first_id = 10_000_000_000 + (n as i64) * 1000;
+        let bytes = body(
+            stream,
+            template(templates, stream),
+            first_id,
+            RECORDS_PER_BODY,
+            january,
+        );
+        // DuckDB reads the same bodies, one file each.
+        let dir = raw
+            .join(stream.as_str())
+            .join(format!("institution={institution}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{n}.json")), &bytes).unwrap();
+        (stream, institution, bytes)
+    });
     println!(
         "compaction bench: {} records in {bodies} bodies ({:.0} MB), {} institutions, {DAYS} days; generated in {:.1} s under {}",
         bodies * RECORDS_PER_BODY,
@@ -134,34 +203,17 @@ fn main() {
         generated.elapsed().as_secs_f64(),
         root.path().display()
     );
-
-    let mut config = String::from("compact_every = \"off\"\nmerge_after = \"1000h\"\n");
-    for institution in INSTITUTIONS {
-        config.push_str(&format!(
-            "[institutions.{institution}]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n"
-        ));
-    }
-    std::fs::write(root.path().join("datx.toml"), config).unwrap();
-
-    let started = Instant::now();
-    let output = common::datx_compact(root.path());
-    let datx_seconds = started.elapsed().as_secs_f64();
-    let peak_mib = children_peak_rss_kib() as f64 / 1024.0;
-    print!("{}", String::from_utf8_lossy(&output.stdout));
+    configure(root.path(), &INSTITUTIONS);
+    let total = bodies * RECORDS_PER_BODY;
+    let datx_seconds = measure("against DuckDB", root.path(), total);
 
     let duckdb_out = root.path().join("duckdb");
     std::fs::create_dir_all(&duckdb_out).unwrap();
     let duckdb_seconds = run_duckdb(&raw, &duckdb_out);
-    let total = (bodies * RECORDS_PER_BODY) as f64;
-    println!(
-        "datx   {:>8.2} s  {:>10.0} records/s  peak memory {peak_mib:.0} MiB",
-        datx_seconds,
-        total / datx_seconds
-    );
     println!(
         "duckdb {:>8.2} s  {:>10.0} records/s",
         duckdb_seconds,
-        total / duckdb_seconds
+        total as f64 / duckdb_seconds
     );
     println!(
         "datx/duckdb speed ratio {:.2}",
@@ -172,12 +224,59 @@ fn main() {
     }
 }
 
-/// The largest resident set any finished child reached, in KiB.
-fn children_peak_rss_kib() -> i64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage only writes the struct it is given.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss
+/// Eight years of two venues' history, as a first synchronisation sends it: 50 records a
+/// body, each record on a random day of 2019-2026 (the worst spread for partitions).
+fn first_time_sync(templates: &Templates) {
+    let records = common::env_number("DATX_BENCH_HISTORY_RECORDS", 170_000);
+    let root = common::bench_root();
+    let first_day = NaiveDate::from_ymd_opt(2019, 1, 1).unwrap();
+    let days = (NaiveDate::from_ymd_opt(2026, 11, 28).unwrap() - first_day).num_days();
+    // A fixed scramble of the id, so that every run spreads the records the same way.
+    let random_day = move |id: i64| {
+        let scrambled = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
+        first_day + chrono::Duration::days(scrambled as i64 % days)
+    };
+    let venues = ["venue_a", "venue_b"];
+    append_all(root.path(), records / RECORDS_PER_BODY, |n| {
+        let stream = stream_of(n);
+        let first_id = 20_000_000_000 + (n as i64) * 1000;
+        let bytes = body(
+            stream,
+            template(templates, stream),
+            first_id,
+            RECORDS_PER_BODY,
+            random_day,
+        );
+        (stream, venues[n % 2], bytes)
+    });
+    configure(root.path(), &venues);
+    measure("first-time sync of 8 years", root.path(), records);
+}
+
+/// One body the receiver accepts whose 40,000 ticket checks each carry another day.
+fn one_body_many_days(templates: &Templates) {
+    const CHECKS: usize = 40_000;
+    let root = common::bench_root();
+    let day_after_1900 = |id: i64| {
+        NaiveDate::from_ymd_opt(1900, 1, 1).unwrap() + chrono::Duration::days((id - 1) / 10)
+    };
+    let bytes = body(
+        Stream::TicketChecks,
+        &templates[0],
+        1,
+        CHECKS,
+        day_after_1900,
+    );
+    println!(
+        "one body of {CHECKS} ticket checks on as many days: {:.1} MB",
+        bytes.len() as f64 / 1e6
+    );
+    let mut once = Some(bytes);
+    append_all(root.path(), 1, |_| {
+        (Stream::TicketChecks, "venue_a", once.take().unwrap())
+    });
+    configure(root.path(), &["venue_a"]);
+    measure("one body, 40,000 days", root.path(), CHECKS);
 }
 
 /// DuckDB's conversion of the same bodies, timed inside Python (startup excluded).
@@ -187,6 +286,8 @@ import duckdb, sys, time
 raw, out = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.sql("SET TimeZone = 'UTC'")
+# Its progress bar would print on stdout, where the time is read.
+con.sql("SET enable_progress_bar = false")
 def objects(stream):
     return f"read_json_objects('{raw}/{stream}/*/*.json', format = 'array', hive_partitioning = true)"
 def local(expr):
@@ -228,9 +329,5 @@ print(time.time() - started)
         .arg(out)
         .output()
         .expect("a Python with duckdb (set DATX_TEST_PYTHON)");
-    let output = common::succeeded(output);
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap()
+    common::last_line(&common::succeeded(output), "DuckDB's time in seconds")
 }

@@ -251,10 +251,11 @@ fn main() {
     for ((name, (datx_seconds, datx_rows)), (duckdb_seconds, duckdb_rows)) in
         QUERIES.iter().zip(&datx).zip(&duckdb)
     {
-        assert_eq!(
-            datx_rows, duckdb_rows,
-            "{name}: datx and DuckDB disagree on the row count"
-        );
+        if datx_rows != duckdb_rows {
+            common::fail(&format!(
+                "{name}: datx answers {datx_rows} rows, DuckDB {duckdb_rows}"
+            ));
+        }
         println!(
             "{name:<26} {datx_seconds:>9.3} {duckdb_seconds:>9.3} {:>7.2} {datx_rows:>6}",
             datx_seconds / duckdb_seconds
@@ -278,6 +279,7 @@ lake, runs = sys.argv[1], int(sys.argv[2])
 spec = json.load(sys.stdin)
 con = duckdb.connect()
 con.sql("SET TimeZone = 'UTC'")
+con.sql("SET enable_progress_bar = false")
 for table in ["contacts", "orders", "order_movements", "ticket_checks", "rejects"]:
     if not os.path.isdir(f"{lake}/tables/{table}"):
         continue  # no record misfit: DuckDB cannot read an empty glob
@@ -314,5 +316,7 @@ print(json.dumps(results))
             .unwrap();
     }
     let output = common::succeeded(child.wait_with_output().unwrap());
-    serde_json::from_slice(&output.stdout).unwrap()
+    let results: String = common::last_line(&output, "DuckDB's timings as JSON");
+    serde_json::from_str(&results)
+        .unwrap_or_else(|e| common::fail(&format!("DuckDB's timings are not JSON: {e}")))
 }

@@ -5,6 +5,8 @@
 //! only slices the text, and each leaf is converted straight from its JSON text.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -13,7 +15,13 @@ use serde_json::value::RawValue;
 /// The fields of one JSON object, in order, each value still JSON text.
 pub struct Object<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Field positions by name, built at the first lookup in an object with many fields:
+    /// a scan per lookup made an operation with many keys and many movements quadratic.
+    index: OnceCell<HashMap<String, usize>>,
 }
+
+/// Objects with more fields than this are looked up through an index.
+const SCAN_FIELDS: usize = 32;
 
 impl<'a> Object<'a> {
     /// `None` when `raw` is not an object.
@@ -26,11 +34,22 @@ impl<'a> Object<'a> {
 
     /// The value of `key`; like serde_json, the last of repeated keys wins.
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| *value)
+        if self.fields.len() <= SCAN_FIELDS {
+            return self
+                .fields
+                .iter()
+                .rev()
+                .find(|(name, _)| name == key)
+                .map(|(_, value)| *value);
+        }
+        let index = self.index.get_or_init(|| {
+            let mut index = HashMap::with_capacity(self.fields.len());
+            for (at, (name, _)) in self.fields.iter().enumerate() {
+                index.insert(name.to_string(), at);
+            }
+            index
+        });
+        index.get(key).map(|&at| self.fields[at].1)
     }
 
     /// The value at `path` below this object; `None` when any step is missing or is not
@@ -88,7 +107,10 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         while let Some((Key(name), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
             fields.push((name, value));
         }
-        Ok(Object { fields })
+        Ok(Object {
+            fields,
+            index: OnceCell::new(),
+        })
     }
 }
 
@@ -140,6 +162,14 @@ mod tests {
         let items = array(object.get("ef").unwrap()).unwrap();
         assert_eq!(items[1].get(), r#"{"g": 2}"#);
         assert!(Object::parse(&raw("[1]")).is_none());
+        // Past SCAN_FIELDS, lookups go through the index, with the same answers.
+        let mut many: Vec<String> = (0..100).map(|i| format!("\"k{i}\": {i}")).collect();
+        many.push("\"k7\": \"last\"".into());
+        let many = raw(&format!("{{{}}}", many.join(", ")));
+        let object = Object::parse(&many).unwrap();
+        assert_eq!(object.get("k99").unwrap().get(), "99");
+        assert_eq!(object.get("k7").unwrap().get(), "\"last\"");
+        assert!(object.get("k100").is_none());
         assert!(string(&raw("12")).is_none());
     }
 }

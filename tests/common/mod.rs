@@ -37,7 +37,23 @@ impl Workspace {
     }
 
     pub fn with_env(extra: &str, env: &[(&str, &str)]) -> Workspace {
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        Workspace::create(
+            tempfile::tempdir().expect("a temporary directory"),
+            extra,
+            env,
+        )
+    }
+
+    /// A workspace in memory (`/dev/shm`) where the machine has it: for tests that write
+    /// tens of thousands of files, whose fsyncs a disk would make slow.
+    pub fn in_memory(extra: &str) -> Workspace {
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("a temporary directory");
+        Workspace::create(dir, extra, &[])
+    }
+
+    fn create(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Workspace {
         let config = format!("listen = \"127.0.0.1:0\"\ncompact_every = \"off\"\n{extra}");
         std::fs::write(dir.path().join("datx.toml"), config).expect("write datx.toml");
         let env = env
