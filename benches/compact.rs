@@ -107,13 +107,28 @@ fn template(templates: &Templates, stream: Stream) -> &[Value] {
     }
 }
 
-/// Half ticket checks, a quarter orders (two movements each), a quarter contacts.
-fn stream_of(body: usize) -> Stream {
-    match body % 4 {
+/// Body number `n` of a log that is half ticket checks, a quarter orders (two movements
+/// each) and a quarter contacts, its ids from `first_id` on.
+fn mixed_body(
+    templates: &Templates,
+    n: usize,
+    first_id: i64,
+    date_of: impl Fn(i64) -> NaiveDate,
+) -> (Stream, Vec<u8>) {
+    let stream = match n % 4 {
         0 | 1 => Stream::TicketChecks,
         2 => Stream::Orders,
         _ => Stream::Contacts,
-    }
+    };
+    let first_id = first_id + (n as i64) * 1000;
+    let bytes = body(
+        stream,
+        template(templates, stream),
+        first_id,
+        RECORDS_PER_BODY,
+        date_of,
+    );
+    (stream, bytes)
 }
 
 /// Writes `datx.toml` for `institutions` in `dir`.
@@ -177,16 +192,8 @@ fn against_duckdb(templates: &Templates) {
     let january =
         |id: i64| NaiveDate::from_ymd_opt(2023, 1, ((id / 10) % DAYS + 1) as u32).unwrap();
     let raw_bytes = append_all(root.path(), bodies, |n| {
-        let stream = stream_of(n);
         let institution = INSTITUTIONS[n % INSTITUTIONS.len()];
-        let first_id = 10_000_000_000 + (n as i64) * 1000;
-        let bytes = body(
-            stream,
-            template(templates, stream),
-            first_id,
-            RECORDS_PER_BODY,
-            january,
-        );
+        let (stream, bytes) = mixed_body(templates, n, 10_000_000_000, january);
         // DuckDB reads the same bodies, one file each.
         let dir = raw
             .join(stream.as_str())
@@ -238,15 +245,7 @@ fn first_time_sync(templates: &Templates) {
     };
     let venues = ["venue_a", "venue_b"];
     append_all(root.path(), records / RECORDS_PER_BODY, |n| {
-        let stream = stream_of(n);
-        let first_id = 20_000_000_000 + (n as i64) * 1000;
-        let bytes = body(
-            stream,
-            template(templates, stream),
-            first_id,
-            RECORDS_PER_BODY,
-            random_day,
-        );
+        let (stream, bytes) = mixed_body(templates, n, 20_000_000_000, random_day);
         (stream, venues[n % 2], bytes)
     });
     configure(root.path(), &venues);

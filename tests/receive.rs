@@ -307,14 +307,7 @@ async fn a_resent_body_is_one_event_and_single_objects_and_large_bodies_are_acce
     let listed = workspace.run(&["events", "list", "--stream", "orders", "--format", "json"]);
     assert_eq!(stdout(&listed).lines().count(), 2);
 
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&server, "/metrics").await;
     for expected in [
         "datx_requests_total{stream=\"orders\",institution=\"myvenue\",code=\"200\"} 3",
         "datx_duplicates_total{stream=\"orders\",institution=\"myvenue\"} 1",

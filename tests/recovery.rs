@@ -215,14 +215,7 @@ async fn failing_background_compaction_is_retried_and_reported_until_it_recovers
     assert_eq!(failing["status"], "compaction failing");
     assert!(failing["failing_since"].is_string(), "{failing}");
     assert!(failing["failed_passes"].as_u64().unwrap() >= 1, "{failing}");
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&server, "/metrics").await;
     let since = metrics
         .lines()
         .find_map(|line| line.strip_prefix("datx_compaction_failing_since_seconds "))

@@ -199,6 +199,13 @@ pub async fn post(
     response.json().await.unwrap()
 }
 
+/// The text `GET path` answers (asserting a 200), such as the `/metrics` page.
+pub async fn get_text(server: &Server, path: &str) -> String {
+    let response = reqwest::get(server.url(path)).await.expect("datx answers");
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.text().await.unwrap()
+}
+
 /// Posts the three shared sample bodies (contacts, orders, ticket checks) for `institution`.
 pub async fn post_samples(server: &Server, institution: &str) {
     for (stream, file) in [
