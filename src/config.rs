@@ -62,8 +62,11 @@ pub struct Connections {
     /// A request whose headers have not all arrived by then is answered by a closed
     /// connection; an idle keep-alive connection is closed after as long.
     pub header_timeout: Duration,
-    /// A body that sends nothing for this long is abandoned (nothing of it is stored).
+    /// A body that sends nothing for this long is abandoned (nothing of it is stored); so is
+    /// an answer the client reads nothing of for as long.
     pub body_idle_timeout: Duration,
+    /// A body still arriving after this long is abandoned, however it trickles.
+    pub body_timeout: Duration,
     /// Connections open at once; more wait in the kernel's queue until one closes.
     pub max_connections: usize,
 }
@@ -153,6 +156,8 @@ struct RawConfig {
     header_timeout: String,
     #[serde(default = "default_body_idle_timeout")]
     body_idle_timeout: String,
+    #[serde(default = "default_body_timeout")]
+    body_timeout: String,
     #[serde(default = "default_max_connections")]
     max_connections: u64,
     #[serde(default)]
@@ -255,6 +260,9 @@ fn default_header_timeout() -> String {
 }
 fn default_body_idle_timeout() -> String {
     "60s".into()
+}
+fn default_body_timeout() -> String {
+    "5m".into()
 }
 fn default_max_connections() -> u64 {
     1024
@@ -367,6 +375,8 @@ impl Config {
                 .map_err(|p| invalid("header_timeout", p))?,
             body_idle_timeout: positive_duration(&raw.body_idle_timeout)
                 .map_err(|p| invalid("body_idle_timeout", p))?,
+            body_timeout: positive_duration(&raw.body_timeout)
+                .map_err(|p| invalid("body_timeout", p))?,
             max_connections: usize::try_from(raw.max_connections)
                 .ok()
                 .filter(|&n| n > 0)

@@ -46,7 +46,7 @@ pub async fn serve<S>(
     S::Error: std::error::Error + Send + Sync + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Semaphore::new(connection_cap(limits.max_connections)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A permit first: past the limit, new clients wait in the kernel's accept queue.
@@ -65,16 +65,17 @@ pub async fn serve<S>(
             },
             () = &mut shutdown => break,
         };
-        let body_idle = limits.body_idle_timeout;
+        let (idle, whole) = (limits.body_idle_timeout, limits.body_timeout);
         let service = service.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut service = service.clone();
-            service.call(request.map(|body| IdleBody::new(body, body_idle)))
+            service.call(request.map(|body| IdleBody::new(body, idle, whole)))
         });
+        let io = StallingWrites::new(TokioIo::new(stream), limits.body_idle_timeout);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), handler);
+            .serve_connection(io, handler);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;
@@ -92,20 +93,64 @@ pub async fn serve<S>(
     }
 }
 
-/// A request body that fails once it has sent nothing for `idle`: a client that stalls
-/// mid-body gets its request refused instead of holding the connection open.
+/// File descriptors kept for the lake, the compactor and the query engine, whatever the
+/// clients hold.
+const DESCRIPTORS_KEPT: u64 = 512;
+
+/// `wanted` connections, or fewer if the process may not open enough files for them and
+/// the lake too: a flood of clients must never leave storage without descriptors (lake
+/// writes failing with "too many open files" would refuse S-360). The soft limit on open
+/// files is first raised to the hard one.
+fn connection_cap(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let usable = limit.rlim_cur.saturating_sub(DESCRIPTORS_KEPT).max(16) as usize;
+    if wanted > usable {
+        tracing::warn!(
+            max_connections = wanted,
+            open_files = limit.rlim_cur,
+            "max_connections lowered to {usable} to keep file descriptors for the lake"
+        );
+    }
+    wanted.min(usable)
+}
+
+/// A request body that fails once it has sent nothing for `idle`, or is still arriving
+/// after `whole`: a client that stalls mid-body, or trickles a byte now and then, gets its
+/// request refused instead of holding the connection open.
 pub struct IdleBody {
     inner: Incoming,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    whole: Duration,
+    end: Pin<Box<Sleep>>,
 }
 
 impl IdleBody {
-    fn new(inner: Incoming, idle: Duration) -> IdleBody {
+    fn new(inner: Incoming, idle: Duration, whole: Duration) -> IdleBody {
         IdleBody {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            whole,
+            end: Box::pin(tokio::time::sleep(whole)),
         }
     }
 }
@@ -117,6 +162,8 @@ pub enum BodyError {
     Http(#[from] hyper::Error),
     #[error("the client sent nothing for {} in the middle of its body", humantime::format_duration(*.0))]
     Idle(Duration),
+    #[error("the body was still arriving after {}", humantime::format_duration(*.0))]
+    TooSlow(Duration),
 }
 
 impl Body for IdleBody {
@@ -128,6 +175,9 @@ impl Body for IdleBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if this.end.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyError::TooSlow(this.whole))));
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             let next = Instant::now() + this.idle;
             this.deadline.as_mut().reset(next);
@@ -143,5 +193,95 @@ impl Body for IdleBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A connection's socket whose writes fail once they make no progress for `stall`: hyper
+/// has no write timeout, and a client that stops reading its answers would otherwise hold
+/// its connection (and its place under `max_connections`) forever.
+struct StallingWrites<T> {
+    inner: T,
+    stall: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> StallingWrites<T> {
+    fn new(inner: T, stall: Duration) -> StallingWrites<T> {
+        StallingWrites {
+            inner,
+            stall,
+            deadline: None,
+        }
+    }
+
+    /// Called when a write could not proceed: pending until `stall` has passed without
+    /// progress, then an error that closes the connection.
+    fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        let stall = self.stall;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client read nothing of its answer for too long",
+        )))
+    }
+
+    fn progressed<R>(
+        &mut self,
+        done: Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<R>> {
+        match done {
+            Poll::Pending => self.stalled(cx),
+            done => {
+                self.deadline = None;
+                done
+            }
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallingWrites<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallingWrites<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let done = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(done, cx)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let done = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(done, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let done = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(done, cx)
     }
 }

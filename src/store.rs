@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
@@ -105,6 +105,12 @@ impl Store {
         let root = PathBuf::from(location);
         if create {
             create_private_dirs(&root).map_err(|e| open_error(e.to_string()))?;
+            // A lake made before files were private (or shipped in a checkout) is closed
+            // to others at its root, which covers everything below it.
+            let private = std::fs::Permissions::from_mode(PRIVATE_DIR_MODE);
+            if let Err(e) = std::fs::set_permissions(&root, private) {
+                tracing::warn!(lake = location, error = %e, "cannot make the lake private to this user");
+            }
         } else if !root.is_dir() {
             return Err(open_error(
                 "no lake there: check `lake` in the configuration, or receive or compact first"

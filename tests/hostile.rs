@@ -361,3 +361,108 @@ async fn one_body_spread_over_40000_days_compacts_in_bounded_memory() {
     let files = walk(&workspace.lake().join("tables/ticket_checks"));
     assert_eq!(files.len(), 40_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let workspace = Workspace::new(&format!("{QUICK_LIMITS}{VENUE}"));
+    let server = workspace.serve();
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    // Pipelined requests whose answers (404s) fill the socket's buffers: the server blocks
+    // writing them, since this client reads nothing.
+    let requests = "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+    let mut closed = false;
+    for _ in 0..200 {
+        match stream.write_all(requests.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "the server kept a connection whose client reads nothing"
+    );
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_a_byte_at_a_time_is_abandoned() {
+    let workspace = Workspace::new(&format!(
+        "header_timeout = \"1s\"\nbody_idle_timeout = \"2s\"\nbody_timeout = \"3s\"\n{VENUE}"
+    ));
+    let server = workspace.serve();
+    let mut stream = stall(
+        &server,
+        "POST /s360/contacts/myvenue HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+    );
+    let mut writer = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..20 {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    assert!(
+        closed_by_server(&mut stream, Duration::from_secs(15)),
+        "a trickling body held its connection"
+    );
+    trickle.join().unwrap();
+    assert_eq!(events_stored(&workspace), 0);
+}
+
+#[tokio::test]
+async fn an_order_whose_fields_every_movement_copies_is_rejected_not_exploded() {
+    let workspace = Workspace::in_memory(VENUE);
+    let server = workspace.serve();
+    // 1 MB of contact number, copied into each of 2,000 movement rows: 2 GB of rows.
+    let movements: Vec<Value> = (0..2000).map(|i| json!({"movementId": i})).collect();
+    let order = json!({"orderDetailsData": {
+        "orderId": 1, "creationDateTime": "2023-02-01T10:00:00+00:00",
+        "contactNumber": "C".repeat(1_000_000),
+        "operationDatas": [{"operationId": 2, "movementDatas": movements}]}});
+    post(&server, "orders", "myvenue", order.to_string().into_bytes()).await;
+    post(&server, "orders", "myvenue", sample("orders.json")).await;
+    drop(server);
+    let (succeeded, peak_mib) = run_measured(&workspace, &["compact"]);
+    assert!(succeeded);
+    assert!(
+        peak_mib < 1024.0,
+        "datx compact peaked at {peak_mib:.0} MiB"
+    );
+    let rejects = common::read_table(&workspace.lake(), "rejects");
+    assert_eq!(rejects.len(), 1);
+    let reason = rejects[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("movements would take more than"),
+        "{reason}"
+    );
+    // The ordinary body beside it landed.
+    assert_eq!(common::read_table(&workspace.lake(), "orders").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_on_many_rows_are_refused_before_they_fill_memory() {
+    let workspace = Workspace::new(&format!(
+        "[sql]\ntoken = \"{SQL_TOKEN}\"\nmemory_limit = \"256MiB\"\n{VENUE}"
+    ));
+    let server = workspace.serve();
+    for statement in [
+        // A value of 20 kB on each of 100,000 rows: 2 GB of answer.
+        "SELECT repeat('x', 20000) AS x FROM range(100000)",
+        // A 100 MB value repeated on half of 8,192 rows: 400 GB, if it were built.
+        "SELECT length(repeat(repeat(arrow_cast('x', 'LargeUtf8'), 100000000), value % 2)) FROM range(8192)",
+    ] {
+        let (status, _, body) = http_sql(&server, statement).await;
+        assert_eq!(status, 422, "{statement}: {}", &body[..body.len().min(300)]);
+    }
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+}

@@ -567,9 +567,13 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
         }
     };
     let mut rows = Vec::with_capacity(records.len());
+    let mut bytes = 0;
     for (position, record) in records.into_iter().enumerate() {
         match tables::rows_of(stream, record, position, tz, received_at_micros) {
-            Ok(record_rows) => rows.extend(record_rows),
+            Ok(record_rows) => {
+                bytes += record_rows.iter().map(Row::approx_bytes).sum::<usize>();
+                rows.extend(record_rows);
+            }
             Err(tables::Misfit(reason)) => rows.push(tables::reject_row(
                 stream,
                 position,
@@ -579,9 +583,28 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
                 received_at_micros,
             )),
         }
+        if bytes > MAX_BODY_ROW_BYTES {
+            // Kept whole, as one reject: its records are all still in the event log.
+            let reason = format!(
+                "the body's rows would take more than {} MiB",
+                MAX_BODY_ROW_BYTES >> 20
+            );
+            let raw = String::from_utf8_lossy(body);
+            return vec![tables::reject_row(
+                stream,
+                0,
+                reason,
+                &raw,
+                tz,
+                received_at_micros,
+            )];
+        }
     }
     rows
 }
+
+/// Bytes of rows one body may give (a body of 10 MB of ordinary records gives about 30).
+const MAX_BODY_ROW_BYTES: usize = 128 << 20;
 
 /// A chunk whose files are being written, with the events they consume and the files
 /// they replace.

@@ -107,70 +107,93 @@ impl ScalarUDFImpl for Checked {
 
 /// An upper bound of the bytes a function builds for `rows` rows of `args`.
 fn estimate(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
-    let arg = |i: usize| -> Result<ArrayRef> {
+    let arg = |i: usize| -> Result<&ColumnarValue> {
         args.get(i)
-            .ok_or_else(|| DataFusionError::Plan(format!("argument {} is missing", i + 1)))?
-            .to_array(rows)
+            .ok_or_else(|| DataFusionError::Plan(format!("argument {} is missing", i + 1)))
     };
-    let per_row = |array: &ArrayRef| (array.get_array_memory_size() / rows.max(1)) as u128 + 8;
     let counts = |i: usize| -> Result<Vec<u128>> {
-        Ok(integers(&arg(i)?)?
+        Ok(each_row(arg(i)?, rows, integers)?
             .into_iter()
             .map(|n| n.max(0) as u128)
             .collect())
     };
+    let lengths = |i: usize| each_row(arg(i)?, rows, text_lengths);
+    let total = |bytes: Vec<u128>| bytes.into_iter().fold(0, u128::saturating_add);
+    let times = |a: Vec<u128>, b: Vec<u128>| {
+        total(a.iter().zip(b).map(|(a, b)| a.saturating_mul(b)).collect())
+    };
     Ok(match growth {
-        Growth::Repeat => {
-            let lengths = text_lengths(&arg(0)?)?;
-            let counts = counts(1)?;
-            lengths
-                .iter()
-                .zip(counts)
-                .map(|(l, n)| l.saturating_mul(n))
-                .fold(0, u128::saturating_add)
-        }
-        Growth::Pad => counts(1)?
-            .iter()
-            .map(|n| n.saturating_mul(4))
-            .fold(0, u128::saturating_add),
+        Growth::Repeat => times(lengths(0)?, counts(1)?),
+        Growth::Pad => total(counts(1)?.iter().map(|n| n.saturating_mul(4)).collect()),
         Growth::Replace => {
-            let (text, from, to) = (
-                text_lengths(&arg(0)?)?,
-                text_lengths(&arg(1)?)?,
-                text_lengths(&arg(2)?)?,
-            );
-            (0..rows)
-                .map(|i| text[i] + (text[i] / from[i].max(1) + 1).saturating_mul(to[i]))
-                .fold(0, u128::saturating_add)
+            let (text, from, to) = (lengths(0)?, lengths(1)?, lengths(2)?);
+            total(
+                (0..rows)
+                    .map(|i| text[i] + (text[i] / from[i].max(1) + 1).saturating_mul(to[i]))
+                    .collect(),
+            )
         }
         Growth::RegexpReplace => {
-            let (text, to) = (text_lengths(&arg(0)?)?, text_lengths(&arg(2)?)?);
-            (0..rows)
-                .map(|i| text[i] + (text[i] + 1).saturating_mul(to[i]))
-                .fold(0, u128::saturating_add)
+            let (text, to) = (lengths(0)?, lengths(2)?);
+            total(
+                (0..rows)
+                    .map(|i| text[i] + (text[i] + 1).saturating_mul(to[i]))
+                    .collect(),
+            )
         }
-        Growth::ArrayRepeat => {
-            let element = per_row(&arg(0)?);
-            counts(1)?
-                .iter()
-                .map(|n| n.saturating_mul(element))
-                .fold(0, u128::saturating_add)
-        }
+        Growth::ArrayRepeat => times(element_sizes(arg(0)?, rows)?, counts(1)?),
         Growth::ArrayResize => {
-            let element = match args.len() {
-                3 => per_row(&arg(2)?),
-                _ => 16,
+            let elements = match args.len() {
+                3 => element_sizes(arg(2)?, rows)?,
+                _ => vec![16; rows],
             };
-            counts(1)?
-                .iter()
-                .map(|n| n.saturating_mul(element))
-                .fold(0, u128::saturating_add)
+            times(elements, counts(1)?)
         }
-        Growth::Range => range_lengths(args, rows)?
-            .iter()
-            .map(|n| n.saturating_mul(16))
-            .fold(0, u128::saturating_add),
+        Growth::Range => total(
+            range_lengths(args, rows)?
+                .iter()
+                .map(|n| n.saturating_mul(16))
+                .collect(),
+        ),
     })
+}
+
+/// `values` of each row of an argument. A scalar argument stands for every row: its value
+/// is measured once and never copied out to `rows` rows (it may be a gigabyte itself).
+fn each_row<T: Clone>(
+    arg: &ColumnarValue,
+    rows: usize,
+    values: fn(&ArrayRef) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    match arg {
+        ColumnarValue::Array(array) => values(array),
+        ColumnarValue::Scalar(scalar) => {
+            let one = values(&scalar.to_array_of_size(1)?)?;
+            Ok(vec![one[0].clone(); rows])
+        }
+    }
+}
+
+/// The bytes each row's element takes: a fixed width, a text's length, or (for nested
+/// values) the whole array's size, an upper bound for any one of its elements.
+fn element_sizes(arg: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    if let ColumnarValue::Scalar(scalar) = arg {
+        return Ok(vec![scalar.size() as u128; rows]);
+    }
+    let ColumnarValue::Array(array) = arg else {
+        unreachable!("a value is a scalar or an array")
+    };
+    let data_type = array.data_type();
+    if let Some(width) = data_type.primitive_width() {
+        return Ok(vec![width as u128 + 1; rows]);
+    }
+    if matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Ok(text_lengths(array)?.into_iter().map(|l| l + 16).collect());
+    }
+    Ok(vec![array.get_array_memory_size() as u128; rows])
 }
 
 /// The byte length of each text (0 for null).
@@ -198,16 +221,17 @@ fn integers(array: &ArrayRef) -> Result<Vec<i128>> {
 }
 
 /// How many elements `range(start, stop, step)` gives per row, for integers, dates and
-/// timestamps (a month counts as 30 days).
+/// timestamps (a month counts as 28 days, so that no count is underestimated).
 fn range_lengths(args: &[ColumnarValue], rows: usize) -> Result<Vec<u128>> {
-    let arrays = args
-        .iter()
-        .map(|a| a.to_array(rows))
-        .collect::<Result<Vec<_>>>()?;
-    let (start, stop, step) = match &arrays[..] {
-        [stop] => (vec![0; rows], positions(stop)?, None),
-        [start, stop] => (positions(start)?, positions(stop)?, None),
-        [start, stop, step] => (positions(start)?, positions(stop)?, Some(steps(step)?)),
+    let each = |arg: &ColumnarValue, values| each_row(arg, rows, values);
+    let (start, stop, step) = match args {
+        [stop] => (vec![0; rows], each(stop, positions)?, None),
+        [start, stop] => (each(start, positions)?, each(stop, positions)?, None),
+        [start, stop, step] => (
+            each(start, positions)?,
+            each(stop, positions)?,
+            Some(each(step, steps)?),
+        ),
         _ => return Ok(vec![0; rows]),
     };
     Ok((0..rows)
@@ -246,9 +270,9 @@ fn steps(array: &ArrayRef) -> Result<Vec<i128>> {
             .iter()
             .map(|step| {
                 step.map_or(0, |s| {
-                    i128::from(s.months) * 30 * DAY
+                    i128::from(s.months) * 28 * DAY
                         + i128::from(s.days) * DAY
-                        + i128::from(s.nanoseconds)
+                        + i128::from(s.nanoseconds) / 1000
                 })
             })
             .collect());

@@ -157,9 +157,12 @@ impl QueryEngine {
         loop {
             let snapshot = self.snapshot().await?;
             let session = self.session(&snapshot, visible).await?;
-            let running = self
-                .runtime
-                .spawn(execute(session, statement.clone(), max_rows));
+            let running = self.runtime.spawn(execute(
+                session,
+                statement.clone(),
+                max_rows,
+                self.limits.memory_limit,
+            ));
             let result = match tokio::time::timeout_at(deadline, running).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(crashed)) => Err(QueryError::Failed(DataFusionError::Execution(format!(
@@ -310,10 +313,14 @@ pub fn one_statement(text: &str) -> Result<Statement, QueryError> {
     }
 }
 
+/// Runs `statement`, collecting at most `max_rows` rows and `max_bytes` bytes of answer:
+/// the memory pool does not see the batches a query hands back, and a few rows can hold a
+/// large value each (a literal repeated on every row).
 async fn execute(
     session: SessionContext,
     statement: Statement,
     max_rows: Option<usize>,
+    max_bytes: usize,
 ) -> Result<Answer, QueryError> {
     let state = session.state();
     let plan = state
@@ -336,12 +343,19 @@ async fn execute(
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let mut stream = frame.execute_stream().await.map_err(QueryError::Failed)?;
     let mut batches = Vec::new();
-    let mut rows = 0;
+    let (mut rows, mut bytes) = (0, 0);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(QueryError::Failed)?;
         rows += batch.num_rows();
+        bytes += batch.get_array_memory_size();
         if let Some(max) = max_rows.filter(|&max| rows > max) {
             return Err(QueryError::TooManyRows(max));
+        }
+        if bytes > max_bytes {
+            return Err(QueryError::MemoryLimit {
+                limit: max_bytes,
+                message: format!("the answer alone holds more than {max_bytes} bytes"),
+            });
         }
         batches.push(batch);
     }

@@ -371,6 +371,26 @@ pub fn rows_of(
     }
 }
 
+/// Bytes of rows one record may give. An order's own fields are copied into every one of
+/// its movements' rows, so a record with a long field and many movements could otherwise
+/// ask for terabytes from a body of a few megabytes; past this it is a reject.
+pub const MAX_RECORD_ROW_BYTES: usize = 32 << 20;
+
+impl Row {
+    /// About the memory the row holds: its text, its JSON, a word per cell.
+    pub fn approx_bytes(&self) -> usize {
+        let text: usize = self
+            .cells
+            .iter()
+            .map(|cell| match cell {
+                Cell::Text(text) => text.len(),
+                _ => 0,
+            })
+            .sum();
+        self.raw.len() + text + 16 * self.cells.len()
+    }
+}
+
 fn order_rows(record: &Object, raw: &str, position: usize, tz: Tz) -> Result<Vec<Row>, Misfit> {
     // S-360 sends orders either wrapped in `orderDetailsData` or bare.
     let wrapped = match record.get("orderDetailsData") {
@@ -390,6 +410,7 @@ fn order_rows(record: &Object, raw: &str, position: usize, tz: Tz) -> Result<Vec
         position,
         raw: raw.to_string(),
     }];
+    let mut bytes = rows[0].approx_bytes();
     for (operation_index, operation) in array_at(order, "operationDatas")?.into_iter().enumerate() {
         let at = |inner: String| format!("operationDatas[{operation_index}]{inner}");
         let operation =
@@ -401,13 +422,21 @@ fn order_rows(record: &Object, raw: &str, position: usize, tz: Tz) -> Result<Vec
             let movement = Object::parse(movement_raw).ok_or_else(|| at(" is not an object"))?;
             let cells = cells(Table::OrderMovements, &[order, &operation, &movement], tz)
                 .map_err(|Misfit(reason)| at(&format!(": {reason}")))?;
-            rows.push(Row {
+            let row = Row {
                 table: Table::OrderMovements,
                 date,
                 cells,
                 position,
                 raw: movement_raw.get().to_string(),
-            });
+            };
+            bytes += row.approx_bytes();
+            if bytes > MAX_RECORD_ROW_BYTES {
+                return Err(Misfit(format!(
+                    "its movements would take more than {} MiB as rows (each copies its order's fields)",
+                    MAX_RECORD_ROW_BYTES >> 20
+                )));
+            }
+            rows.push(row);
         }
     }
     Ok(rows)
