@@ -110,8 +110,11 @@ const READ_CONCURRENCY: usize = 16;
 /// about 17,000 files here. (One body's rows always land in one chunk.)
 const MAX_OPEN_PARTITIONS: usize = 32_768;
 
-/// How many events are converted together, split across the cores.
+/// How many events are converted together, split across the cores, and how many bytes of
+/// them at most: three batches are in memory at once (two read ahead), so a run of bodies
+/// at the size limit holds 24 MiB of bodies, not 96 of them.
 const CONVERT_BATCH: usize = 32;
+const CONVERT_BATCH_BYTES: u64 = 8 << 20;
 
 pub struct Compactor {
     log: EventLog,
@@ -183,8 +186,6 @@ impl Compactor {
         let batches = futures::stream::iter(days)
             .then(move |day| pending_of_day(log, view, day))
             .try_flatten()
-            .try_chunks(CONVERT_BATCH)
-            .map_err(|e| e.1)
             .map_ok(move |group| read_and_convert(log, group))
             .try_buffered(2)
             .boxed();
@@ -463,20 +464,34 @@ struct ConvertedEvent {
     rows: Vec<Row>,
 }
 
-/// The events of one event-log day not yet consumed, each with its institution's zone.
+/// The events of one event-log day not yet consumed, each with its institution's zone, in
+/// batches of at most `CONVERT_BATCH` events and `CONVERT_BATCH_BYTES` (or one event).
 async fn pending_of_day(
     log: &EventLog,
     view: &LakeState,
     (stream, institution, day, tz): (Stream, String, NaiveDate, Tz),
-) -> Result<impl futures::Stream<Item = Result<(EventKey, Tz), CompactError>> + use<>, CompactError>
-{
-    let keys = log.keys_of_day(stream, &institution, day).await?;
-    let pending: Vec<_> = keys
-        .into_iter()
-        .filter(|key| !view.is_consumed(&day_dir(key), &key.event_id))
-        .map(|key| Ok((key, tz)))
-        .collect();
-    Ok(futures::stream::iter(pending))
+) -> Result<
+    impl futures::Stream<Item = Result<Vec<(EventKey, Tz)>, CompactError>> + use<>,
+    CompactError,
+> {
+    let keys = log.sized_keys_of_day(stream, &institution, day).await?;
+    let mut batches: Vec<Vec<(EventKey, Tz)>> = Vec::new();
+    let mut bytes = 0;
+    for (key, size) in keys {
+        if view.is_consumed(&day_dir(&key), &key.event_id) {
+            continue;
+        }
+        let full = batches
+            .last()
+            .is_none_or(|batch| batch.len() >= CONVERT_BATCH || bytes + size > CONVERT_BATCH_BYTES);
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("just ensured").push((key, tz));
+    }
+    Ok(futures::stream::iter(batches.into_iter().map(Ok)))
 }
 
 async fn read_and_convert(
@@ -604,7 +619,7 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
 }
 
 /// Bytes of rows one body may give (a body of 10 MB of ordinary records gives about 30).
-const MAX_BODY_ROW_BYTES: usize = 128 << 20;
+const MAX_BODY_ROW_BYTES: usize = 64 << 20;
 
 /// A chunk whose files are being written, with the events they consume and the files
 /// they replace.

@@ -264,17 +264,29 @@ impl EventLog {
         institution: &str,
         day: NaiveDate,
     ) -> Result<Vec<EventKey>, EventLogError> {
+        let sized = self.sized_keys_of_day(stream, institution, day).await?;
+        Ok(sized.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// The events of one received day with their stored size, in id (arrival) order.
+    pub async fn sized_keys_of_day(
+        &self,
+        stream: Stream,
+        institution: &str,
+        day: NaiveDate,
+    ) -> Result<Vec<(EventKey, u64)>, EventLogError> {
         let prefix = format!("events/{stream}/{institution}/{}", day.format("%Y-%m-%d"));
-        let mut keys: Vec<EventKey> = self
+        let mut keys: Vec<(EventKey, u64)> = self
             .store
             .list(&prefix)
             .map_err(EventLogError::from)
-            .try_filter_map(
-                |meta| async move { Ok(meta.location.as_ref().parse::<EventKey>().ok()) },
-            )
+            .try_filter_map(|meta| async move {
+                let key = meta.location.as_ref().parse::<EventKey>().ok();
+                Ok(key.map(|key| (key, meta.size)))
+            })
             .try_collect()
             .await?;
-        keys.sort_by_key(|key| key.event_id);
+        keys.sort_by_key(|(key, _)| key.event_id);
         Ok(keys)
     }
 
