@@ -334,6 +334,16 @@ fn run_measured(workspace: &Workspace, args: &[&str]) -> (bool, f64) {
     (succeeded, usage.ru_maxrss as f64 / 1024.0)
 }
 
+/// Runs `datx compact`, asserting that it succeeds and stays under 1 GiB.
+fn compact_within_a_gib(workspace: &Workspace) {
+    let (succeeded, peak_mib) = run_measured(workspace, &["compact"]);
+    assert!(succeeded);
+    assert!(
+        peak_mib < 1024.0,
+        "datx compact peaked at {peak_mib:.0} MiB"
+    );
+}
+
 #[tokio::test]
 async fn one_body_spread_over_40000_days_compacts_in_bounded_memory() {
     // The partitions' builders used to cost about 60 KiB each before their first row:
@@ -352,12 +362,7 @@ async fn one_body_spread_over_40000_days_compacts_in_bounded_memory() {
     assert!(body.len() < 10 * 1024 * 1024, "the receiver accepts it");
     post(&server, "ticketchecks", "myvenue", body).await;
     drop(server);
-    let (succeeded, peak_mib) = run_measured(&workspace, &["compact"]);
-    assert!(succeeded);
-    assert!(
-        peak_mib < 1024.0,
-        "datx compact peaked at {peak_mib:.0} MiB"
-    );
+    compact_within_a_gib(&workspace);
     let files = walk(&workspace.lake().join("tables/ticket_checks"));
     assert_eq!(files.len(), 40_000);
 }
@@ -434,12 +439,7 @@ async fn an_order_whose_fields_every_movement_copies_is_rejected_not_exploded() 
     post(&server, "orders", "myvenue", order.to_string().into_bytes()).await;
     post(&server, "orders", "myvenue", sample("orders.json")).await;
     drop(server);
-    let (succeeded, peak_mib) = run_measured(&workspace, &["compact"]);
-    assert!(succeeded);
-    assert!(
-        peak_mib < 1024.0,
-        "datx compact peaked at {peak_mib:.0} MiB"
-    );
+    compact_within_a_gib(&workspace);
     let rejects = common::read_table(&workspace.lake(), "rejects");
     assert_eq!(rejects.len(), 1);
     let reason = rejects[0]["reason"].as_str().unwrap();

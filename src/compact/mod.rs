@@ -569,13 +569,11 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
     let records = match batch::records(body) {
         Ok(records) => records,
         Err(e) => {
-            let raw = String::from_utf8_lossy(body);
             let reason = format!("the stored body is no longer an S-360 body: {e}");
-            return vec![tables::reject_row(
+            return vec![whole_body_reject(
                 stream,
-                0,
+                body,
                 reason,
-                &raw,
                 tz,
                 received_at_micros,
             )];
@@ -599,23 +597,30 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
             )),
         }
         if bytes > MAX_BODY_ROW_BYTES {
-            // Kept whole, as one reject: its records are all still in the event log.
-            let reason = format!(
-                "the body's rows would take more than {} MiB",
-                MAX_BODY_ROW_BYTES >> 20
-            );
-            let raw = String::from_utf8_lossy(body);
-            return vec![tables::reject_row(
+            let limit = MAX_BODY_ROW_BYTES >> 20;
+            let reason = format!("the body's rows would take more than {limit} MiB");
+            return vec![whole_body_reject(
                 stream,
-                0,
+                body,
                 reason,
-                &raw,
                 tz,
                 received_at_micros,
             )];
         }
     }
     rows
+}
+
+/// The one `rejects` row of a body kept whole (its records all stay in the event log).
+fn whole_body_reject(
+    stream: Stream,
+    body: &Bytes,
+    reason: String,
+    tz: Tz,
+    received_at_micros: i64,
+) -> Row {
+    let raw = String::from_utf8_lossy(body);
+    tables::reject_row(stream, 0, reason, &raw, tz, received_at_micros)
 }
 
 /// Bytes of rows one body may give (a body of 10 MB of ordinary records gives about 30).
