@@ -377,10 +377,8 @@ impl Config {
                 .map_err(|p| invalid("body_idle_timeout", p))?,
             body_timeout: positive_duration(&raw.body_timeout)
                 .map_err(|p| invalid("body_timeout", p))?,
-            max_connections: usize::try_from(raw.max_connections)
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| invalid("max_connections", "must be more than 0".into()))?,
+            max_connections: positive_count(raw.max_connections)
+                .map_err(|p| invalid("max_connections", p))?,
         };
         let metrics = raw.metrics;
         let metrics_token = match (&metrics.token, &metrics.token_env) {
@@ -408,6 +406,14 @@ impl Config {
             metrics_token,
         })
     }
+}
+
+/// A count of more than zero that fits this machine.
+fn positive_count(count: u64) -> Result<usize, String> {
+    usize::try_from(count)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "must be more than 0".to_string())
 }
 
 /// A duration such as `"30s"`, longer than zero.
@@ -558,17 +564,10 @@ impl RawSql {
             let problem = format!("{:?} is not a size such as \"2GiB\"", self.memory_limit);
             ("memory_limit".to_string(), problem)
         })?;
-        let max_rows = usize::try_from(self.max_rows)
-            .ok()
-            .filter(|&rows| rows > 0)
-            .ok_or(("max_rows".to_string(), "must be more than 0".to_string()))?;
-        let max_concurrent = usize::try_from(self.max_concurrent)
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or((
-                "max_concurrent".to_string(),
-                "must be more than 0".to_string(),
-            ))?;
+        let max_rows =
+            positive_count(self.max_rows).map_err(|problem| ("max_rows".to_string(), problem))?;
+        let max_concurrent = positive_count(self.max_concurrent)
+            .map_err(|problem| ("max_concurrent".to_string(), problem))?;
 
         let mut tokens = Vec::new();
         if self.token.is_some() || self.token_env.is_some() {

@@ -564,21 +564,31 @@ async fn convert_batch(events: Vec<ReadEvent>) -> Vec<ConvertedEvent> {
     converted
 }
 
-/// Every row a body gives, rejects included.
+/// Every row a body gives, rejects included. A body that is no longer an S-360 body, or
+/// whose rows would take more than `MAX_BODY_ROW_BYTES`, is one reject, kept whole.
 fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> Vec<Row> {
-    let records = match batch::records(body) {
-        Ok(records) => records,
-        Err(e) => {
-            let reason = format!("the stored body is no longer an S-360 body: {e}");
-            return vec![whole_body_reject(
-                stream,
-                body,
-                reason,
-                tz,
-                received_at_micros,
-            )];
-        }
-    };
+    records_rows(stream, body, tz, received_at_micros).unwrap_or_else(|reason| {
+        let raw = String::from_utf8_lossy(body);
+        vec![tables::reject_row(
+            stream,
+            0,
+            reason,
+            &raw,
+            tz,
+            received_at_micros,
+        )]
+    })
+}
+
+/// The rows of each record of a body, or why the body must be rejected whole.
+fn records_rows(
+    stream: Stream,
+    body: &Bytes,
+    tz: Tz,
+    received_at_micros: i64,
+) -> Result<Vec<Row>, String> {
+    let records = batch::records(body)
+        .map_err(|e| format!("the stored body is no longer an S-360 body: {e}"))?;
     let mut rows = Vec::with_capacity(records.len());
     let mut bytes = 0;
     for (position, record) in records.into_iter().enumerate() {
@@ -598,29 +608,10 @@ fn body_rows(stream: Stream, body: &Bytes, tz: Tz, received_at_micros: i64) -> V
         }
         if bytes > MAX_BODY_ROW_BYTES {
             let limit = MAX_BODY_ROW_BYTES >> 20;
-            let reason = format!("the body's rows would take more than {limit} MiB");
-            return vec![whole_body_reject(
-                stream,
-                body,
-                reason,
-                tz,
-                received_at_micros,
-            )];
+            return Err(format!("the body's rows would take more than {limit} MiB"));
         }
     }
-    rows
-}
-
-/// The one `rejects` row of a body kept whole (its records all stay in the event log).
-fn whole_body_reject(
-    stream: Stream,
-    body: &Bytes,
-    reason: String,
-    tz: Tz,
-    received_at_micros: i64,
-) -> Row {
-    let raw = String::from_utf8_lossy(body);
-    tables::reject_row(stream, 0, reason, &raw, tz, received_at_micros)
+    Ok(rows)
 }
 
 /// Bytes of rows one body may give (a body of 10 MB of ordinary records gives about 30).
