@@ -1,11 +1,13 @@
 //! The lake's commit log: which events each compaction consumed and which files it made
-//! live or retired, one create-only object per commit, and the lease that keeps one
-//! compactor at a time.
+//! live or retired, one create-only object per commit.
 //!
-//! Owns `_datx/commits/{version}.json`, `_datx/checkpoints/` and the lease. A commit is
-//! the only moment the tables change: a create-only put of the next version either lands
-//! whole or not at all, and a second writer of the same version is refused. This module
-//! must never read events or Parquet files.
+//! Owns `_datx/commits/{version}.json` and `_datx/checkpoints/`. A commit is the only
+//! moment the tables change: a create-only put of the next version either lands whole or
+//! not at all, and a second writer of the same version is refused. Every commit carries
+//! the epoch of the lease it was made under, and a commit with a lower epoch than one
+//! already in the log is refused: a compactor that lost its lease (paused past its expiry,
+//! say) cannot commit after its successor. This module must never read events or Parquet
+//! files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,10 +26,14 @@ pub enum CommitError {
     Conflict { version: u64 },
     #[error("{key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
-    #[error("another compactor holds the lease on this lake")]
-    Busy,
-    #[error("cannot take the compaction lease: {0}")]
-    Lease(std::io::Error),
+    #[error(
+        "commit {version} comes from lease epoch {epoch}, but epoch {newer} already committed: this compactor lost its lease"
+    )]
+    Fenced {
+        version: u64,
+        epoch: u64,
+        newer: u64,
+    },
 }
 
 /// A Parquet file of a table, as a commit knows it.
@@ -52,8 +58,12 @@ pub struct DataFile {
 pub struct Commit {
     pub version: u64,
     pub committed_at: Option<DateTime<Utc>>,
-    /// `append`, `merge` or `rebuild`.
+    /// `append`, `merge`, `rebuild`, or `lease` (a new holder's first commit, which
+    /// fences off the one before).
     pub kind: String,
+    /// The epoch of the lease it was made under (always 0 on a local lake).
+    #[serde(default)]
+    pub epoch: u64,
     /// A rebuild replaces everything before it.
     #[serde(default)]
     pub reset: bool,
@@ -75,6 +85,9 @@ pub struct Commit {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LakeState {
     pub version: u64,
+    /// The highest lease epoch committed so far.
+    #[serde(default)]
+    pub epoch: u64,
     pub files: BTreeMap<String, DataFile>,
     /// Consumed event ids of days not yet sealed.
     pub consumed: BTreeMap<String, BTreeSet<Uuid>>,
@@ -87,6 +100,7 @@ impl LakeState {
             *self = LakeState::default();
         }
         self.version = commit.version;
+        self.epoch = self.epoch.max(commit.epoch);
         for path in &commit.removed {
             self.files.remove(path);
         }
@@ -208,8 +222,9 @@ impl CommitLog {
         Ok(None)
     }
 
-    /// Writes `commit` as the version after `state`'s, then applies it to `state`. Fails
-    /// with `Conflict`, changing nothing, when another writer took that version.
+    /// Writes `commit` as the version after `state`'s, applies it to `state` and returns it
+    /// as written. Fails, changing nothing, with `Conflict` when another writer took that
+    /// version and with `Fenced` when the log already holds a higher lease epoch.
     ///
     /// Any other error leaves it unknown whether the commit exists (the file may be in place
     /// and only its directory's fsync have failed): the caller must then keep every file the
@@ -220,8 +235,15 @@ impl CommitLog {
         &self,
         state: &mut LakeState,
         mut commit: Commit,
-    ) -> Result<(), CommitError> {
+    ) -> Result<Commit, CommitError> {
         commit.version = state.version + 1;
+        if commit.epoch < state.epoch {
+            return Err(CommitError::Fenced {
+                version: commit.version,
+                epoch: commit.epoch,
+                newer: state.epoch,
+            });
+        }
         commit.committed_at = Some(Utc::now());
         let bytes = serde_json::to_vec(&commit).expect("a commit serialises");
         match self
@@ -252,7 +274,7 @@ impl CommitLog {
                 tracing::warn!(error = %e, "checkpoint not written: loading the lake replays more commits until the next one");
             }
         }
-        Ok(())
+        Ok(commit)
     }
 }
 
@@ -261,34 +283,6 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, C
         key: key.to_string(),
         reason: e.to_string(),
     })
-}
-
-/// Held while a compactor runs; released when dropped.
-///
-/// On a local lake it is an advisory lock (`flock`) on `_datx/compactor.lock`, which the
-/// kernel releases when the process dies, so a killed compactor never blocks the next one.
-#[derive(Debug)]
-pub struct Lease {
-    _lock: std::fs::File,
-}
-
-impl Lease {
-    pub fn acquire(store: &Store) -> Result<Lease, CommitError> {
-        let Some(root) = store.local_root() else {
-            // Compaction on S3 needs a conditional-put lease; until it exists, refuse
-            // rather than risk two compactors cleaning each other's files.
-            return Err(CommitError::Lease(std::io::Error::other(
-                "compaction of s3:// lakes is not supported yet",
-            )));
-        };
-        let file = crate::store::open_private(&root.join("_datx/compactor.lock"))
-            .map_err(CommitError::Lease)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Lease { _lock: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(CommitError::Busy),
-            Err(std::fs::TryLockError::Error(e)) => Err(CommitError::Lease(e)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -364,6 +358,25 @@ mod tests {
         let result = log.commit(&mut stale, Commit::default()).await;
         assert!(matches!(result, Err(CommitError::Conflict { version: 2 })));
         assert_eq!(stale.version, 1);
+
+        // Once a lease epoch is in the log, a commit under an older one is refused.
+        let fence = Commit {
+            kind: "lease".into(),
+            epoch: 3,
+            ..Commit::default()
+        };
+        log.commit(&mut state, fence).await.unwrap();
+        let version = state.version;
+        let old_holder = Commit {
+            epoch: 2,
+            ..Commit::default()
+        };
+        let result = log.commit(&mut state, old_holder).await;
+        assert!(
+            matches!(result, Err(CommitError::Fenced { epoch: 2, newer: 3, .. })),
+            "{result:?}"
+        );
+        assert_eq!(state.version, version);
     }
 
     fn append(i: u64) -> Commit {
@@ -428,15 +441,5 @@ mod tests {
         let latest = log.catch_up(&mut reader).await.unwrap().unwrap();
         assert_eq!((reader.version, latest.version), (2, 2));
         assert_eq!(reader.files.len(), 2);
-    }
-
-    #[test]
-    fn a_lease_is_exclusive_until_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-        let lease = Lease::acquire(&store).unwrap();
-        assert!(matches!(Lease::acquire(&store), Err(CommitError::Busy)));
-        drop(lease);
-        assert!(Lease::acquire(&store).is_ok());
     }
 }

@@ -47,6 +47,9 @@ pub struct Config {
     pub merge_after: Duration,
     /// Event bytes a compaction pass reads before it writes and commits: bounds its memory.
     pub compact_chunk_bytes: usize,
+    /// How long the compaction lease on an `s3://` lake lasts without renewal: a compactor
+    /// that dies holding it blocks compaction for at most this long.
+    pub lease_ttl: Duration,
     pub institutions: BTreeMap<String, Institution>,
     pub sql: Sql,
     pub connections: Connections,
@@ -148,6 +151,8 @@ struct RawConfig {
     merge_after: String,
     #[serde(default = "default_compact_chunk_bytes")]
     compact_chunk_bytes: u64,
+    #[serde(default = "default_lease_ttl")]
+    lease_ttl: String,
     #[serde(default)]
     institutions: BTreeMap<String, RawInstitution>,
     #[serde(default)]
@@ -239,6 +244,9 @@ fn default_compact_every() -> String {
 }
 fn default_compact_chunk_bytes() -> u64 {
     64 * 1024 * 1024
+}
+fn default_lease_ttl() -> String {
+    "60s".into()
 }
 fn default_merge_after() -> String {
     "1h".into()
@@ -356,6 +364,7 @@ impl Config {
         }
         let compact_chunk_bytes = usize::try_from(raw.compact_chunk_bytes)
             .map_err(|_| invalid("compact_chunk_bytes", "too large for this machine".into()))?;
+        let lease_ttl = positive_duration(&raw.lease_ttl).map_err(|p| invalid("lease_ttl", p))?;
 
         let mut institutions = BTreeMap::new();
         for (code, raw_institution) in raw.institutions {
@@ -400,6 +409,7 @@ impl Config {
             compact_every,
             merge_after,
             compact_chunk_bytes,
+            lease_ttl,
             institutions,
             sql,
             connections,

@@ -10,6 +10,7 @@ pub mod compact;
 pub mod config;
 pub mod connections;
 pub mod eventlog;
+pub mod lease;
 pub mod metrics;
 pub mod query;
 pub mod receive;

@@ -16,10 +16,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::commit::CommitError;
 use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::eventlog::EventLog;
+use crate::lease::LeaseError;
 use crate::query::QueryEngine;
 use crate::query::http::SqlService;
 use crate::receive::{ErrorBody, Receiver};
@@ -83,11 +83,13 @@ pub async fn run(
         "datx listening on http://{address}"
     );
     let compaction = config.compact_every.map(|every| {
-        tokio::spawn(compact_in_background(
-            Arc::new(Compactor::new(store.clone(), &config)),
+        let compactor = Arc::new(Compactor::new(store.clone(), &config));
+        let task = tokio::spawn(compact_in_background(
+            compactor.clone(),
             every,
             health.clone(),
-        ))
+        ));
+        (compactor, task)
     });
     crate::connections::serve(
         listener,
@@ -97,8 +99,10 @@ pub async fn run(
     )
     .await;
     // A pass cut short is like a crash: the next one finishes or discards its work.
-    if let Some(compaction) = compaction {
-        compaction.abort();
+    if let Some((compactor, task)) = compaction {
+        task.abort();
+        let _ = task.await;
+        compactor.release_abandoned_lease().await;
     }
     tracing::info!("datx stopped");
     Ok(())
@@ -169,11 +173,11 @@ async fn compact_in_background(
     loop {
         tokio::time::sleep(wait).await;
         wait = every;
-        let pass = tokio::spawn({
+        let mut pass = AbortOnDrop(tokio::spawn({
             let compactor = compactor.clone();
             async move { compactor.pass().await }
-        });
-        let error = match pass.await {
+        }));
+        let error = match (&mut pass.0).await {
             Ok(Ok(summary)) => {
                 health.succeeded();
                 crate::metrics::compaction(&summary);
@@ -191,8 +195,12 @@ async fn compact_in_background(
                 }
                 continue;
             }
-            Ok(Err(CompactError::Commit(CommitError::Busy))) => {
-                tracing::debug!("compaction skipped: another compactor holds the lease");
+            Ok(Err(CompactError::Lease(LeaseError::Busy { owner, .. }))) => {
+                tracing::debug!(
+                    owner,
+                    "compaction skipped: another compactor holds the lease"
+                );
+                health.succeeded();
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
@@ -210,6 +218,16 @@ async fn compact_in_background(
             retry_in = %humantime::format_duration(wait),
             "compaction pass failed"
         );
+    }
+}
+
+/// A spawned task that stops when its handle is dropped: a pass stops with the loop that
+/// started it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -19,7 +19,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    BackoffConfig, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,18 @@ pub enum Durability {
     /// loss the caller can live with (an index that can be recomputed, a duplicate
     /// detector whose miss is caught downstream).
     AtomicOnly,
+}
+
+/// How long a request to S3 is retried (5xx, timeouts, throttling, refused connections)
+/// before its error reaches the caller. S-360 waits for each push's answer, and a 503 with
+/// `Retry-After` tells it to resend: past this budget, answering is worth more than waiting.
+pub const S3_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An object's content with the version a conditional replace must match.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Bytes,
+    pub version: UpdateVersion,
 }
 
 /// What a create-only write found.
@@ -88,8 +101,18 @@ impl Store {
             if bucket.is_empty() {
                 return Err(open_error("the URL names no bucket".into()));
             }
+            let retry = RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 20,
+                retry_timeout: S3_RETRY_FOR,
+            };
             let s3 = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry)
                 .build()
                 .map_err(|e| open_error(e.to_string()))?;
             let objects: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
@@ -187,6 +210,57 @@ impl Store {
                 .await
                 .map(|_| ())
                 .map_err(|e| self.object_error(key, e)),
+        }
+    }
+
+    /// An object with its version, for a read-modify-write with [`Store::put_if`]; `None`
+    /// when there is no object. Only on S3: a local lake has no conditional replace.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let found = match self.objects.get(&Path::from(key)).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.object_error(key, e)),
+        };
+        let version = UpdateVersion {
+            e_tag: found.meta.e_tag.clone(),
+            version: found.meta.version.clone(),
+        };
+        let bytes = found.bytes().await.map_err(|e| self.object_error(key, e))?;
+        Ok(Some(Versioned { bytes, version }))
+    }
+
+    /// Writes `bytes` at `key` only if the object is still at `expected` (or, for `None`,
+    /// if there is no object yet), and returns its new version; `Ok(None)` when another
+    /// writer got there first. S3's `If-Match` and `If-None-Match: *` make the check and
+    /// the write one step.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        expected: Option<&UpdateVersion>,
+    ) -> Result<Option<UpdateVersion>, StoreError> {
+        let mode = match expected {
+            Some(version) => PutMode::Update(version.clone()),
+            None => PutMode::Create,
+        };
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .objects
+            .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), options)
+            .await
+        {
+            Ok(put) => Ok(Some(UpdateVersion {
+                e_tag: put.e_tag,
+                version: put.version,
+            })),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(None),
+            Err(e) => Err(self.object_error(key, e)),
         }
     }
 

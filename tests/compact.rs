@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    BIN, Workspace, compact, orders, post, post_samples, read_table, sample, ticket_checks, walk,
+    BIN, Backend, Workspace, compact, orders, post, post_samples, read_table, sample,
+    ticket_checks, walk,
 };
 use serde_json::{Map, Value, json};
 
@@ -45,9 +46,8 @@ fn counts(rows: &[Row], column: &str) -> BTreeMap<i64, usize> {
     counts
 }
 
-#[tokio::test]
-async fn samples_land_in_typed_partitioned_tables() {
-    let workspace = Workspace::new(VENUES);
+async fn samples_land_in_typed_partitioned_tables(backend: Backend) {
+    let workspace = Workspace::on(backend, VENUES, &[]);
     let server = workspace.serve();
     let mut event_ids = BTreeMap::new();
     for (stream, file) in [
@@ -126,9 +126,8 @@ async fn samples_land_in_typed_partitioned_tables() {
     assert_eq!(read_table(&lake, "ticket_checks").len(), 2);
 }
 
-#[tokio::test]
-async fn a_record_that_does_not_fit_is_rejected_and_the_rest_of_its_body_lands() {
-    let workspace = Workspace::new(VENUES);
+async fn a_record_that_does_not_fit_is_rejected_and_the_rest_of_its_body_lands(backend: Backend) {
+    let workspace = Workspace::on(backend, VENUES, &[]);
     let server = workspace.serve();
     let body = r#"[{"ticket_check_id":1,"access_time":"2023-02-09 18:25:10","brand_new_field":42},
  {"ticket_check_id":"not-a-number","access_time":"2023-02-09 18:25:11"},
@@ -258,13 +257,8 @@ fn commits_in(lake: &std::path::Path) -> usize {
 }
 
 fn has_pending(lake: &std::path::Path) -> bool {
-    lake.join("tables").exists()
-        && walk(&lake.join("tables")).iter().any(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("_pending-")
-        })
+    let pending = lake.join("_datx/pending");
+    pending.exists() && !walk(&pending).is_empty()
 }
 
 /// Runs `datx compact` and SIGKILLs it at `point`; returns whether it was killed while
@@ -377,14 +371,12 @@ async fn a_compactor_killed_at_any_point_loses_and_duplicates_nothing() {
     assert!(per_partition.values().all(|&n| n == 1), "{per_partition:?}");
 }
 
-#[tokio::test]
-async fn bodies_posted_while_passes_run_are_all_compacted_once() {
-    let workspace = Workspace::new(VENUES);
-    std::fs::write(
-        workspace.path().join("datx.toml"),
-        format!("listen = \"127.0.0.1:0\"\ncompact_every = \"30ms\"\ncompact_chunk_bytes = 100000\n{VENUES}"),
-    )
-    .unwrap();
+async fn bodies_posted_while_passes_run_are_all_compacted_once(backend: Backend) {
+    let workspace = Workspace::on(
+        backend,
+        &format!("compact_every = \"30ms\"\ncompact_chunk_bytes = 100000\n{VENUES}"),
+        &[],
+    );
     let server = workspace.serve();
     let mut ids = BTreeSet::new();
     for i in 0..150_i64 {
@@ -425,9 +417,8 @@ fn all_rows(workspace: &Workspace) -> Vec<String> {
     lines
 }
 
-#[tokio::test]
-async fn rebuild_gives_the_rows_of_the_incremental_passes_and_small_files_merge() {
-    let workspace = Workspace::new(&format!("merge_after = \"0s\"\n{VENUES}"));
+async fn rebuild_gives_the_rows_of_the_incremental_passes_and_small_files_merge(backend: Backend) {
+    let workspace = Workspace::on(backend, &format!("merge_after = \"0s\"\n{VENUES}"), &[]);
     let server = workspace.serve();
     for (stream, file) in [("contacts", "contacts.json"), ("orders", "orders.json")] {
         post(&server, stream, "myvenue", sample(file)).await;
@@ -485,42 +476,6 @@ async fn rebuild_gives_the_rows_of_the_incremental_passes_and_small_files_merge(
     assert_eq!(all_rows(&workspace), incremental);
 }
 
-/// Python with DuckDB: `DATX_TEST_PYTHON` (as `.ci/run` sets it), or a virtual environment
-/// this test suite makes once under the target directory.
-fn duckdb_python() -> std::path::PathBuf {
-    if let Some(python) = std::env::var_os("DATX_TEST_PYTHON") {
-        return python.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("duckdb-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &std::path::Path| {
-        Command::new(python)
-            .args(["-c", "import duckdb"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready(&python) {
-        let made = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status();
-        assert!(
-            made.is_ok_and(|s| s.success()),
-            "cannot create a Python venv at {}",
-            venv.display()
-        );
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "duckdb==2.0.1"])
-            .status();
-        assert!(
-            installed.is_ok_and(|s| s.success()),
-            "cannot install duckdb from PyPI"
-        );
-    }
-    python
-}
-
 #[tokio::test]
 async fn duckdb_reads_the_tables_with_their_types_and_values() {
     let workspace = Workspace::new(VENUES);
@@ -549,7 +504,7 @@ out["sale"] = con.sql(f"""
     WHERE order_id = 10000702652""").fetchall()
 print(json.dumps(out, default=str))
 "#;
-    let output = Command::new(duckdb_python())
+    let output = Command::new(common::python_with(&[("duckdb", "duckdb==2.0.1")]))
         .arg("-c")
         .arg(script)
         .arg(workspace.lake())
@@ -702,9 +657,8 @@ async fn years_outside_four_digits_are_rejected_with_the_reason_never_a_partitio
     }
 }
 
-#[tokio::test]
-async fn a_later_ticket_check_replaces_the_earlier_one_whatever_its_date() {
-    let workspace = Workspace::new(&format!("compact_chunk_bytes = 1\n{VENUES}"));
+async fn a_later_ticket_check_replaces_the_earlier_one_whatever_its_date(backend: Backend) {
+    let workspace = Workspace::on(backend, &format!("compact_chunk_bytes = 1\n{VENUES}"), &[]);
     let server = workspace.serve();
     let check = |id: i64, at: &str, result: &str| json!({"ticket_check_id": id, "access_time": at, "result": result});
     let body = |records: Vec<Value>| Value::Array(records).to_string().into_bytes();
@@ -913,3 +867,11 @@ async fn a_lake_written_before_positions_and_key_ranges_reads_merges_and_correct
     let partition = lake.join("tables/ticket_checks/institution=myvenue/date=2023-02-09");
     assert_eq!(walk(&partition).len(), 1, "the partition was not merged");
 }
+
+on_both_backends!(
+    samples_land_in_typed_partitioned_tables,
+    a_record_that_does_not_fit_is_rejected_and_the_rest_of_its_body_lands,
+    bodies_posted_while_passes_run_are_all_compacted_once,
+    rebuild_gives_the_rows_of_the_incremental_passes_and_small_files_merge,
+    a_later_ticket_check_replaces_the_earlier_one_whatever_its_date,
+);

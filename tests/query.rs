@@ -14,7 +14,7 @@ use chrono::{
     DateTime, Datelike, Duration as Span, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
-use common::{Server, Workspace, compact, post, post_samples};
+use common::{Backend, Server, Workspace, compact, post, post_samples};
 use serde_json::{Map, Value, json};
 
 type Row = Map<String, Value>;
@@ -545,8 +545,8 @@ impl Venues {
 }
 
 /// A lake with both venues' data, compacted, and a server over it.
-async fn venues_lake(extra: &str) -> (Workspace, Server, Venues) {
-    let workspace = Workspace::new(&config(extra));
+async fn venues_lake(backend: Backend, extra: &str) -> (Workspace, Server, Venues) {
+    let workspace = Workspace::on(backend, &config(extra), &[]);
     let server = workspace.serve();
     let venues = Venues::generate();
     for (stream, institution, body) in venues.bodies() {
@@ -566,9 +566,8 @@ fn as_values(rows: Vec<Row>) -> Vec<Value> {
     rows.into_iter().map(Value::Object).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn saved_queries_give_what_the_records_say() {
-    let (workspace, server, venues) = venues_lake("").await;
+async fn saved_queries_give_what_the_records_say(backend: Backend) {
+    let (workspace, server, venues) = venues_lake(backend, "").await;
     let run = |name: &str| -> Vec<Value> {
         as_values(cli_rows(
             &workspace,
@@ -683,10 +682,12 @@ async fn saved_queries_give_what_the_records_say() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shared_samples_answer_the_saved_queries() {
-    let workspace =
-        Workspace::new("[institutions.myvenue]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n");
+async fn the_shared_samples_answer_the_saved_queries(backend: Backend) {
+    let workspace = Workspace::on(
+        backend,
+        "[institutions.myvenue]\ntimezone = \"Europe/Zurich\"\nauth = \"none\"\n",
+        &[],
+    );
     let server = workspace.serve();
     post_samples(&server, "myvenue").await;
     compact(&workspace, "compact");
@@ -808,9 +809,8 @@ async fn a_body_carrying_a_key_twice_counts_its_later_record_once() {
     assert_eq!(sales[0]["sales_amount"], json!(40000));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql() {
-    let (workspace, server, venues) = venues_lake("").await;
+async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql(backend: Backend) {
+    let (workspace, server, venues) = venues_lake(backend, "").await;
     let alpha_checks = venues
         .checks
         .iter()
@@ -900,7 +900,7 @@ async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_reads_run_and_bad_queries_are_explained() {
-    let (workspace, server, venues) = venues_lake("").await;
+    let (workspace, server, venues) = venues_lake(Backend::Local, "").await;
     let writes = [
         "CREATE TABLE copy AS SELECT * FROM ticket_checks",
         "CREATE VIEW mine AS SELECT 1",
@@ -1075,16 +1075,14 @@ async fn check_counts_or_log(server: &Server) -> (i64, i64) {
     (row["n"].as_i64().unwrap(), row["d"].as_i64().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queries_see_each_commit_and_stay_exact_while_files_merge() {
+async fn queries_see_each_commit_and_stay_exact_while_files_merge(backend: Backend) {
     // Compaction in the server every 20 ms, merging a partition's files as soon as it is
     // quiet: files are retired under running queries all the time.
-    let workspace = Workspace::new(&config(""));
     let quick_passes = format!(
-        "listen = \"127.0.0.1:0\"\ncompact_every = \"20ms\"\nmerge_after = \"0s\"\n{}",
+        "compact_every = \"20ms\"\nmerge_after = \"0s\"\n{}",
         config("")
     );
-    std::fs::write(workspace.path().join("datx.toml"), quick_passes).unwrap();
+    let workspace = Workspace::on(backend, &quick_passes, &[]);
     let server = workspace.serve();
 
     const BODIES: i64 = 60;
@@ -1104,7 +1102,9 @@ async fn queries_see_each_commit_and_stay_exact_while_files_merge() {
                     .await
                     .unwrap();
                 assert_eq!(response.status(), 200);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                // Spread over several passes, which are slower on S3, so that files are
+                // merged under the queries many times.
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         })
     };
@@ -1143,7 +1143,7 @@ async fn queries_see_each_commit_and_stay_exact_while_files_merge() {
     drop(server);
 
     // A query right after `datx compact` sees the rows it added.
-    let workspace = Workspace::new(&config(""));
+    let workspace = Workspace::on(backend, &config(""), &[]);
     let server = workspace.serve();
     for round in 0..3 {
         post(
@@ -1161,9 +1161,8 @@ async fn queries_see_each_commit_and_stay_exact_while_files_merge() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_twice_in_one_body_is_still_one_current_row() {
-    let workspace = Workspace::new(&config(""));
+async fn a_key_twice_in_one_body_is_still_one_current_row(backend: Backend) {
+    let workspace = Workspace::on(backend, &config(""), &[]);
     let server = workspace.serve();
     let contact = |name: &str| json!({"contactNumber": "TWICE", "firstName": name, "individualContact": {"firstName": name}});
     let body = serde_json::to_vec(&[contact("One"), contact("Two")]).unwrap();
@@ -1190,3 +1189,11 @@ async fn a_key_twice_in_one_body_is_still_one_current_row() {
     let all = cli_rows(&workspace, &["SELECT count(*) AS n FROM contacts"]);
     assert_eq!(all[0]["n"], 3);
 }
+
+on_both_backends!(
+    saved_queries_give_what_the_records_say,
+    the_shared_samples_answer_the_saved_queries,
+    a_scoped_token_sees_only_its_institutions_whatever_the_sql,
+    queries_see_each_commit_and_stay_exact_while_files_merge,
+    a_key_twice_in_one_body_is_still_one_current_row,
+);

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Workspace, raw_request, sample, ticket_checks, walk};
+use common::{Backend, Workspace, raw_request, sample, ticket_checks, walk};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -72,9 +72,8 @@ fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn each_stream_is_accepted_and_stored_byte_for_byte() {
-    let workspace = Workspace::with_env(SECURED, &SECRETS);
+async fn each_stream_is_accepted_and_stored_byte_for_byte(backend: Backend) {
+    let workspace = Workspace::on(backend, SECURED, &SECRETS);
     let server = workspace.serve();
     for (stream, file, records) in [
         ("contacts", "contacts.json", 2),
@@ -116,9 +115,8 @@ async fn each_stream_is_accepted_and_stored_byte_for_byte() {
     );
 }
 
-#[tokio::test]
-async fn each_auth_mode_takes_only_its_own_credentials() {
-    let workspace = Workspace::with_env(SECURED, &SECRETS);
+async fn each_auth_mode_takes_only_its_own_credentials(backend: Backend) {
+    let workspace = Workspace::on(backend, SECURED, &SECRETS);
     let server = workspace.serve();
     let body = sample("ticketchecks.json");
     let other = server.url("/s360/ticketchecks/othervenue");
@@ -193,9 +191,8 @@ async fn each_auth_mode_takes_only_its_own_credentials() {
     assert_eq!(stdout(&listed).lines().count(), 4);
 }
 
-#[tokio::test]
-async fn errors_of_the_contract_have_their_codes_and_reasons() {
-    let workspace = Workspace::with_env(SECURED, &SECRETS);
+async fn errors_of_the_contract_have_their_codes_and_reasons(backend: Backend) {
+    let workspace = Workspace::on(backend, SECURED, &SECRETS);
     let server = workspace.serve();
     let body = sample("contacts.json");
 
@@ -276,9 +273,10 @@ async fn errors_of_the_contract_have_their_codes_and_reasons() {
     assert!(!workspace.lake().join("events/contacts/a").exists());
 }
 
-#[tokio::test]
-async fn a_resent_body_is_one_event_and_single_objects_and_large_bodies_are_accepted() {
-    let workspace = Workspace::with_env(SECURED, &SECRETS);
+async fn a_resent_body_is_one_event_and_single_objects_and_large_bodies_are_accepted(
+    backend: Backend,
+) {
+    let workspace = Workspace::on(backend, SECURED, &SECRETS);
     let server = workspace.serve();
     let url = server.url("/s360/orders/myvenue");
     let body = sample("orders.json");
@@ -321,9 +319,8 @@ async fn a_resent_body_is_one_event_and_single_objects_and_large_bodies_are_acce
     }
 }
 
-#[tokio::test]
-async fn events_survive_a_restart_and_are_still_recognised() {
-    let workspace = Workspace::with_env(SECURED, &SECRETS);
+async fn events_survive_a_restart_and_are_still_recognised(backend: Backend) {
+    let workspace = Workspace::on(backend, SECURED, &SECRETS);
     let server = workspace.serve();
     let mut accepted = Vec::new();
     for i in 0..20 {
@@ -558,3 +555,11 @@ fn invalid_configuration_stops_the_start_naming_the_key() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read nope.toml"));
 }
+
+on_both_backends!(
+    each_stream_is_accepted_and_stored_byte_for_byte,
+    each_auth_mode_takes_only_its_own_credentials,
+    errors_of_the_contract_have_their_codes_and_reasons,
+    a_resent_body_is_one_event_and_single_objects_and_large_bodies_are_accepted,
+    events_survive_a_restart_and_are_still_recognised,
+);

@@ -1,8 +1,11 @@
 //! Parquet files of the tables: where they go, how they are encoded and read back.
 //!
-//! A file is first written under a pending name that no reader matches (`_pending-*.tmp`:
-//! Spark skips names starting with `_`, DuckDB's `*.parquet` glob does not match it), and
-//! takes its final name `part-*.parquet` only after the commit that makes it live.
+//! A file is first written under a pending key outside the tables
+//! (`_datx/pending/{epoch}/tables/...`), where no reader of the tables looks, and moves to
+//! its final key `tables/.../part-*.parquet` only after the commit that makes it live.
+//! Keeping pending files under their lease epoch lets a pass find the leftovers of an
+//! interrupted one by listing that small prefix rather than every table, and never remove
+//! the files of a successor that holds the lease now.
 
 use bytes::Bytes;
 use chrono::NaiveDate;
@@ -24,8 +27,8 @@ use arrow::error::ArrowError;
 use super::unique::Version;
 use crate::tables::{self, Table};
 
-const PENDING_PREFIX: &str = "_pending-";
-const PENDING_SUFFIX: &str = ".tmp";
+/// Where files wait for their commit.
+pub const PENDING_DIR: &str = "_datx/pending";
 
 /// The directory of one partition.
 pub fn partition_dir(table: Table, institution: &str, date: NaiveDate) -> String {
@@ -45,23 +48,20 @@ pub fn new_file_key(table: Table, institution: &str, date: NaiveDate) -> String 
     )
 }
 
-/// The pending key under which a file is written before its commit.
-pub fn pending_key(final_key: &str) -> String {
-    let (dir, name) = final_key
-        .rsplit_once('/')
-        .expect("a file key has a directory");
-    let id = name
-        .strip_prefix("part-")
-        .and_then(|n| n.strip_suffix(".parquet"))
-        .expect("final keys are part-*.parquet");
-    format!("{dir}/{PENDING_PREFIX}{id}{PENDING_SUFFIX}")
+/// The pending key under which a file is written, under the lease `epoch`, before its
+/// commit.
+pub fn pending_key(epoch: u64, final_key: &str) -> String {
+    format!("{PENDING_DIR}/{epoch:020}/{final_key}")
 }
 
-/// Whether a key under `tables/` is leftover work no commit names: a pending file, or the
-/// temporary file of an interrupted write.
-pub fn is_leftover(key: &str) -> bool {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    (name.starts_with(PENDING_PREFIX) || name.starts_with('.')) && name.ends_with(PENDING_SUFFIX)
+/// The lease epoch a key under `PENDING_DIR` was written under; `None` for anything else.
+pub fn pending_epoch(key: &str) -> Option<u64> {
+    key.strip_prefix(PENDING_DIR)?
+        .strip_prefix('/')?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Encodes batches as one Parquet file: Snappy, which every reader has, and statistics so

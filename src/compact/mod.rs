@@ -1,10 +1,12 @@
 //! Compaction: events not yet compacted become rows of the tables, in Parquet files that
 //! one commit makes live, so each event is reflected exactly once.
 //!
-//! Owns passes, `rebuild` and the merging of small files. A pass holds the lease, finishes
-//! the latest commit's file moves (a crash may have stopped them), removes leftovers no
-//! commit names, then reads events in bounded chunks: each chunk's files are written under
-//! pending names, committed with the events they consumed, then published. A crash at any
+//! Owns passes, `rebuild` and the merging of small files. A pass holds the lease (and, when
+//! it takes the lease from another holder, first commits its epoch, which fences that
+//! holder off), finishes the latest commit's file moves (a crash may have stopped them),
+//! removes leftovers no commit names, then reads events in bounded chunks: each chunk's
+//! files are written under pending keys, committed with the events they consumed, then
+//! published. A crash at any
 //! point leaves either the previous commit (and leftovers the next pass removes) or the
 //! new one (whose moves the next pass finishes). It must never change an event, and never
 //! make a file live except through a commit.
@@ -22,9 +24,10 @@ use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use crate::batch;
-use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState, Lease};
+use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState};
 use crate::config::Config;
 use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError};
+use crate::lease::{Lease, LeaseError};
 use crate::store::{Durability, Store, StoreError};
 use crate::stream::Stream;
 use crate::tables::{self, Cell, Row, Table, TableBuilder};
@@ -36,6 +39,8 @@ pub enum CompactError {
     EventLog(#[from] EventLogError),
     #[error(transparent)]
     Commit(#[from] CommitError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot encode or read a Parquet file: {0}")]
@@ -60,6 +65,8 @@ pub struct CompactOptions {
     /// Days of the event log older than this many days are sealed once consumed: S-360
     /// resends for at most 3 hours, so nothing new lands there.
     pub seal_after_days: i64,
+    /// How long the lease on an S3 lake lasts without renewal.
+    pub lease_ttl: Duration,
 }
 
 impl CompactOptions {
@@ -69,6 +76,7 @@ impl CompactOptions {
             merge_after: config.merge_after,
             target_file_bytes: 128 * 1024 * 1024,
             seal_after_days: 2,
+            lease_ttl: config.lease_ttl,
         }
     }
 }
@@ -122,6 +130,9 @@ pub struct Compactor {
     commits: CommitLog,
     zones: BTreeMap<String, Tz>,
     options: CompactOptions,
+    /// Names this compactor in the lease: host, process and a random part, so that two
+    /// compactors in one process (or a restarted process) are never taken for each other.
+    owner: String,
 }
 
 impl Compactor {
@@ -136,12 +147,21 @@ impl Compactor {
                 .map(|(code, institution)| (code.clone(), institution.timezone))
                 .collect(),
             options: CompactOptions::from_config(config),
+            owner: lease_owner(),
         }
     }
 
     /// One incremental pass: every event not yet compacted lands in the tables.
     pub async fn pass(&self) -> Result<PassSummary, CompactError> {
         self.run(Mode::Incremental).await
+    }
+
+    /// Gives up the lease of a pass that was cut short (the task aborted), so that another
+    /// compactor can take over at once.
+    pub async fn release_abandoned_lease(&self) {
+        if let Err(e) = crate::lease::release_abandoned(&self.store, &self.owner).await {
+            tracing::warn!(error = %e, "the compaction lease could not be released; it expires on its own");
+        }
     }
 
     /// Recomputes every table from the whole event log into one new commit.
@@ -151,8 +171,61 @@ impl Compactor {
 
     async fn run(&self, mode: Mode) -> Result<PassSummary, CompactError> {
         let started = Instant::now();
-        let _lease = Lease::acquire(&self.store)?;
-        let (mut state, latest) = self.commits.load().await?;
+        let mut lease = Lease::acquire(&self.store, &self.owner, self.options.lease_ttl).await?;
+        let result = self.run_leased(mode, &mut lease).await;
+        lease.release().await;
+        let mut summary = result?;
+        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// Loads the lake as of its latest commit and makes it this lease's: when the lease's
+    /// epoch is new to the lake, a `lease` commit records it before anything is removed, so
+    /// the previous holder, if it is still running, can no longer commit (its next version
+    /// is taken, or its epoch is lower than the log's).
+    async fn take_over(
+        &self,
+        lease: &mut Lease,
+    ) -> Result<(LakeState, Option<Commit>), CompactError> {
+        let mut attempts = 0;
+        loop {
+            let (mut state, latest) = self.commits.load().await?;
+            lease.fence_above(state.epoch).await?;
+            if state.epoch == lease.epoch() {
+                return Ok((state, latest));
+            }
+            let fence = Commit {
+                kind: "lease".into(),
+                ..Commit::default()
+            };
+            match self.commit(lease, &mut state, fence).await {
+                Ok(_) => {
+                    tracing::info!(epoch = lease.epoch(), "compaction lease taken over");
+                    return Ok((state, latest));
+                }
+                // The previous holder committed an instant ago: load again.
+                Err(CompactError::Commit(CommitError::Conflict { .. })) if attempts < 3 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Commits under `lease`, which must still be held: its epoch goes into the commit.
+    async fn commit(
+        &self,
+        lease: &Lease,
+        state: &mut LakeState,
+        mut commit: Commit,
+    ) -> Result<Commit, CompactError> {
+        lease.check().await?;
+        commit.epoch = lease.epoch();
+        Ok(self.commits.commit(state, commit).await?)
+    }
+
+    async fn run_leased(&self, mode: Mode, lease: &mut Lease) -> Result<PassSummary, CompactError> {
+        let (mut state, latest) = self.take_over(lease).await?;
         if let Some(latest) = &latest {
             match self.finish(latest).await {
                 // A rebuild replaces every file, so it repairs a lake whose files were lost.
@@ -168,7 +241,7 @@ impl Compactor {
                 finished => finished?,
             }
         }
-        self.remove_leftovers().await?;
+        self.remove_leftovers(lease.epoch()).await?;
 
         let view = match mode {
             Mode::Incremental => state.clone(),
@@ -176,7 +249,7 @@ impl Compactor {
         };
         let seal_before =
             Utc::now().date_naive() - chrono::Duration::days(self.options.seal_after_days);
-        let mut work = Work::new(self, mode, &view, seal_before);
+        let mut work = Work::new(self, lease, mode, &view, seal_before);
         let days = self
             .pending_days(&view, seal_before, &mut work.sealed)
             .await?;
@@ -193,10 +266,9 @@ impl Compactor {
         work.finish(&mut state).await?;
         let mut summary = std::mem::take(&mut work.summary);
         if mode == Mode::Incremental {
-            self.merge_settled(&mut state, &mut summary).await?;
+            self.merge_settled(lease, &mut state, &mut summary).await?;
         }
         summary.version = state.version;
-        summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
     }
 
@@ -251,7 +323,7 @@ impl Compactor {
             if self.store.exists(&file.path).await? {
                 continue;
             }
-            let pending = files::pending_key(&file.path);
+            let pending = files::pending_key(commit.epoch, &file.path);
             if !self.store.exists(&pending).await? {
                 return Err(CompactError::CommittedFileMissing {
                     path: file.path.clone(),
@@ -263,14 +335,19 @@ impl Compactor {
         Ok(())
     }
 
-    /// Deletes pending and temporary files that no commit names: the remains of a pass
-    /// that died before its commit. Safe because the lease is held.
-    async fn remove_leftovers(&self) -> Result<(), CompactError> {
+    /// Deletes pending (and temporary) files that no commit names: the remains of passes
+    /// that died before their commit, under this lease's epoch or an earlier one. Run once
+    /// the latest commit is finished, under the lease, so nothing of a live pass is there;
+    /// a higher epoch's files belong to a successor and are left alone.
+    async fn remove_leftovers(&self, epoch: u64) -> Result<(), CompactError> {
         let leftovers: Vec<String> = self
             .store
-            .list("tables")
+            .list(files::PENDING_DIR)
             .map_ok(|meta| meta.location.to_string())
-            .try_filter(|key| futures::future::ready(files::is_leftover(key)))
+            .try_filter(|key| {
+                let ours = files::pending_epoch(key).is_none_or(|written| written <= epoch);
+                futures::future::ready(ours)
+            })
             .try_collect()
             .await?;
         for key in &leftovers {
@@ -288,6 +365,7 @@ impl Compactor {
     /// Merges the small files of partitions that have not changed for `merge_after`.
     async fn merge_settled(
         &self,
+        lease: &Lease,
         state: &mut LakeState,
         summary: &mut PassSummary,
     ) -> Result<(), CompactError> {
@@ -315,15 +393,23 @@ impl Compactor {
                     batches.extend(files::decode(self.store.get(&file.path).await?, table)?);
                 }
                 let path = files::new_file_key(table, &institution, date);
-                let written =
-                    write_file(&self.store, path, table, &institution, date, batches).await?;
+                let written = write_file(
+                    &self.store,
+                    lease.epoch(),
+                    path,
+                    table,
+                    &institution,
+                    date,
+                    batches,
+                )
+                .await?;
                 let commit = Commit {
                     kind: "merge".into(),
                     added: written.into_iter().collect(),
                     removed: group.iter().map(|f| f.path.clone()).collect(),
                     ..Commit::default()
                 };
-                self.commits.commit(state, commit.clone()).await?;
+                let commit = self.commit(lease, state, commit).await?;
                 self.finish(&commit).await?;
                 summary.commits += 1;
                 summary.files_merged += group.len();
@@ -333,10 +419,11 @@ impl Compactor {
     }
 }
 
-/// Encodes `batches` as the file `path` of a partition, written under its pending name;
-/// `None` when there is no row to write.
+/// Encodes `batches` as the file `path` of a partition, written under its pending key for
+/// the lease `epoch`; `None` when there is no row to write.
 async fn write_file(
     store: &Store,
+    epoch: u64,
     path: String,
     table: Table,
     institution: &str,
@@ -357,7 +444,7 @@ async fn write_file(
         .expect("encoding does not panic")?;
     let size = bytes.len() as u64;
     store
-        .create(&files::pending_key(&path), bytes, Durability::Synced)
+        .create(&files::pending_key(epoch, &path), bytes, Durability::Synced)
         .await?;
     Ok(Some(DataFile {
         path,
@@ -384,7 +471,7 @@ enum FileJob {
 }
 
 impl FileJob {
-    async fn run(self, store: &Store) -> Result<Option<DataFile>, CompactError> {
+    async fn run(self, store: &Store, epoch: u64) -> Result<Option<DataFile>, CompactError> {
         match self {
             FileJob::Collected {
                 path,
@@ -393,14 +480,14 @@ impl FileJob {
                 superseded,
             } => {
                 let batches = files::without_rows(builder.finish(), &superseded)?;
-                write_file(store, path, table, &institution, date, batches).await
+                write_file(store, epoch, path, table, &institution, date, batches).await
             }
             FileJob::Rewrite(Rewrite { file, path, keys }) => {
                 // Committed files have their final name once their commit is finished; a
                 // rebuild's files keep their pending one until its single commit.
                 let bytes = match store.get(&file.path).await {
                     Err(StoreError::NotFound { .. }) => {
-                        store.get(&files::pending_key(&file.path)).await?
+                        store.get(&files::pending_key(epoch, &file.path)).await?
                     }
                     read => read?,
                 };
@@ -412,6 +499,7 @@ impl FileJob {
                     files::without_keys(files::decode(bytes, file.table)?, column, &keys)?;
                 write_file(
                     store,
+                    epoch,
                     path,
                     file.table,
                     &file.institution,
@@ -628,6 +716,7 @@ struct InFlight {
 /// The work of one pass: rows collected per partition, files written, events consumed.
 struct Work<'a> {
     compactor: &'a Compactor,
+    lease: &'a Lease,
     mode: Mode,
     /// By institution, then table and date: rows are added with a borrowed institution,
     /// without building a key per row.
@@ -657,6 +746,7 @@ struct Work<'a> {
 impl<'a> Work<'a> {
     fn new(
         compactor: &'a Compactor,
+        lease: &'a Lease,
         mode: Mode,
         view: &LakeState,
         seal_before: NaiveDate,
@@ -664,6 +754,7 @@ impl<'a> Work<'a> {
         Work {
             seal_before,
             compactor,
+            lease,
             mode,
             partitions: BTreeMap::new(),
             open_partitions: 0,
@@ -811,9 +902,10 @@ impl<'a> Work<'a> {
         let removed = plan.rewrites.iter().map(|r| r.file.path.clone()).collect();
         jobs.extend(plan.rewrites.into_iter().map(FileJob::Rewrite));
         let store = self.compactor.store.clone();
+        let epoch = self.lease.epoch();
         let files = tokio::spawn(async move {
             let written: Vec<Option<DataFile>> = futures::stream::iter(jobs)
-                .map(|job| job.run(&store))
+                .map(|job| job.run(&store, epoch))
                 .buffer_unordered(2)
                 .try_collect()
                 .await?;
@@ -852,7 +944,7 @@ impl<'a> Work<'a> {
                 for path in &removed {
                     self.compactor
                         .store
-                        .delete(&files::pending_key(path))
+                        .delete(&files::pending_key(self.lease.epoch(), path))
                         .await?;
                 }
             }
@@ -896,21 +988,27 @@ impl<'a> Work<'a> {
             },
             ..Commit::default()
         };
-        if let Err(e) = self.compactor.commits.commit(state, commit.clone()).await {
-            // Only a conflict proves the commit does not exist. After any other failure it
-            // may (its fsync failed, say): its files stay, and the next pass either finishes
-            // the commit or removes them as leftovers.
-            if let CommitError::Conflict { .. } = e {
-                for file in &commit.added {
-                    let _ = self
-                        .compactor
-                        .store
-                        .delete(&files::pending_key(&file.path))
-                        .await;
+        let added: Vec<String> = commit.added.iter().map(|f| f.path.clone()).collect();
+        let commit = match self.compactor.commit(self.lease, state, commit).await {
+            Ok(commit) => commit,
+            Err(e) => {
+                // Only a refusal proves the commit does not exist. After any other failure
+                // it may (its fsync failed, say): its files stay, and the next pass either
+                // finishes the commit or removes them as leftovers.
+                let refused = matches!(
+                    e,
+                    CompactError::Commit(CommitError::Conflict { .. } | CommitError::Fenced { .. })
+                        | CompactError::Lease(LeaseError::Lost)
+                );
+                if refused {
+                    for path in &added {
+                        let pending = files::pending_key(self.lease.epoch(), path);
+                        let _ = self.compactor.store.delete(&pending).await;
+                    }
                 }
+                return Err(e);
             }
-            return Err(e.into());
-        }
+        };
         self.compactor.finish(&commit).await?;
         self.summary.commits += 1;
         Ok(())
@@ -935,4 +1033,13 @@ fn unique_key_of(row: &Row) -> Option<i64> {
         Cell::Int64(id) => Some(id),
         _ => None,
     }
+}
+
+/// This compactor's name in the lease: the host, the process, and a random part.
+fn lease_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(
+        |_| "unknown-host".to_string(),
+        |name| name.trim().to_string(),
+    );
+    format!("{host}/{}/{}", std::process::id(), Uuid::now_v7().simple())
 }

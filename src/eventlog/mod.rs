@@ -162,16 +162,25 @@ impl EventLog {
         };
         let envelope = Envelope::new(&key, sha256.clone(), records, body.len());
         let event = key.to_string();
+        let stored = envelope.encode_with(&body);
         let (_, written) = futures::try_join!(
             self.store.sync(&marker),
             self.store
-                .create(&event, envelope.encode_with(&body), Durability::Synced),
+                .create(&event, stored.clone(), Durability::Synced),
         )?;
+        let duplicate = match written {
+            Created::New => false,
+            // A concurrent resend that found the same claim, or this very write: on S3, a
+            // PUT that landed but timed out is retried by the client and then refused as
+            // existing. Only the bytes tell, and a first-time body must not be reported as
+            // a duplicate.
+            Created::AlreadyExisted => self.store.get(&event).await? != stored,
+        };
         Ok(Appended {
             event_id: key.event_id,
             sha256,
             records,
-            duplicate: written == Created::AlreadyExisted,
+            duplicate,
         })
     }
 

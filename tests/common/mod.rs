@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod s3;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -22,12 +24,42 @@ pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// A working directory with a `datx.toml`; the lake is `lake/` inside it unless the
-/// configuration says otherwise.
+/// Where a workspace keeps its lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `lake/` in the workspace.
+    Local,
+    /// A bucket of its own on the test binary's S3 server.
+    S3,
+}
+
+/// Runs an `async fn name(backend: Backend)` test once per backend, as `name::local` and
+/// `name::s3`: the same test, not a copy.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$name($crate::common::Backend::Local).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                super::$name($crate::common::Backend::S3).await
+            }
+        }
+    )*};
+}
+
+/// A working directory with a `datx.toml`; the lake is `lake/` inside it, or `lake/` in a
+/// bucket of its own on S3, unless the configuration says otherwise.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
-    /// Environment given to every command: the secrets the configuration names.
+    /// Environment given to every command: the secrets the configuration names, and the
+    /// S3 server's address and credentials.
     env: Vec<(String, String)>,
+    bucket: Option<(&'static s3::S3Server, String)>,
+    copies: std::sync::atomic::AtomicU32,
 }
 
 impl Workspace {
@@ -37,11 +69,42 @@ impl Workspace {
     }
 
     pub fn with_env(extra: &str, env: &[(&str, &str)]) -> Workspace {
-        Workspace::create(
-            tempfile::tempdir().expect("a temporary directory"),
-            extra,
-            env,
-        )
+        Workspace::on(Backend::Local, extra, env)
+    }
+
+    pub fn on(backend: Backend, extra: &str, env: &[(&str, &str)]) -> Workspace {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        match backend {
+            Backend::Local => Workspace::create(dir, extra, env),
+            Backend::S3 => Workspace::on_s3(dir, s3::S3Server::shared(), extra, env),
+        }
+    }
+
+    /// A workspace whose lake is a new bucket on `server`.
+    pub fn on_server(server: &'static s3::S3Server, extra: &str) -> Workspace {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Workspace::on_s3(dir, server, extra, &[])
+    }
+
+    fn on_s3(
+        dir: tempfile::TempDir,
+        server: &'static s3::S3Server,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Workspace {
+        let bucket = server.new_bucket();
+        let extra = format!("lake = \"s3://{bucket}/lake\"\n{extra}");
+        let mut workspace = Workspace::create(dir, &extra, env);
+        workspace.env.extend(server.env());
+        workspace.bucket = Some((server, bucket));
+        workspace
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.bucket {
+            Some(_) => Backend::S3,
+            None => Backend::Local,
+        }
     }
 
     /// A workspace in memory (`/dev/shm`) where the machine has it: for tests that write
@@ -54,21 +117,42 @@ impl Workspace {
     }
 
     fn create(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Workspace {
-        let config = format!("listen = \"127.0.0.1:0\"\ncompact_every = \"off\"\n{extra}");
+        // Background compaction is off unless the test turns it on.
+        let compaction = match extra.contains("compact_every") {
+            true => "",
+            false => "compact_every = \"off\"\n",
+        };
+        let config = format!("listen = \"127.0.0.1:0\"\n{compaction}{extra}");
         std::fs::write(dir.path().join("datx.toml"), config).expect("write datx.toml");
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Workspace { dir, env }
+        Workspace {
+            dir,
+            env,
+            bucket: None,
+            copies: Default::default(),
+        }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
+    /// The lake as a directory: the lake itself on a local backend, a fresh copy of the
+    /// bucket on S3 (so what a test reads there went through S3).
     pub fn lake(&self) -> PathBuf {
-        self.dir.path().join("lake")
+        let Some((server, bucket)) = &self.bucket else {
+            return self.dir.path().join("lake");
+        };
+        let copy = self
+            .copies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let into = self.dir.path().join(format!("lake-copy-{copy}"));
+        std::fs::create_dir_all(&into).unwrap();
+        server.download(bucket, "lake", &into);
+        into
     }
 
     /// Runs a one-shot `datx` command in the workspace.
@@ -359,4 +443,49 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// A Python with each `(module, requirement)` importable: `DATX_TEST_PYTHON` (as `.ci/run`
+/// sets it, with its venv already provisioned) or a virtual environment this test suite
+/// makes once under the target directory. Missing requirements are installed from PyPI.
+pub fn python_with(requirements: &[(&str, &str)]) -> PathBuf {
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let python = match std::env::var_os("DATX_TEST_PYTHON") {
+        Some(python) => PathBuf::from(python),
+        None => {
+            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-venv");
+            if !venv.join("bin/python").exists() {
+                let made = Command::new("python3")
+                    .arg("-m")
+                    .arg("venv")
+                    .arg(&venv)
+                    .status();
+                assert!(
+                    made.is_ok_and(|s| s.success()),
+                    "cannot create a Python venv at {}",
+                    venv.display()
+                );
+            }
+            venv.join("bin/python")
+        }
+    };
+    for (module, requirement) in requirements {
+        let importable = Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !importable {
+            let installed = Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", requirement])
+                .status();
+            assert!(
+                installed.is_ok_and(|s| s.success()),
+                "cannot install {requirement} from PyPI into {}",
+                python.display()
+            );
+        }
+    }
+    python
 }

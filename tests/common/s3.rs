@@ -1,0 +1,185 @@
+//! A real S3-compatible server for the tests: moto (from PyPI) on a free loopback port,
+//! started once per test binary (or once per test that stops it on purpose) and killed
+//! with the process that started it.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// moto 5.1.5 is the first to answer `If-None-Match: *` and `If-Match` with 412.
+const MOTO: &str = "moto[server]==5.2.5";
+
+pub struct S3Server {
+    pub endpoint: String,
+    pub address: String,
+    pid: u32,
+}
+
+impl S3Server {
+    /// The server this test binary shares: each workspace takes a bucket of its own.
+    pub fn shared() -> &'static S3Server {
+        static SHARED: OnceLock<S3Server> = OnceLock::new();
+        SHARED.get_or_init(S3Server::start)
+    }
+
+    /// A server of its own, for a test that stops it; killed when dropped.
+    pub fn start() -> S3Server {
+        let python = super::python_with(&[("moto", MOTO)]);
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+        // The thread that starts moto waits on it for as long as it runs: PR_SET_PDEATHSIG
+        // kills moto when that thread ends, which is when the test process exits.
+        std::thread::spawn(move || {
+            let mut command = Command::new(python);
+            command
+                .args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: prctl is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = command.spawn().expect("moto starts");
+            pid_tx.send(child.id()).expect("the test waits for moto");
+            let _ = child.wait();
+        });
+        let pid = pid_rx.recv().expect("moto started");
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not listen on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3Server {
+            endpoint: format!("http://{address}"),
+            address,
+            pid,
+        }
+    }
+
+    /// A new, empty bucket.
+    pub fn new_bucket(&self) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "datx-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let head = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.address
+        );
+        let (status, body) = super::raw_request(&self.address, &head, b"");
+        assert_eq!(status, 200, "cannot create bucket {name}: {body}");
+        name
+    }
+
+    /// The environment `object_store` reads to reach this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Stops the server for real (SIGSTOP): connections are accepted by the kernel and
+    /// never answered, as when a storage node hangs. moto keeps its objects in memory, so
+    /// stopping it is the outage that a restart of a real S3 service looks like: the data
+    /// is still there when it comes back.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory effects; the pid is moto's, which this process started.
+        let sent = unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "cannot signal moto");
+    }
+
+    /// Every object under `prefix` of `bucket`, copied into `into` (a local mirror that
+    /// the tests' directory readers can walk).
+    pub fn download(&self, bucket: &str, prefix: &str, into: &std::path::Path) {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let mut builder = object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
+        for (key, value) in self.env() {
+            if let Ok(key) = key.to_ascii_lowercase().parse() {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let store = builder.build().expect("an S3 client");
+        let into: PathBuf = into.to_path_buf();
+        let prefix = object_store::path::Path::from(prefix);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let objects: Vec<_> = store
+                            .list(Some(&prefix))
+                            .try_collect()
+                            .await
+                            .expect("list the bucket");
+                        for meta in objects {
+                            // Gone since the listing: a compactor running beside the test
+                            // moved or removed it, as a directory reader would also see.
+                            let bytes = match store.get(&meta.location).await {
+                                Err(object_store::Error::NotFound { .. }) => continue,
+                                found => found.unwrap().bytes().await,
+                            };
+                            let relative = meta.location.prefix_match(&prefix).unwrap();
+                            let relative: Vec<String> =
+                                relative.map(|part| part.as_ref().to_string()).collect();
+                            let target = into.join(relative.join("/"));
+                            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+                            std::fs::write(target, bytes.unwrap()).unwrap();
+                        }
+                    });
+                })
+                .join()
+                .unwrap();
+        });
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal`.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
