@@ -373,7 +373,14 @@ mod tests {
         };
         let result = log.commit(&mut state, old_holder).await;
         assert!(
-            matches!(result, Err(CommitError::Fenced { epoch: 2, newer: 3, .. })),
+            matches!(
+                result,
+                Err(CommitError::Fenced {
+                    epoch: 2,
+                    newer: 3,
+                    ..
+                })
+            ),
             "{result:?}"
         );
         assert_eq!(state.version, version);

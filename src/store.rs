@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::ClientConfigKey;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -53,6 +54,9 @@ pub enum Durability {
 /// before its error reaches the caller. S-360 waits for each push's answer, and a 503 with
 /// `Retry-After` tells it to resend: past this budget, answering is worth more than waiting.
 pub const S3_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long one request to S3 may take, unless `AWS_TIMEOUT` says otherwise.
+const S3_ATTEMPT_TIMEOUT: &str = "10s";
 
 /// An object's content with the version a conditional replace must match.
 #[derive(Debug, Clone)]
@@ -110,11 +114,21 @@ impl Store {
                 max_retries: 20,
                 retry_timeout: S3_RETRY_FOR,
             };
-            let s3 = AmazonS3Builder::from_env()
+            let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_retry(retry)
-                .build()
-                .map_err(|e| open_error(e.to_string()))?;
+                .with_retry(retry);
+            // One attempt that hangs (a stalled storage node) must not outlast the retry
+            // budget several times over; `AWS_TIMEOUT` raises it for slow links, where a
+            // merged file of 128 MiB takes longer than this to upload.
+            for (variable, key, default) in [
+                ("AWS_TIMEOUT", ClientConfigKey::Timeout, S3_ATTEMPT_TIMEOUT),
+                ("AWS_CONNECT_TIMEOUT", ClientConfigKey::ConnectTimeout, "2s"),
+            ] {
+                if std::env::var_os(variable).is_none() {
+                    builder = builder.with_config(AmazonS3ConfigKey::Client(key), default);
+                }
+            }
+            let s3 = builder.build().map_err(|e| open_error(e.to_string()))?;
             let objects: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
                 "" => Arc::new(s3),
                 prefix => Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)),

@@ -157,13 +157,24 @@ impl Workspace {
 
     /// Runs a one-shot `datx` command in the workspace.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.command(args).output().expect("datx runs")
+    }
+
+    /// A `datx` command in the workspace, with its environment, to run as the test needs.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .args(args)
             .current_dir(self.path())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("datx runs")
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    /// The keys under `prefix` of the lake (S3 only), listed by the S3 server itself.
+    pub fn s3_keys(&self, prefix: &str) -> Vec<String> {
+        let (server, bucket) = self.bucket.as_ref().expect("an S3 workspace");
+        server.keys(bucket, &format!("lake/{prefix}"))
     }
 
     pub fn serve(&self) -> Server {

@@ -108,6 +108,22 @@ impl S3Server {
         .collect()
     }
 
+    /// The keys under `prefix` in `bucket` (the first thousand), from a plain
+    /// ListObjectsV2 request.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let head = format!(
+            "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.address
+        );
+        let (status, body) = super::raw_request(&self.address, &head, b"");
+        assert_eq!(status, 200, "cannot list {bucket}/{prefix}: {body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Stops the server for real (SIGSTOP): connections are accepted by the kernel and
     /// never answered, as when a storage node hangs. moto keeps its objects in memory, so
     /// stopping it is the outage that a restart of a real S3 service looks like: the data

@@ -1,0 +1,351 @@
+//! Several receivers and compactors on one bucket, and the S3 faults they must survive: a
+//! storage server that stops answering, a compactor killed while it holds the lease, and
+//! one paused past its lease's expiry. Real `datx` processes against a real S3-compatible
+//! server (moto) on 127.0.0.1.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::s3::S3Server;
+use common::{Backend, Workspace, read_table, ticket_checks};
+use serde_json::Value;
+
+const VENUE: &str = r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+auth = "none"
+"#;
+
+/// Every ticket check id in the table, with how many rows carry it.
+fn check_counts(workspace: &Workspace) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for row in read_table(&workspace.lake(), "ticket_checks") {
+        *counts
+            .entry(row["ticket_check_id"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Asserts the table holds each of `ids` exactly once, and nothing else.
+fn assert_exactly(workspace: &Workspace, ids: &BTreeSet<i64>) {
+    let counts = check_counts(workspace);
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(repeated.is_empty(), "repeated: {repeated:?}");
+    let present: BTreeSet<i64> = counts.keys().copied().collect();
+    let missing: Vec<_> = ids.difference(&present).take(5).collect();
+    let extra: Vec<_> = present.difference(ids).take(5).collect();
+    assert!(missing.is_empty(), "missing, e.g. {missing:?}");
+    assert!(extra.is_empty(), "never acknowledged, e.g. {extra:?}");
+}
+
+/// The commits of the lake, in version order.
+fn commits(workspace: &Workspace) -> Vec<Value> {
+    let lake = workspace.lake();
+    let mut paths = common::walk(&lake.join("_datx/commits"));
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
+        .collect()
+}
+
+/// Asserts no commit carries a lower lease epoch than one before it, and returns the
+/// distinct epochs.
+fn assert_epochs_never_go_back(workspace: &Workspace) -> BTreeSet<u64> {
+    let epochs: Vec<u64> = commits(workspace)
+        .iter()
+        .map(|c| c["epoch"].as_u64().unwrap())
+        .collect();
+    assert!(
+        epochs.windows(2).all(|pair| pair[0] <= pair[1]),
+        "a commit came from an older lease: {epochs:?}"
+    );
+    epochs.into_iter().collect()
+}
+
+/// Posts `body` until it is acknowledged, as S-360 does at each run (bounded: 60 tries);
+/// returns the answer.
+async fn post_until_stored(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Value {
+    for _ in 0..60 {
+        if let Ok(response) = client.post(url).body(body.clone()).send().await
+            && response.status() == 200
+        {
+            return response.json().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never acknowledged the body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receivers_and_two_compactors_share_one_bucket_exactly() {
+    let workspace = Workspace::on(
+        Backend::S3,
+        &format!(
+            "compact_every = \"150ms\"\nlease_ttl = \"3s\"\ncompact_chunk_bytes = 30000\n{VENUE}"
+        ),
+        &[],
+    );
+    let servers = [workspace.serve(), workspace.serve()];
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| s.url("/s360/ticketchecks/myvenue"))
+        .collect();
+    let client = reqwest::Client::new();
+    let mut ids = BTreeSet::new();
+    let mut senders = Vec::new();
+    for body in 0..80_i64 {
+        let first = 1_000_000 + body * 100;
+        ids.extend(first..first + 10);
+        let payload = ticket_checks(10, first);
+        // Every body goes to one receiver; every fourth also to the other at the same
+        // time, as a resend racing the first delivery.
+        let mut targets = vec![urls[(body % 2) as usize].clone()];
+        if body % 4 == 0 {
+            targets.push(urls[1 - (body % 2) as usize].clone());
+        }
+        for url in targets {
+            let (client, payload) = (client.clone(), payload.clone());
+            senders.push(tokio::spawn(async move {
+                post_until_stored(&client, &url, payload).await
+            }));
+        }
+        if body % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut by_sha: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for sender in senders {
+        let answer = sender.await.unwrap();
+        by_sha
+            .entry(answer["sha256"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(answer["event_id"].as_str().unwrap().to_string());
+    }
+    // A body sent to both receivers was acknowledged by both under one event.
+    assert_eq!(by_sha.len(), 80);
+    assert!(
+        by_sha.values().all(|events| events.len() == 1),
+        "{by_sha:?}"
+    );
+    let listed = workspace.run(&["events", "list", "--format", "json"]);
+    let listed: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 80, "the event log holds a resent body twice");
+
+    // Both compactors keep running until everything is in the tables.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while check_counts(&workspace).len() < ids.len() {
+        assert!(Instant::now() < deadline, "compaction did not catch up");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
+    drop(servers);
+    assert_exactly(&workspace, &ids);
+    let epochs = assert_epochs_never_go_back(&workspace);
+    assert!(
+        epochs.len() >= 2,
+        "the lease never changed hands: epochs {epochs:?}\n{}\n{}",
+        logs[0],
+        logs[1]
+    );
+    for log in &logs {
+        assert!(!log.contains("compaction pass failed"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
+    let s3: &'static S3Server = Box::leak(Box::new(S3Server::start()));
+    let workspace = Workspace::on_server(
+        s3,
+        &format!("compact_every = \"200ms\"\nlease_ttl = \"5s\"\n{VENUE}"),
+    );
+    let server = workspace.serve();
+    let url = server.url("/s360/ticketchecks/myvenue");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+
+    let mut acknowledged = BTreeSet::new();
+    let mut refused = 0;
+    let mut next = 5_000_000_i64;
+    let mut send = async |acknowledged: &mut BTreeSet<i64>, refused: &mut usize| {
+        let first = next;
+        next += 100;
+        let response = client
+            .post(&url)
+            .body(ticket_checks(10, first))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => {
+                let answer: Value = response.json().await.unwrap();
+                // Acknowledged means stored: the event is there with this body.
+                let shown =
+                    workspace.run(&["events", "show", answer["event_id"].as_str().unwrap()]);
+                assert!(shown.status.success(), "acknowledged but not stored");
+                acknowledged.extend(first..first + 10);
+            }
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                *refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    };
+    for _ in 0..20 {
+        send(&mut acknowledged, &mut refused).await;
+    }
+    assert_eq!(refused, 0);
+
+    s3.pause();
+    let outage = Instant::now();
+    // Bodies sent while the server is stopped: each waits out the retry budget, then 503.
+    let (during, health) = tokio::join!(
+        async {
+            let mut acknowledged = BTreeSet::new();
+            let mut refused = 0;
+            for _ in 0..2 {
+                send(&mut acknowledged, &mut refused).await;
+            }
+            (acknowledged, refused)
+        },
+        async {
+            let response = reqwest::get(server.url("/healthz")).await.unwrap();
+            response.status().as_u16()
+        }
+    );
+    assert_eq!(health, 503, "/healthz did not see the stopped bucket");
+    assert_eq!(
+        during,
+        (BTreeSet::new(), 2),
+        "a body was acknowledged during the outage"
+    );
+    eprintln!("outage lasted {:?}", outage.elapsed());
+    s3.resume();
+
+    // Service resumes: new bodies are stored, and compaction catches up with everything
+    // acknowledged, before and after.
+    for _ in 0..20 {
+        send(&mut acknowledged, &mut refused).await;
+    }
+    assert_eq!(refused, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while check_counts(&workspace).len() < acknowledged.len() {
+        assert!(
+            Instant::now() < deadline,
+            "compaction did not resume:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let healthy = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(healthy.status(), 200, "{}", server.log());
+    drop(server);
+    assert_exactly(&workspace, &acknowledged);
+}
+
+/// Starts `datx compact` (its pass made of many small commits) and returns it once it is
+/// at work: its first pending file or commit is in the bucket, so it holds the lease.
+fn compactor_at_work(workspace: &Workspace) -> Child {
+    let commits_before = workspace.s3_keys("_datx/commits/").len();
+    let mut compactor = workspace
+        .command(&["compact"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            compactor.try_wait().unwrap().is_none(),
+            "the pass ended too soon"
+        );
+        assert!(Instant::now() < deadline, "the pass never got to work");
+        if !workspace.s3_keys("_datx/pending/").is_empty()
+            || workspace.s3_keys("_datx/commits/").len() > commits_before
+        {
+            return compactor;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A lake with 150 bodies of ticket checks not yet compacted; returns their ids.
+async fn lake_to_compact(workspace: &Workspace) -> BTreeSet<i64> {
+    let server = workspace.serve();
+    let mut ids = BTreeSet::new();
+    for body in 0..150_i64 {
+        let first = 7_000_000 + body * 100;
+        common::post(&server, "ticketchecks", "myvenue", ticket_checks(20, first)).await;
+        ids.extend(first..first + 20);
+    }
+    ids
+}
+
+const SMALL_PASSES: &str = "lease_ttl = \"3s\"\ncompact_chunk_bytes = 20000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry() {
+    let workspace = Workspace::on(Backend::S3, &format!("{SMALL_PASSES}{VENUE}"), &[]);
+    let ids = lake_to_compact(&workspace).await;
+    let mut killed = compactor_at_work(&workspace);
+    killed.kill().unwrap(); // SIGKILL: no release
+    killed.wait().unwrap();
+
+    // The lease is still the dead compactor's: the next one is told until when.
+    let refused = workspace.run(&["compact"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("holds the lease"), "{said}");
+
+    std::thread::sleep(Duration::from_secs(3));
+    let printed = common::compact(&workspace, "compact");
+    eprintln!("after the expiry: {printed}");
+    assert_exactly(&workspace, &ids);
+    let epochs = assert_epochs_never_go_back(&workspace);
+    assert!(epochs.len() >= 2, "no takeover: {epochs:?}");
+    assert!(workspace.s3_keys("_datx/pending/").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compactor_paused_past_its_lease_cannot_commit() {
+    let workspace = Workspace::on(Backend::S3, &format!("{SMALL_PASSES}{VENUE}"), &[]);
+    let ids = lake_to_compact(&workspace).await;
+    let paused = compactor_at_work(&workspace);
+    let pid = paused.id() as libc::pid_t;
+    // SAFETY: signals to a child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(3500));
+
+    // A successor takes the lease and compacts everything while the first is stopped.
+    common::compact(&workspace, "compact");
+    let versions_before = commits(&workspace).len();
+    assert_exactly(&workspace, &ids);
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let output = paused.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the paused compactor finished its pass: {said}"
+    );
+    eprintln!("the paused compactor said: {said}");
+    // It committed nothing after its successor, and the tables are still exact.
+    assert_eq!(commits(&workspace).len(), versions_before, "{said}");
+    assert_epochs_never_go_back(&workspace);
+    assert_exactly(&workspace, &ids);
+    let again = common::compact(&workspace, "compact");
+    assert!(again.starts_with("0 events consumed"), "{again}");
+    assert_exactly(&workspace, &ids);
+}
