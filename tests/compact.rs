@@ -875,3 +875,129 @@ on_both_backends!(
     rebuild_gives_the_rows_of_the_incremental_passes_and_small_files_merge,
     a_later_ticket_check_replaces_the_earlier_one_whatever_its_date,
 );
+
+/// The types datx and Spark give a column, as Spark names them.
+fn spark_type_of(arrow_type: &str) -> &'static str {
+    match arrow_type {
+        "Int64" => "bigint",
+        "Utf8" | "Utf8View" => "string",
+        "Boolean" => "boolean",
+        "Date32" => "date",
+        t if t.starts_with("Timestamp(") => "timestamp",
+        other => panic!("no Spark type known for {other}"),
+    }
+}
+
+/// `datx sql` in the workspace, as JSON rows.
+fn datx_rows(workspace: &Workspace, statement: &str) -> Vec<Row> {
+    let output = workspace.run(&["sql", "--format", "json", statement]);
+    assert!(
+        output.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn spark_reads_every_table_as_datx_sql_does() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    post_samples(&server, "myvenue").await;
+    post(&server, "ticketchecks", "othervenue", ticket_checks(40, 77)).await;
+    // A record of another shape, kept in `rejects`.
+    post(
+        &server,
+        "orders",
+        "othervenue",
+        br#"[{"order": "unknown"}]"#.to_vec(),
+    )
+    .await;
+    drop(server);
+    compact(&workspace, "compact");
+
+    // One local JVM, every socket on loopback, the session in UTC; each table read as a
+    // Spark user would, with Hive partition discovery.
+    let script = r#"
+import json, os, sys
+os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+from pyspark.sql import SparkSession, functions as F
+spark = (SparkSession.builder.master("local[1]")
+    .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+    .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+out = {}
+for table in sys.argv[2:]:
+    df = spark.read.parquet(f"{sys.argv[1]}/tables/{table}")
+    out[table] = {"count": df.count(), "types": {f.name: f.dataType.simpleString() for f in df.schema.fields}}
+check = (spark.read.parquet(f"{sys.argv[1]}/tables/ticket_checks")
+    .where(F.col("ticket_check_id") == 10228845124401)
+    .select(F.date_format("access_time", "yyyy-MM-dd'T'HH:mm:ss").alias("utc"),
+            F.date_format(F.from_utc_timestamp("access_time", "Europe/Zurich"), "yyyy-MM-dd HH:mm:ss").alias("local"),
+            F.col("date").cast("string").alias("date"))
+    .collect())
+out["check"] = [row.asDict() for row in check]
+spark.stop()
+print(json.dumps(out))
+"#;
+    let tables = [
+        "contacts",
+        "orders",
+        "order_movements",
+        "ticket_checks",
+        "rejects",
+    ];
+    let output = Command::new(common::python_with(&[("pyspark", "pyspark==4.0.5")]))
+        .arg("-c")
+        .arg(script)
+        .arg(workspace.lake())
+        .args(tables)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let spark: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for table in tables {
+        let count = &datx_rows(&workspace, &format!("SELECT count(*) AS n FROM {table}"))[0]["n"];
+        assert_eq!(&spark[table]["count"], count, "{table}");
+        let spark_types = spark[table]["types"].as_object().unwrap();
+        let columns: Vec<&String> = spark_types.keys().collect();
+        let typeof_all = columns
+            .iter()
+            .map(|c| format!("arrow_typeof(\"{c}\") AS \"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let datx_types = &datx_rows(
+            &workspace,
+            &format!("SELECT {typeof_all} FROM {table} LIMIT 1"),
+        )[0];
+        for column in columns {
+            let datx_type = datx_types[column.as_str()].as_str().unwrap();
+            assert_eq!(
+                spark_types[column],
+                spark_type_of(datx_type),
+                "{table}.{column}: datx has {datx_type}"
+            );
+        }
+        assert_eq!(spark_types["date"], "date", "{table}");
+        assert_eq!(spark_types["_received_at"], "timestamp", "{table}");
+    }
+    assert_eq!(spark["ticket_checks"]["types"]["ticket_check_id"], "bigint");
+    assert_eq!(spark["ticket_checks"]["types"]["access_time"], "timestamp");
+    // The sample's check at 18:25:10 in Zurich: the same instant in Spark and in datx, and
+    // Spark gives back the venue's wall time from it.
+    let datx_check = &datx_rows(
+        &workspace,
+        "SELECT to_char(access_time, '%Y-%m-%dT%H:%M:%S') AS utc, CAST(date AS VARCHAR) AS date \
+         FROM ticket_checks WHERE ticket_check_id = 10228845124401",
+    )[0];
+    assert_eq!(
+        spark["check"],
+        json!([{"utc": datx_check["utc"], "local": "2023-02-09 18:25:10", "date": datx_check["date"]}])
+    );
+    assert_eq!(datx_check["utc"], "2023-02-09T17:25:10");
+}

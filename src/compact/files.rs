@@ -78,7 +78,10 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Bytes, parquet::errors::Parquet
         .set_compression(Compression::SNAPPY)
         .set_column_dictionary_enabled(raw.clone(), false)
         .set_column_statistics_enabled(raw, EnabledStatistics::None)
-        .set_created_by(format!("datx {}", env!("CARGO_PKG_VERSION")))
+        // The form parquet-java (Spark) parses: for a writer it cannot name, it ignores
+        // string statistics kept in the old min/max fields (PARQUET-251) and reads
+        // DELTA_BYTE_ARRAY pages sequentially.
+        .set_created_by(format!("datx version {}", env!("CARGO_PKG_VERSION")))
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties))?;
     for batch in batches {
@@ -199,4 +202,39 @@ fn int64s<'a>(batch: &'a RecordBatch, column: &str) -> Result<&'a Int64Array, Ar
         .column_by_name(column)
         .and_then(|array| array.as_any().downcast_ref::<Int64Array>())
         .ok_or_else(|| ArrowError::SchemaError(format!("{column} is not an Int64 column")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    #[test]
+    fn files_name_their_writer_as_parquet_java_parses_it() {
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![std::sync::Arc::new(Int64Array::from(vec![1, 2]))],
+        )
+        .unwrap();
+        let file = SerializedFileReader::new(encode(&[batch]).unwrap()).unwrap();
+        let created_by = file.metadata().file_metadata().created_by().unwrap();
+        // parquet-java's VersionParser: `(.*?)\s+version\s*([^(]*?)...`, whole string.
+        let (application, version) = created_by.split_once(" version ").unwrap();
+        assert_eq!(application, "datx");
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn pending_keys_carry_their_lease_epoch() {
+        let key = pending_key(
+            7,
+            "tables/orders/institution=v/date=2023-02-01/part-x.parquet",
+        );
+        assert_eq!(pending_epoch(&key), Some(7));
+        assert_eq!(pending_epoch("tables/orders/part-x.parquet"), None);
+        assert_eq!(pending_epoch("_datx/pending/junk"), None);
+    }
 }
