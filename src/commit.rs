@@ -245,17 +245,17 @@ impl CommitLog {
             });
         }
         commit.committed_at = Some(Utc::now());
-        let bytes = serde_json::to_vec(&commit).expect("a commit serialises");
+        let bytes = Bytes::from(serde_json::to_vec(&commit).expect("a commit serialises"));
+        let key = commit_key(commit.version);
         match self
             .store
-            .create(
-                &commit_key(commit.version),
-                Bytes::from(bytes),
-                Durability::Synced,
-            )
+            .create(&key, bytes.clone(), Durability::Synced)
             .await?
         {
             Created::New => {}
+            // On S3, a PUT that landed but timed out is retried by the client and refused
+            // as existing: only the bytes tell whether the version is this commit.
+            Created::AlreadyExisted if self.store.get(&key).await? == bytes => {}
             Created::AlreadyExisted => {
                 return Err(CommitError::Conflict {
                     version: commit.version,

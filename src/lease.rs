@@ -35,7 +35,7 @@ pub enum LeaseError {
 const LEASE_KEY: &str = "_datx/lease.json";
 
 /// The lease object on S3.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct LeaseRecord {
     owner: String,
     epoch: u64,
@@ -47,6 +47,9 @@ struct LeaseRecord {
 #[derive(Debug)]
 pub struct Lease {
     epoch: u64,
+    /// The lease object was created by this acquisition, or replaced an unreadable one: its
+    /// epoch started again from 1, and may equal one already in the commit log.
+    fresh: bool,
     hold: Hold,
 }
 
@@ -89,6 +92,7 @@ impl Lease {
             // One machine, one kernel lock: no epoch is needed to tell holders apart.
             Ok(()) => Ok(Lease {
                 epoch: 0,
+                fresh: false,
                 hold: Hold::Local { _lock: file },
             }),
             Err(std::fs::TryLockError::WouldBlock) => Err(LeaseError::Busy {
@@ -105,8 +109,12 @@ impl Lease {
         ttl: Duration,
     ) -> Result<Lease, LeaseError> {
         let current = store.get_versioned(LEASE_KEY).await?;
+        let mut fresh = false;
         let epoch = match &current {
-            None => 1,
+            None => {
+                fresh = true;
+                1
+            }
             Some(Versioned { bytes, .. }) => match serde_json::from_slice::<LeaseRecord>(bytes) {
                 // Ours, released or not: nobody held it since, so the epoch stays.
                 Ok(held) if held.owner == owner => held.epoch,
@@ -121,6 +129,7 @@ impl Lease {
                     // The epoch it held is unknown; `fence_above` raises ours past every
                     // epoch in the commit log.
                     tracing::warn!(error = %e, "the lease object is unreadable; taking it over");
+                    fresh = true;
                     1
                 }
             },
@@ -152,6 +161,7 @@ impl Lease {
         tracing::debug!(owner, epoch, "compaction lease taken");
         Ok(Lease {
             epoch,
+            fresh,
             hold: Hold::Shared(shared),
         })
     }
@@ -161,19 +171,24 @@ impl Lease {
         self.epoch
     }
 
-    /// Makes this lease's epoch higher than `epoch` (the highest in the commit log), for a
-    /// lease object that was removed or damaged and so started again from 1.
+    /// Makes this lease's epoch at least `epoch` (the highest in the commit log), and
+    /// higher than it for a lease object that was removed or damaged and so started again
+    /// from 1 (its epoch may have been another holder's).
     pub async fn fence_above(&mut self, epoch: u64) -> Result<(), LeaseError> {
         let Hold::Shared(shared) = &self.hold else {
+            // One kernel lock: the epoch only has to keep up with the log's (a lake copied
+            // from S3 carries epochs above 0).
+            self.epoch = self.epoch.max(epoch);
             return Ok(());
         };
-        if self.epoch > epoch {
+        if self.epoch > epoch || (self.epoch == epoch && !self.fresh) {
             return Ok(());
         }
         if !shared.renew(epoch + 1).await? {
             return Err(LeaseError::Lost);
         }
         self.epoch = epoch + 1;
+        self.fresh = false;
         Ok(())
     }
 
@@ -195,10 +210,12 @@ impl Lease {
         let Hold::Shared(shared) = &self.hold else {
             return;
         };
+        // Locked first: a renewal in flight completes, and its new version is the one the
+        // release must match.
+        let mut state = shared.state.lock().await;
         if let Some(renewer) = shared.renewer.lock().expect("never poisoned").take() {
             renewer.abort();
         }
-        let mut state = shared.state.lock().await;
         if state.lost {
             return;
         }
@@ -207,7 +224,10 @@ impl Lease {
             .put_if(LEASE_KEY, released(&state.record), state.version.as_ref())
             .await
         {
-            Ok(_) => state.lost = true,
+            Ok(Some(_)) => state.lost = true,
+            Ok(None) => {
+                tracing::warn!("the lease changed before its release; it expires on its own")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the lease could not be released; it expires on its own")
             }
@@ -256,6 +276,11 @@ impl Drop for Lease {
 }
 
 impl Shared {
+    async fn renew_same_epoch(&self) -> Result<bool, LeaseError> {
+        let epoch = self.state.lock().await.record.epoch;
+        self.renew(epoch).await
+    }
+
     /// Writes the lease with `epoch` and a new expiry over the version last seen (or as a
     /// new object when none was). `Ok(false)` when someone else wrote it first.
     async fn renew(&self, epoch: u64) -> Result<bool, LeaseError> {
@@ -283,10 +308,23 @@ impl Shared {
                 state.valid_until = sent + self.ttl - self.ttl / 4;
                 Ok(true)
             }
-            None => {
-                state.lost = true;
-                Ok(false)
-            }
+            // A write that landed but whose answer was lost is retried by the client and
+            // refused: if the object is what this holder wrote, it is still the holder.
+            None => match self.store.get_versioned(LEASE_KEY).await? {
+                Some(current)
+                    if serde_json::from_slice::<LeaseRecord>(&current.bytes)
+                        .is_ok_and(|found| found == record) =>
+                {
+                    state.record = record;
+                    state.version = Some(current.version);
+                    state.valid_until = sent + self.ttl - self.ttl / 4;
+                    Ok(true)
+                }
+                _ => {
+                    state.lost = true;
+                    Ok(false)
+                }
+            },
         }
     }
 }
@@ -295,19 +333,24 @@ impl Shared {
 /// a reason other than a takeover (S3 unreachable) is tried again at the next tick; the
 /// lease simply runs out if none succeeds in time.
 async fn renew_until_lost(shared: std::sync::Weak<Shared>, every: Duration) {
+    let mut wait = every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let epoch = shared.state.lock().await.record.epoch;
-        match shared.renew(epoch).await {
+        wait = every;
+        match shared.renew_same_epoch().await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(epoch, "the compaction lease was taken over");
+                tracing::warn!("the compaction lease was taken over");
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "the compaction lease could not be renewed"),
+            Err(e) => {
+                // Tried again soon: one slow request must not let the term run out.
+                wait = Duration::from_secs(1).min(every);
+                tracing::warn!(error = %e, "the compaction lease could not be renewed");
+            }
         }
     }
 }

@@ -10,12 +10,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::commit::CommitError;
 use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::eventlog::EventLog;
@@ -102,7 +104,14 @@ pub async fn run(
     if let Some((compactor, task)) = compaction {
         task.abort();
         let _ = task.await;
-        compactor.release_abandoned_lease().await;
+        // Bounded: a stop must not wait on a bucket that does not answer.
+        let release = compactor.release_abandoned_lease();
+        if tokio::time::timeout(Duration::from_secs(5), release)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the compaction lease was not released in time; it expires on its own");
+        }
     }
     tracing::info!("datx stopped");
     Ok(())
@@ -173,11 +182,10 @@ async fn compact_in_background(
     loop {
         tokio::time::sleep(wait).await;
         wait = every;
-        let mut pass = AbortOnDrop(tokio::spawn({
-            let compactor = compactor.clone();
-            async move { compactor.pass().await }
-        }));
-        let error = match (&mut pass.0).await {
+        // In this task, not a task of its own, so that stopping the loop stops the pass
+        // before `serve` releases its lease; a panic is caught and retried like an error.
+        let pass = std::panic::AssertUnwindSafe(compactor.pass()).catch_unwind();
+        let error = match pass.await {
             Ok(Ok(summary)) => {
                 health.succeeded();
                 crate::metrics::compaction(&summary);
@@ -200,11 +208,19 @@ async fn compact_in_background(
                     owner,
                     "compaction skipped: another compactor holds the lease"
                 );
-                health.succeeded();
+                continue;
+            }
+            // Another compactor took over (this one was slow or cut off): its work goes
+            // on there, which is not a failure of compaction.
+            Ok(Err(
+                e @ (CompactError::Lease(LeaseError::Lost)
+                | CompactError::Commit(CommitError::Fenced { .. })),
+            )) => {
+                tracing::warn!(error = %e, "compaction pass abandoned to another compactor");
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
-            Err(crashed) => format!("the pass stopped unexpectedly: {crashed}"),
+            Err(panic) => format!("the pass stopped unexpectedly: {}", panic_message(&*panic)),
         };
         let failing = health.failed(error);
         wait = every
@@ -221,14 +237,13 @@ async fn compact_in_background(
     }
 }
 
-/// A spawned task that stops when its handle is dropped: a pass stops with the loop that
-/// started it.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }
 
 /// `GET /healthz`: 200 only when a durable write to the lake succeeds right now and

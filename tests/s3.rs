@@ -162,7 +162,7 @@ async fn two_receivers_and_two_compactors_share_one_bucket_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
-    let s3: &'static S3Server = Box::leak(Box::new(S3Server::start()));
+    let s3: &'static S3Server = Box::leak(Box::new(common::start_s3()));
     let workspace = Workspace::on_server(
         s3,
         &format!("compact_every = \"200ms\"\nlease_ttl = \"5s\"\n{VENUE}"),

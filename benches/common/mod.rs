@@ -1,10 +1,18 @@
-//! Helpers shared by the benchmarks that compare datx with DuckDB.
+//! Helpers shared by the benchmarks: bodies, timed phases, and running `datx compact` or
+//! a Python reader as child processes.
 
 #![allow(dead_code)] // each bench uses its own part
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Records in each body the load benches send, as S-360 does at most.
+pub const RECORDS_PER_BODY: usize = 50;
 
 /// The Python that has duckdb: `DATX_TEST_PYTHON`, else the venv `.ci/run` makes.
 pub fn python() -> PathBuf {
@@ -112,4 +120,103 @@ pub fn last_line<T: std::str::FromStr>(output: &Output, what: &str) -> T {
 pub fn fail(message: &str) -> ! {
     eprintln!("bench failed: {message}");
     std::process::exit(1)
+}
+
+/// Builds distinct 50-record bodies from the shared ticket-check sample: only the ids
+/// change, so every body has the size and shape S-360 sends.
+pub struct Bodies {
+    record_prefix: String,
+    record_suffix: String,
+    next: AtomicU64,
+}
+
+impl Bodies {
+    pub fn new() -> Bodies {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/samples/ticketchecks.json"
+        );
+        let sample: Vec<serde_json::Value> = serde_json::from_slice(
+            &std::fs::read(path).expect("the shared samples are beside the repo"),
+        )
+        .expect("the sample parses");
+        let mut record = sample[0].clone();
+        record["ticket_check_id"] = serde_json::json!(0);
+        let text = serde_json::to_string(&record).unwrap();
+        let (prefix, suffix) = text.split_once("\"ticket_check_id\":0").unwrap();
+        Bodies {
+            record_prefix: format!("{prefix}\"ticket_check_id\":"),
+            record_suffix: suffix.to_string(),
+            next: AtomicU64::new(10_228_845_000_000),
+        }
+    }
+
+    pub fn next(&self) -> Bytes {
+        let first = self
+            .next
+            .fetch_add(RECORDS_PER_BODY as u64, Ordering::Relaxed);
+        let mut body = String::with_capacity(RECORDS_PER_BODY * 260);
+        body.push('[');
+        for i in 0..RECORDS_PER_BODY as u64 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&self.record_prefix);
+            body.push_str(&(first + i).to_string());
+            body.push_str(&self.record_suffix);
+        }
+        body.push(']');
+        Bytes::from(body)
+    }
+}
+
+pub struct PhaseResult {
+    pub batches: usize,
+    pub elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl PhaseResult {
+    pub fn per_second(&self) -> f64 {
+        self.batches as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&mut self, p: f64) -> f64 {
+        self.latencies.sort_unstable();
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index].as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs `tasks` loops of `one` until `duration` has passed, recording each call's latency.
+pub async fn run_phase<F, Fut>(tasks: usize, duration: Duration, one: F) -> PhaseResult
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let one = one.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let call = Instant::now();
+                    one().await;
+                    latencies.push(call.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.expect("a bench task panicked"));
+    }
+    PhaseResult {
+        batches: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
 }

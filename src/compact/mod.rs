@@ -133,6 +133,14 @@ pub struct Compactor {
     /// Names this compactor in the lease: host, process and a random part, so that two
     /// compactors in one process (or a restarted process) are never taken for each other.
     owner: String,
+    /// The state after this compactor's last successful pass: the next pass reads only the
+    /// commits made since (one request when there are none) instead of a checkpoint and up
+    /// to 50 commits, which on S3 is most of an idle pass's requests.
+    last_state: std::sync::Mutex<Option<LakeState>>,
+    /// Set when a pass fails: a commit it sent may still land (a PUT that timed out), so
+    /// the next pass claims the next version with a `lease` commit before it removes any
+    /// file of its epoch.
+    fence_next: std::sync::atomic::AtomicBool,
 }
 
 impl Compactor {
@@ -148,6 +156,8 @@ impl Compactor {
                 .collect(),
             options: CompactOptions::from_config(config),
             owner: lease_owner(),
+            last_state: std::sync::Mutex::new(None),
+            fence_next: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -173,26 +183,40 @@ impl Compactor {
         let started = Instant::now();
         let mut lease = Lease::acquire(&self.store, &self.owner, self.options.lease_ttl).await?;
         let result = self.run_leased(mode, &mut lease).await;
+        if result.is_err() {
+            self.fence_next
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         lease.release().await;
         let mut summary = result?;
         summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
     }
 
-    /// Loads the lake as of its latest commit and makes it this lease's: when the lease's
-    /// epoch is new to the lake, a `lease` commit records it before anything is removed, so
-    /// the previous holder, if it is still running, can no longer commit (its next version
-    /// is taken, or its epoch is lower than the log's).
-    async fn take_over(
-        &self,
-        lease: &mut Lease,
-    ) -> Result<(LakeState, Option<Commit>), CompactError> {
+    /// Loads the lake as of its latest commit, finishes that commit, and makes the lake this
+    /// lease's: when the lease's epoch is new to the lake (or the last pass failed), a
+    /// `lease` commit takes the next version before anything is removed, so the previous
+    /// holder, if it is still running, can no longer commit (its next version is taken, or
+    /// its epoch is lower than the log's). The latest commit is finished first: once the
+    /// `lease` commit is the latest, no later pass would finish it.
+    async fn take_over(&self, lease: &mut Lease, mode: Mode) -> Result<LakeState, CompactError> {
         let mut attempts = 0;
         loop {
-            let (mut state, latest) = self.commits.load().await?;
+            let known = self.last_state.lock().expect("never poisoned").clone();
+            let (mut state, latest) = match known {
+                Some(mut state) => {
+                    let latest = self.commits.catch_up(&mut state).await?;
+                    (state, latest)
+                }
+                None => self.commits.load().await?,
+            };
+            if let Some(latest) = &latest {
+                self.finish_latest(latest, mode).await?;
+            }
             lease.fence_above(state.epoch).await?;
-            if state.epoch == lease.epoch() {
-                return Ok((state, latest));
+            let fence_next = self.fence_next.load(std::sync::atomic::Ordering::Relaxed);
+            if state.epoch == lease.epoch() && !fence_next {
+                return Ok(state);
             }
             let fence = Commit {
                 kind: "lease".into(),
@@ -200,8 +224,10 @@ impl Compactor {
             };
             match self.commit(lease, &mut state, fence).await {
                 Ok(_) => {
-                    tracing::info!(epoch = lease.epoch(), "compaction lease taken over");
-                    return Ok((state, latest));
+                    tracing::info!(epoch = lease.epoch(), "compaction lease taken");
+                    self.fence_next
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(state);
                 }
                 // The previous holder committed an instant ago: load again.
                 Err(CompactError::Commit(CommitError::Conflict { .. })) if attempts < 3 => {
@@ -225,22 +251,7 @@ impl Compactor {
     }
 
     async fn run_leased(&self, mode: Mode, lease: &mut Lease) -> Result<PassSummary, CompactError> {
-        let (mut state, latest) = self.take_over(lease).await?;
-        if let Some(latest) = &latest {
-            match self.finish(latest).await {
-                // A rebuild replaces every file, so it repairs a lake whose files were lost.
-                Err(CompactError::CommittedFileMissing { path, version })
-                    if mode == Mode::Rebuild =>
-                {
-                    tracing::warn!(
-                        path,
-                        version,
-                        "a committed file is missing; the rebuild replaces it"
-                    );
-                }
-                finished => finished?,
-            }
-        }
+        let mut state = self.take_over(lease, mode).await?;
         self.remove_leftovers(lease.epoch()).await?;
 
         let view = match mode {
@@ -269,6 +280,7 @@ impl Compactor {
             self.merge_settled(lease, &mut state, &mut summary).await?;
         }
         summary.version = state.version;
+        *self.last_state.lock().expect("never poisoned") = Some(state);
         Ok(summary)
     }
 
@@ -311,6 +323,22 @@ impl Compactor {
         })
     }
 
+    /// Finishes the latest commit of the lake, which a crash may have cut short.
+    async fn finish_latest(&self, latest: &Commit, mode: Mode) -> Result<(), CompactError> {
+        match self.finish(latest).await {
+            // A rebuild replaces every file, so it repairs a lake whose files were lost.
+            Err(CompactError::CommittedFileMissing { path, version }) if mode == Mode::Rebuild => {
+                tracing::warn!(
+                    path,
+                    version,
+                    "a committed file is missing; the rebuild replaces it"
+                );
+                Ok(())
+            }
+            finished => finished,
+        }
+    }
+
     /// Completes what a commit promised: its retired files gone, then its files at their
     /// final names. In that order a reader that lists directories may miss a merged
     /// partition for an instant but never sees it twice. Idempotent, so it can always run
@@ -324,13 +352,25 @@ impl Compactor {
                 continue;
             }
             let pending = files::pending_key(commit.epoch, &file.path);
-            if !self.store.exists(&pending).await? {
-                return Err(CompactError::CommittedFileMissing {
-                    path: file.path.clone(),
-                    version: commit.version,
-                });
+            let moved = match self.store.exists(&pending).await? {
+                true => self.store.rename(&pending, &file.path).await,
+                false => Err(StoreError::NotFound {
+                    key: pending.clone(),
+                }),
+            };
+            match moved {
+                Ok(()) => {}
+                // Another holder (one paused past its lease, say) may have moved it an
+                // instant ago.
+                Err(StoreError::NotFound { .. }) if self.store.exists(&file.path).await? => {}
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(CompactError::CommittedFileMissing {
+                        path: file.path.clone(),
+                        version: commit.version,
+                    });
+                }
+                Err(e) => return Err(e.into()),
             }
-            self.store.rename(&pending, &file.path).await?;
         }
         Ok(())
     }

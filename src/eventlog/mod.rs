@@ -121,6 +121,7 @@ impl EventLog {
     ) -> Result<Appended, EventLogError> {
         let sha256 = sha256_hex(&body);
         let claimed = EventKey::new(stream, institution, Uuid::now_v7());
+        let claimed_id = claimed.event_id;
         let marker = marker_key(stream, institution, &sha256);
         let claim = self
             .store
@@ -162,20 +163,16 @@ impl EventLog {
         };
         let envelope = Envelope::new(&key, sha256.clone(), records, body.len());
         let event = key.to_string();
-        let stored = envelope.encode_with(&body);
         let (_, written) = futures::try_join!(
             self.store.sync(&marker),
             self.store
-                .create(&event, stored.clone(), Durability::Synced),
+                .create(&event, envelope.encode_with(&body), Durability::Synced),
         )?;
-        let duplicate = match written {
-            Created::New => false,
-            // A concurrent resend that found the same claim, or this very write: on S3, a
-            // PUT that landed but timed out is retried by the client and then refused as
-            // existing. Only the bytes tell, and a first-time body must not be reported as
-            // a duplicate.
-            Created::AlreadyExisted => self.store.get(&event).await? != stored,
-        };
+        // An event already under this request's own claim is its own write: on S3, a PUT
+        // that landed but whose answer was lost is retried by the client and refused as
+        // existing, and a first-time body must not be reported as a duplicate. Under a
+        // claim found in the marker, it is a concurrent resend's.
+        let duplicate = written == Created::AlreadyExisted && key.event_id != claimed_id;
         Ok(Appended {
             event_id: key.event_id,
             sha256,

@@ -3,10 +3,13 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod http;
 pub mod s3;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+#[allow(unused_imports)] // not every test binary sends raw requests
+pub use http::raw_request;
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -76,7 +79,7 @@ impl Workspace {
         let dir = tempfile::tempdir().expect("a temporary directory");
         match backend {
             Backend::Local => Workspace::create(dir, extra, env),
-            Backend::S3 => Workspace::on_s3(dir, s3::S3Server::shared(), extra, env),
+            Backend::S3 => Workspace::on_s3(dir, shared_s3(), extra, env),
         }
     }
 
@@ -324,28 +327,6 @@ pub fn compact(workspace: &Workspace, command: &str) -> String {
     printed
 }
 
-/// The status code and body of a hand-written HTTP/1.1 request. Used where a client
-/// library would rewrite the request: paths with `..`, chunked bodies.
-pub fn raw_request(address: &str, head: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to datx");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("set a read timeout");
-    stream.write_all(head.as_bytes()).expect("send the head");
-    // The server may answer and close before the whole body is sent (413): that is fine.
-    let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
 /// A body of `count` ticket checks, made from the shared sample with distinct ids.
 pub fn ticket_checks(count: usize, first_id: i64) -> Vec<u8> {
     let sample: Vec<serde_json::Value> =
@@ -454,6 +435,17 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// The S3 server this test binary shares: each workspace takes a bucket of its own.
+pub fn shared_s3() -> &'static s3::S3Server {
+    static SHARED: std::sync::OnceLock<s3::S3Server> = std::sync::OnceLock::new();
+    SHARED.get_or_init(start_s3)
+}
+
+/// An S3 server of its own, for a test that stops it.
+pub fn start_s3() -> s3::S3Server {
+    s3::S3Server::start(&python_with(&[("moto", s3::MOTO)]))
 }
 
 /// A Python with each `(module, requirement)` importable: `DATX_TEST_PYTHON` (as `.ci/run`

@@ -6,12 +6,11 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// moto 5.1.5 is the first to answer `If-None-Match: *` and `If-Match` with 412.
-const MOTO: &str = "moto[server]==5.2.5";
+pub const MOTO: &str = "moto[server]==5.2.5";
 
 pub struct S3Server {
     pub endpoint: String,
@@ -20,15 +19,9 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// The server this test binary shares: each workspace takes a bucket of its own.
-    pub fn shared() -> &'static S3Server {
-        static SHARED: OnceLock<S3Server> = OnceLock::new();
-        SHARED.get_or_init(S3Server::start)
-    }
-
-    /// A server of its own, for a test that stops it; killed when dropped.
-    pub fn start() -> S3Server {
-        let python = super::python_with(&[("moto", MOTO)]);
+    /// Starts moto with `python` (which has `MOTO` installed); killed when dropped.
+    pub fn start(python: &std::path::Path) -> S3Server {
+        let python = python.to_path_buf();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -89,7 +82,7 @@ impl S3Server {
             "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.address
         );
-        let (status, body) = super::raw_request(&self.address, &head, b"");
+        let (status, body) = super::http::raw_request(&self.address, &head, b"");
         assert_eq!(status, 200, "cannot create bucket {name}: {body}");
         name
     }
@@ -115,13 +108,31 @@ impl S3Server {
             "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.address
         );
-        let (status, body) = super::raw_request(&self.address, &head, b"");
+        let (status, body) = super::http::raw_request(&self.address, &head, b"");
         assert_eq!(status, 200, "cannot list {bucket}/{prefix}: {body}");
         body.split("<Key>")
             .skip(1)
             .filter_map(|rest| rest.split("</Key>").next())
             .map(str::to_string)
             .collect()
+    }
+
+    /// CPU time moto has used so far, in seconds: a bench compares it with the wall time
+    /// to tell whether moto (one Python process) was the limit.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are the 12th and 13th of them, in clock ticks.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields.get(11..13).map_or(0.0, |t| {
+            t.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+        });
+        // SAFETY: sysconf only reads a system constant.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     }
 
     /// Stops the server for real (SIGSTOP): connections are accepted by the kernel and
