@@ -6,7 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::s3::S3Server;
@@ -254,9 +257,18 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
     assert_exactly(&workspace, &acknowledged);
 }
 
+/// How far a compactor gets before the test intervenes.
+#[derive(Debug, Clone, Copy)]
+enum AtWork {
+    /// Its first pending file is written.
+    Pending,
+    /// Its first commit has landed (its files may not have their final names yet).
+    Committed,
+}
+
 /// Starts `datx compact` (its pass made of many small commits) and returns it once it is
-/// at work: its first pending file or commit is in the bucket, so it holds the lease.
-fn compactor_at_work(workspace: &Workspace) -> Child {
+/// `at` work, and so holds the lease.
+fn compactor_at_work(workspace: &Workspace, at: AtWork) -> Child {
     let commits_before = workspace.s3_keys("_datx/commits/").len();
     let mut compactor = workspace
         .command(&["compact"])
@@ -271,9 +283,11 @@ fn compactor_at_work(workspace: &Workspace) -> Child {
             "the pass ended too soon"
         );
         assert!(Instant::now() < deadline, "the pass never got to work");
-        if !workspace.s3_keys("_datx/pending/").is_empty()
-            || workspace.s3_keys("_datx/commits/").len() > commits_before
-        {
+        let reached = match at {
+            AtWork::Pending => !workspace.s3_keys("_datx/pending/").is_empty(),
+            AtWork::Committed => workspace.s3_keys("_datx/commits/").len() > commits_before,
+        };
+        if reached {
             return compactor;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -298,7 +312,7 @@ const SMALL_PASSES: &str = "lease_ttl = \"3s\"\ncompact_chunk_bytes = 20000\n";
 async fn a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry() {
     let workspace = Workspace::on(Backend::S3, &format!("{SMALL_PASSES}{VENUE}"), &[]);
     let ids = lake_to_compact(&workspace).await;
-    let mut killed = compactor_at_work(&workspace);
+    let mut killed = compactor_at_work(&workspace, AtWork::Committed);
     killed.kill().unwrap(); // SIGKILL: no release
     killed.wait().unwrap();
 
@@ -321,7 +335,7 @@ async fn a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry() {
 async fn a_compactor_paused_past_its_lease_cannot_commit() {
     let workspace = Workspace::on(Backend::S3, &format!("{SMALL_PASSES}{VENUE}"), &[]);
     let ids = lake_to_compact(&workspace).await;
-    let paused = compactor_at_work(&workspace);
+    let paused = compactor_at_work(&workspace, AtWork::Pending);
     let pid = paused.id() as libc::pid_t;
     // SAFETY: signals to a child this test started and has not reaped.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -348,4 +362,111 @@ async fn a_compactor_paused_past_its_lease_cannot_commit() {
     let again = common::compact(&workspace, "compact");
     assert!(again.starts_with("0 events consumed"), "{again}");
     assert_exactly(&workspace, &ids);
+}
+
+/// A proxy to the S3 server that loses the answer to the first PUT whose path holds each of
+/// `lose`: the PUT lands, and the client sees its connection closed without an answer, as
+/// when a response is lost on the network. Returns its address and how many it lost.
+fn lossy_proxy(target: &str, lose: &[&str]) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let to_lose = Arc::new(Mutex::new(lose.iter().map(|s| s.to_string()).collect()));
+    let lost = Arc::new(Mutex::new(Vec::new()));
+    let (target, reported) = (target.to_string(), lost.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let (target, to_lose, lost) = (target.clone(), to_lose.clone(), lost.clone());
+            std::thread::spawn(move || relay(client, &target, &to_lose, &lost));
+        }
+    });
+    (address, reported)
+}
+
+/// Relays one request to `target` and its answer back, unless the answer is to be lost;
+/// every connection carries one request.
+fn relay(
+    mut client: TcpStream,
+    target: &str,
+    to_lose: &Mutex<Vec<String>>,
+    lost: &Mutex<Vec<String>>,
+) -> Option<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        client.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    client.read_exact(&mut body).ok()?;
+    let request_line = head.lines().next()?.to_string();
+    let forwarded: String = head
+        .lines()
+        .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+        .filter(|line| !line.is_empty())
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    let mut upstream = TcpStream::connect(target).ok()?;
+    upstream
+        .write_all(format!("{forwarded}Connection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    upstream.write_all(&body).ok()?;
+    let mut answer = Vec::new();
+    upstream.read_to_end(&mut answer).ok()?;
+    {
+        let mut to_lose = to_lose.lock().unwrap();
+        if let Some(at) = to_lose.iter().position(|part| {
+            request_line.starts_with("PUT ") && request_line.contains(part.as_str())
+        }) {
+            to_lose.remove(at);
+            lost.lock().unwrap().push(request_line);
+            return None; // the connection closes without an answer
+        }
+    }
+    client.write_all(&answer).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
+    let s3 = common::shared_s3();
+    // Commit 1 is the first compactor's `lease` commit; commit 2 holds the rows.
+    let (proxy, lost) = lossy_proxy(
+        &s3.address,
+        &[
+            "/lake/events/",
+            "/lake/_datx/commits/00000000000000000002.json",
+        ],
+    );
+    let workspace = Workspace::on(
+        Backend::S3,
+        VENUE,
+        &[("AWS_ENDPOINT", &format!("http://{proxy}"))],
+    );
+    let server = workspace.serve();
+    let body = ticket_checks(20, 9_000_000);
+    // The event's PUT landed and its answer was lost: the client's retry is refused as
+    // existing, and the body is still a first-time body.
+    let first = common::post(&server, "ticketchecks", "myvenue", body.clone()).await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    let again = common::post(&server, "ticketchecks", "myvenue", body).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["event_id"], first["event_id"]);
+    drop(server);
+
+    // The commit's PUT landed and its answer was lost: the pass still counts it as its own.
+    let printed = common::compact(&workspace, "compact");
+    assert!(printed.starts_with("1 events consumed"), "{printed}");
+    assert_eq!(lost.lock().unwrap().len(), 2, "{:?}", lost.lock().unwrap());
+    assert_exactly(&workspace, &(9_000_000..9_000_020).collect());
+    let again = common::compact(&workspace, "compact");
+    assert!(again.starts_with("0 events consumed"), "{again}");
 }

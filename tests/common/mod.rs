@@ -98,7 +98,8 @@ impl Workspace {
         let bucket = server.new_bucket();
         let extra = format!("lake = \"s3://{bucket}/lake\"\n{extra}");
         let mut workspace = Workspace::create(dir, &extra, env);
-        workspace.env.extend(server.env());
+        // First, so that the test's own variables (another endpoint) win.
+        workspace.env.splice(0..0, server.env());
         workspace.bucket = Some((server, bucket));
         workspace
     }
