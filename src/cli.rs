@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::eventlog::{EventFilter, EventLog};
 use crate::query::output::Format;
 use crate::query::{QueryEngine, Visibility};
+use crate::replay::{ReplayError, ReplayOptions, TargetAuth};
 use crate::store::Store;
 use crate::stream::Stream;
 use crate::tables::Table;
@@ -72,6 +73,70 @@ enum Command {
     /// Inspect the raw event log
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Send stored events again, byte for byte, in received order, to an S-360 webhook URL
+    #[command(
+        long_about = "Send stored events again, byte for byte, in the order they were \
+        received, to any endpoint that speaks the S-360 webhook contract: another datx \
+        (its /s360), a fixed version of this one, a new system.\n\n\
+        Each body goes to TO/{stream}/{institution}, or to TO with its {stream} and \
+        {institution} replaced. A refused body (not 2xx, or no answer) is tried again with a \
+        growing wait; after --tries the replay stops with exit status 1, naming the event. \
+        Stopped or killed, a replay run again with the same arguments goes on where it \
+        stopped (the cursor is a file in the working directory, or --state). Delivery is \
+        at least once: the bodies in flight at a kill (at most --concurrency) are sent \
+        again, which datx, deduplicating by body, absorbs."
+    )]
+    Replay(ReplayArgs),
+    /// The key that signs the digests of sealed event-log days
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print the public key of [audit] signing_key_env, for auditors to keep elsewhere
+    PublicKey,
+    /// Print a new signing key (base64 PKCS#8), to put in the variable signing_key_env names
+    NewKey,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The target: http://host:port/s360, or a URL with {stream} and {institution} in it
+    #[arg(long, value_name = "URL")]
+    to: String,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// HTTP Basic credentials for the target
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "DATX_REPLAY_BASIC",
+        hide_env_values = true
+    )]
+    basic: Option<String>,
+    /// An API key header for the target
+    #[arg(
+        long,
+        value_name = "HEADER:KEY",
+        env = "DATX_REPLAY_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "basic"
+    )]
+    api_key: Option<String>,
+    /// Bodies per second at most [default: as fast as the target answers]
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
+    /// Bodies in flight at once
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Tries per body before the replay stops (waits double from 0.5 s to 30 s)
+    #[arg(long, default_value_t = 8)]
+    tries: u32,
+    /// The cursor file [default: .datx-replay-HASH.json in the working directory, HASH from
+    /// the target and filters]
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,11 +157,16 @@ enum EventsCommand {
         #[arg(long)]
         body: bool,
     },
-    /// Recompute every stored body's SHA-256, size and record count against its envelope;
-    /// exits with status 1 if any event does not match
+    /// Check every body against its envelope, every sealed day against its digest, the
+    /// chain of digests, and (with --public-key) their signatures; exits with status 1 and
+    /// the list of what does not match
     Verify {
         #[command(flatten)]
         filter: FilterArgs,
+        /// The auditor's copy of the signing public key (hex, as `datx audit public-key`
+        /// prints it): every digest must carry a valid signature by it
+        #[arg(long, value_name = "HEX", env = "DATX_AUDIT_PUBLIC_KEY")]
+        public_key: Option<String>,
     },
 }
 
@@ -109,8 +179,11 @@ struct FilterArgs {
     #[arg(long)]
     institution: Option<String>,
     /// Only events received at or after this date (YYYY-MM-DD, UTC) or instant (RFC 3339)
-    #[arg(long, value_parser = parse_since)]
+    #[arg(long, value_parser = parse_instant)]
     since: Option<DateTime<Utc>>,
+    /// Only events received before this date (YYYY-MM-DD, UTC: that day excluded) or instant
+    #[arg(long, value_parser = parse_instant)]
+    until: Option<DateTime<Utc>>,
 }
 
 impl FilterArgs {
@@ -119,6 +192,7 @@ impl FilterArgs {
             stream: self.stream,
             institution: self.institution,
             since: self.since,
+            until: self.until,
         }
     }
 }
@@ -129,6 +203,8 @@ enum ListFormat {
     Table,
     /// One JSON envelope per line, for scripts
     Json,
+    /// Comma-separated, with a header line, for spreadsheets
+    Csv,
 }
 
 fn parse_stream(text: &str) -> Result<Stream, String> {
@@ -136,7 +212,7 @@ fn parse_stream(text: &str) -> Result<Stream, String> {
         .map_err(|e: crate::stream::UnknownStream| e.to_string())
 }
 
-fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
@@ -224,9 +300,84 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                     list(&log, &filter.into_filter(), format).await
                 }
                 EventsCommand::Show { id, body } => show(&log, id, body).await,
-                EventsCommand::Verify { filter } => verify(&log, &filter.into_filter()).await,
+                EventsCommand::Verify { filter, public_key } => {
+                    verify(&log, &filter.into_filter(), public_key.as_deref()).await
+                }
             }
         }
+        Command::Replay(args) => {
+            let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
+            replay(&EventLog::new(store), args).await
+        }
+        Command::Audit(AuditCommand::NewKey) => {
+            println!("{}", crate::eventlog::Signer::new_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::PublicKey) => match config.audit_signer() {
+            Some(signer) => {
+                println!("{}", signer.public_key_hex());
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Err("no signing key: set [audit] signing_key_env in the configuration".into()),
+        },
+    }
+}
+
+async fn replay(log: &EventLog, args: ReplayArgs) -> Result<ExitCode, String> {
+    let auth = match (args.basic, args.api_key) {
+        (Some(basic), _) => {
+            let (user, password) = basic.split_once(':').ok_or("--basic takes USER:PASSWORD")?;
+            TargetAuth::Basic {
+                user: user.into(),
+                password: password.into(),
+            }
+        }
+        (None, Some(api_key)) => {
+            let (header, key) = api_key
+                .split_once(':')
+                .ok_or("--api-key takes HEADER:KEY")?;
+            TargetAuth::ApiKey {
+                header: header.trim().into(),
+                key: key.trim().into(),
+            }
+        }
+        (None, None) => TargetAuth::None,
+    };
+    let filter = args.filter.into_filter();
+    let cursor = args.state.unwrap_or_else(|| {
+        let identity = format!(
+            "{}|{:?}|{:?}|{:?}|{:?}",
+            args.to, filter.stream, filter.institution, filter.since, filter.until
+        );
+        let hash = crate::eventlog::sha256_hex(identity.as_bytes());
+        PathBuf::from(format!(".datx-replay-{}.json", &hash[..12]))
+    });
+    let options = ReplayOptions {
+        to: args.to,
+        filter,
+        auth,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        tries: args.tries,
+        cursor,
+    };
+    match crate::replay::replay(log, &options).await {
+        Ok(summary) => {
+            println!(
+                "{} bodies ({} bytes) replayed in {:.1} s ({:.1}/s); {} delivered by an earlier run",
+                summary.sent,
+                summary.bytes,
+                summary.seconds,
+                summary.sent as f64 / summary.seconds.max(1e-9),
+                summary.skipped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ReplayError::Refused { .. }) => {
+            eprintln!("datx: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -296,14 +447,19 @@ async fn list(
 ) -> Result<ExitCode, String> {
     let mut out = std::io::stdout().lock();
     let write_error = |e: std::io::Error| e.to_string();
-    if let ListFormat::Table = format {
-        writeln!(
+    match format {
+        ListFormat::Table => writeln!(
             out,
             "{:<36}  {:<24}  {:<12}  {:<16}  {:>7}  {:>9}  SHA-256",
             "EVENT ID", "RECEIVED AT (UTC)", "STREAM", "INSTITUTION", "RECORDS", "BYTES"
-        )
-        .map_err(write_error)?;
+        ),
+        ListFormat::Csv => writeln!(
+            out,
+            "event_id,received_at,stream,institution,records,body_bytes,sha256"
+        ),
+        ListFormat::Json => Ok(()),
     }
+    .map_err(write_error)?;
     let mut count = 0usize;
     let mut days = std::pin::pin!(log.list(filter));
     while let Some(keys) = days.try_next().await.map_err(|e| e.to_string())? {
@@ -325,6 +481,20 @@ async fn list(
                     out,
                     "{}",
                     serde_json::to_string(&envelope).expect("an envelope serialises")
+                ),
+                // Stream names and institution codes hold no comma or quote.
+                ListFormat::Csv => writeln!(
+                    out,
+                    "{},{},{},{},{},{},{}",
+                    envelope.event_id,
+                    envelope
+                        .received_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    envelope.stream,
+                    envelope.institution,
+                    envelope.records,
+                    envelope.body_bytes,
+                    envelope.sha256
                 ),
             }
             .map_err(write_error)?;
@@ -349,13 +519,44 @@ async fn show(log: &EventLog, id: Uuid, body_only: bool) -> Result<ExitCode, Str
     Ok(ExitCode::SUCCESS)
 }
 
-async fn verify(log: &EventLog, filter: &EventFilter) -> Result<ExitCode, String> {
-    let (checked, mismatches) = log.verify(filter).await.map_err(|e| e.to_string())?;
-    for mismatch in &mismatches {
+async fn verify(
+    log: &EventLog,
+    filter: &EventFilter,
+    public_key: Option<&str>,
+) -> Result<ExitCode, String> {
+    let public_key = public_key
+        .map(|hex_key| {
+            hex::decode(hex_key.trim())
+                .ok()
+                .filter(|key| key.len() == 32)
+                .ok_or_else(|| format!("--public-key {hex_key:?} is not 64 hex digits"))
+        })
+        .transpose()?;
+    // Which days must have a digest: those the compactor has recorded as digested.
+    let (state, _) = crate::commit::CommitLog::new(log.store().clone())
+        .load()
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = log
+        .verify(filter, &state.digested, public_key.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    for mismatch in &report.mismatches {
         println!("MISMATCH {}: {}", mismatch.key, mismatch.problem);
     }
-    println!("{checked} events checked, {} mismatched", mismatches.len());
-    Ok(if mismatches.is_empty() {
+    let signatures = match public_key {
+        Some(_) => format!("{} signatures verified", report.signatures),
+        None => "signatures not checked (no --public-key)".to_string(),
+    };
+    println!(
+        "{} events ({} bytes) checked over {} days; {} sealed days checked against their digests and chain, {signatures}; {} mismatched",
+        report.events,
+        report.bytes,
+        report.days,
+        report.digests,
+        report.mismatches.len()
+    );
+    Ok(if report.mismatches.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -79,6 +79,10 @@ pub struct Commit {
     /// receives no more. Passes no longer list sealed days, so state stays small.
     #[serde(default)]
     pub sealed: BTreeMap<String, NaiveDate>,
+    /// By `{stream}/{institution}`: the last sealed day whose digest (and every earlier
+    /// one's) is written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digested: BTreeMap<String, NaiveDate>,
 }
 
 /// The tables as of a version: the live files and what has been consumed.
@@ -92,6 +96,8 @@ pub struct LakeState {
     /// Consumed event ids of days not yet sealed.
     pub consumed: BTreeMap<String, BTreeSet<Uuid>>,
     pub sealed: BTreeMap<String, NaiveDate>,
+    #[serde(default)]
+    pub digested: BTreeMap<String, NaiveDate>,
 }
 
 impl LakeState {
@@ -115,6 +121,9 @@ impl LakeState {
         }
         for (source, day) in &commit.sealed {
             self.sealed.insert(source.clone(), *day);
+        }
+        for (source, day) in &commit.digested {
+            self.digested.insert(source.clone(), *day);
         }
         let sealed = &self.sealed;
         self.consumed

@@ -56,6 +56,18 @@ pub struct Config {
     /// Bearer token `GET /metrics` asks for; `None` leaves it open (it names institutions
     /// and counts, never records).
     pub metrics_token: Option<String>,
+    /// The Ed25519 key (base64 PKCS#8) digests of sealed days are signed with; `None`
+    /// leaves them unsigned.
+    pub audit_signing_key: Option<String>,
+}
+
+impl Config {
+    /// The signer of digests, when `[audit]` names a key (checked when the file is read).
+    pub fn audit_signer(&self) -> Option<crate::eventlog::Signer> {
+        self.audit_signing_key.as_deref().map(|key| {
+            crate::eventlog::Signer::from_base64(key).expect("the key was checked on load")
+        })
+    }
 }
 
 /// What one HTTP client may hold: slow or idle clients are cut off, and the number of open
@@ -167,6 +179,15 @@ struct RawConfig {
     max_connections: u64,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// The variable that holds the signing key: a key is never written in the file.
+    signing_key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -402,6 +423,22 @@ impl Config {
             ),
         };
 
+        let audit_signing_key = match &raw.audit.signing_key_env {
+            None => None,
+            Some(variable) => {
+                let key = env(variable).ok_or_else(|| {
+                    invalid(
+                        "audit.signing_key_env",
+                        format!("the environment variable {variable} is not set"),
+                    )
+                })?;
+                crate::eventlog::Signer::from_base64(&key).map_err(|problem| {
+                    invalid("audit.signing_key_env", format!("{variable} {problem}"))
+                })?;
+                Some(key)
+            }
+        };
+
         Ok(Config {
             listen,
             lake,
@@ -414,6 +451,7 @@ impl Config {
             sql,
             connections,
             metrics_token,
+            audit_signing_key,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod commit;
 pub mod compact;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod lease;
 pub mod metrics;
 pub mod query;
 pub mod receive;
+pub mod replay;
 pub mod secret;
 pub mod serve;
 pub mod store;

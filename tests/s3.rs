@@ -391,23 +391,7 @@ fn relay(
     to_lose: &Mutex<Vec<String>>,
     lost: &Mutex<Vec<String>>,
 ) -> Option<()> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        client.read_exact(&mut byte).ok()?;
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    client.read_exact(&mut body).ok()?;
+    let (head, body) = common::http::read_request(&mut client)?;
     let request_line = head.lines().next()?.to_string();
     let forwarded: String = head
         .lines()

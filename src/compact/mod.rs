@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::batch;
 use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState};
 use crate::config::Config;
-use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError};
+use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError, Signer};
 use crate::lease::{Lease, LeaseError};
 use crate::store::{Durability, Store, StoreError};
 use crate::stream::Stream;
@@ -52,6 +52,9 @@ pub enum CompactError {
     )]
     CommittedFileMissing { path: String, version: u64 },
 }
+
+/// Every event-log day of each stream and institution, oldest first.
+type SourceDays = BTreeMap<(Stream, String), Vec<NaiveDate>>;
 
 /// Limits of a pass.
 #[derive(Debug, Clone)]
@@ -141,6 +144,8 @@ pub struct Compactor {
     /// the next pass claims the next version with a `lease` commit before it removes any
     /// file of its epoch.
     fence_next: std::sync::atomic::AtomicBool,
+    /// Signs the digests of sealed days, when `[audit]` names a key.
+    signer: Option<Signer>,
 }
 
 impl Compactor {
@@ -158,6 +163,7 @@ impl Compactor {
             owner: lease_owner(),
             last_state: std::sync::Mutex::new(None),
             fence_next: std::sync::atomic::AtomicBool::new(false),
+            signer: config.audit_signer(),
         }
     }
 
@@ -259,9 +265,9 @@ impl Compactor {
             Mode::Rebuild => LakeState::default(),
         };
         let seal_before =
-            Utc::now().date_naive() - chrono::Duration::days(self.options.seal_after_days);
+            crate::clock::now().date_naive() - chrono::Duration::days(self.options.seal_after_days);
         let mut work = Work::new(self, lease, mode, &view, seal_before);
-        let days = self
+        let (days, all_days) = self
             .pending_days(&view, seal_before, &mut work.sealed)
             .await?;
         // One stream of pending events across all days, in batches: two batches are read
@@ -274,6 +280,9 @@ impl Compactor {
             .try_buffered(2)
             .boxed();
         work.add_all(batches, &mut state).await?;
+        work.digested = self
+            .write_digests(&state, &work.sealed, &all_days, mode)
+            .await?;
         work.finish(&mut state).await?;
         let mut summary = std::mem::take(&mut work.summary);
         if mode == Mode::Incremental {
@@ -286,20 +295,23 @@ impl Compactor {
 
     /// The event-log days a pass must look at, with their institution's zone: every day not
     /// yet sealed. Days older than `seal_before` are recorded in `sealed`: once this pass has
-    /// consumed them, nothing new lands there.
+    /// consumed them, nothing new lands there. Also every day of each stream and
+    /// institution, for their digests.
     async fn pending_days(
         &self,
         view: &LakeState,
         seal_before: NaiveDate,
         sealed: &mut BTreeMap<String, NaiveDate>,
-    ) -> Result<Vec<(Stream, String, NaiveDate, Tz)>, CompactError> {
+    ) -> Result<(Vec<(Stream, String, NaiveDate, Tz)>, SourceDays), CompactError> {
         let mut days = Vec::new();
+        let mut all_days = SourceDays::new();
         for stream in Stream::ALL {
             for institution in self.log.institutions(stream).await? {
                 let source = format!("{stream}/{institution}");
                 let sealed_through = view.sealed_through(&source);
                 let tz = self.zone(&institution);
-                for day in self.log.days(stream, &institution).await? {
+                let source_days = self.log.days(stream, &institution).await?;
+                for &day in &source_days {
                     if sealed_through.is_some_and(|through| day <= through) {
                         continue;
                     }
@@ -308,9 +320,54 @@ impl Compactor {
                     }
                     days.push((stream, institution.clone(), day, tz));
                 }
+                all_days.insert((stream, institution), source_days);
             }
         }
-        Ok(days)
+        Ok((days, all_days))
+    }
+
+    /// Writes the digests of sealed days that have none yet, oldest first for each stream
+    /// and institution, each chained to the one before; returns how far each is digested
+    /// now, for the pass's last commit (a rebuild, which resets the state, gives them all).
+    /// Written before that commit: once a day counts as digested, its digest exists.
+    async fn write_digests(
+        &self,
+        state: &LakeState,
+        sealing: &BTreeMap<String, NaiveDate>,
+        all_days: &SourceDays,
+        mode: Mode,
+    ) -> Result<BTreeMap<String, NaiveDate>, CompactError> {
+        let mut digested = BTreeMap::new();
+        for ((stream, institution), days) in all_days {
+            let source = format!("{stream}/{institution}");
+            let through = [state.sealed_through(&source), sealing.get(&source).copied()]
+                .into_iter()
+                .flatten()
+                .max();
+            let Some(through) = through else {
+                continue;
+            };
+            let done = state.digested.get(&source).copied();
+            let missing: Vec<NaiveDate> = days
+                .iter()
+                .copied()
+                .filter(|&day| day <= through && done.is_none_or(|done| day > done))
+                .collect();
+            if let Some(&first) = missing.first() {
+                let mut previous = self.log.digest_before(*stream, institution, first).await?;
+                for day in missing {
+                    let link = self
+                        .log
+                        .write_digest(*stream, institution, day, previous, self.signer.as_ref())
+                        .await?;
+                    previous = Some(link);
+                }
+            }
+            if mode == Mode::Rebuild || done.is_none_or(|done| through > done) {
+                digested.insert(source, through);
+            }
+        }
+        Ok(digested)
     }
 
     fn zone(&self, institution: &str) -> Tz {
@@ -778,6 +835,8 @@ struct Work<'a> {
     /// Sealing advances in the pass's last commit only: an earlier one may not yet hold
     /// every event of the days it seals.
     sealed: BTreeMap<String, NaiveDate>,
+    /// How far each stream and institution is digested, for the last commit.
+    digested: BTreeMap<String, NaiveDate>,
     seal_before: NaiveDate,
     oldest_received_micros: Option<i64>,
     summary: PassSummary,
@@ -807,6 +866,7 @@ impl<'a> Work<'a> {
             removed: Vec::new(),
             landed: BTreeMap::new(),
             sealed: BTreeMap::new(),
+            digested: BTreeMap::new(),
             oldest_received_micros: None,
             summary: PassSummary::default(),
         }
@@ -1004,7 +1064,7 @@ impl<'a> Work<'a> {
         if self.landed.is_empty()
             && self.files.is_empty()
             && self.removed.is_empty()
-            && (!last || self.sealed.is_empty())
+            && (!last || (self.sealed.is_empty() && self.digested.is_empty()))
         {
             return Ok(());
         }
@@ -1023,6 +1083,11 @@ impl<'a> Work<'a> {
             },
             sealed: if last {
                 std::mem::take(&mut self.sealed)
+            } else {
+                BTreeMap::new()
+            },
+            digested: if last {
+                std::mem::take(&mut self.digested)
             } else {
                 BTreeMap::new()
             },

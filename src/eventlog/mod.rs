@@ -6,6 +6,7 @@
 //! reading and verifying. It must never rewrite or delete an event, and never accept a
 //! body it has not made durable.
 
+pub mod digest;
 mod envelope;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use digest::{ChainLink, DayDigest, DigestEntry, Signer, StoredDigest};
 pub use envelope::{Envelope, EnvelopeError, EventKey};
 
 use crate::batch;
@@ -67,6 +69,43 @@ pub struct EventFilter {
     pub institution: Option<String>,
     /// Events received at or after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// Events received before this instant.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl EventFilter {
+    fn takes_day(&self, day: NaiveDate) -> bool {
+        self.since.is_none_or(|since| day >= since.date_naive())
+            && self.until.is_none_or(|until| {
+                day < until.date_naive()
+                    || (day == until.date_naive() && until.time() > chrono::NaiveTime::MIN)
+            })
+    }
+
+    fn takes(&self, key: &EventKey) -> bool {
+        let at = key.received_at();
+        self.since.is_none_or(|since| at >= since) && self.until.is_none_or(|until| at < until)
+    }
+
+    fn takes_source(&self, stream: Stream, institution: &str) -> bool {
+        self.stream.is_none_or(|wanted| wanted == stream)
+            && self
+                .institution
+                .as_ref()
+                .is_none_or(|wanted| wanted == institution)
+    }
+}
+
+/// What `verify` checked and found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub events: usize,
+    pub bytes: u64,
+    pub days: usize,
+    /// Sealed days checked against their digests, and how many signatures were verified.
+    pub digests: usize,
+    pub signatures: usize,
+    pub mismatches: Vec<Mismatch>,
 }
 
 /// What `verify` found wrong with one event.
@@ -120,7 +159,7 @@ impl EventLog {
         records: usize,
     ) -> Result<Appended, EventLogError> {
         let sha256 = sha256_hex(&body);
-        let claimed = EventKey::new(stream, institution, Uuid::now_v7());
+        let claimed = EventKey::new(stream, institution, crate::clock::new_event_id());
         let claimed_id = claimed.event_id;
         let marker = marker_key(stream, institution, &sha256);
         let claim = self
@@ -208,9 +247,7 @@ impl EventLog {
             .try_flatten()
             .and_then(move |(stream, institution, day)| async move {
                 let mut keys = self.keys_of_day(stream, &institution, day).await?;
-                if let Some(since) = filter.since {
-                    keys.retain(|key| key.received_at() >= since);
-                }
+                keys.retain(|key| filter.takes(key));
                 Ok(keys)
             })
     }
@@ -219,28 +256,31 @@ impl EventLog {
         &self,
         filter: &EventFilter,
     ) -> Result<Vec<(Stream, String, NaiveDate)>, EventLogError> {
-        let since_day = filter.since.map(|since| since.date_naive());
         let mut days = Vec::new();
+        for (stream, institution) in self.sources(filter).await? {
+            for day in self.days(stream, &institution).await? {
+                if filter.takes_day(day) {
+                    days.push((stream, institution.clone(), day));
+                }
+            }
+        }
+        Ok(days)
+    }
+
+    /// The streams and institutions that have events and pass `filter`.
+    async fn sources(&self, filter: &EventFilter) -> Result<Vec<(Stream, String)>, EventLogError> {
+        let mut sources = Vec::new();
         for stream in Stream::ALL {
             if filter.stream.is_some_and(|wanted| wanted != stream) {
                 continue;
             }
             for institution in self.institutions(stream).await? {
-                if filter
-                    .institution
-                    .as_ref()
-                    .is_some_and(|wanted| *wanted != institution)
-                {
-                    continue;
-                }
-                for day in self.days(stream, &institution).await? {
-                    if since_day.is_none_or(|since| day >= since) {
-                        days.push((stream, institution.clone(), day));
-                    }
+                if filter.takes_source(stream, &institution) {
+                    sources.push((stream, institution));
                 }
             }
         }
-        Ok(days)
+        Ok(sources)
     }
 
     /// The institutions that have events in `stream`, sorted.
@@ -294,6 +334,118 @@ impl EventLog {
             .await?;
         keys.sort_by_key(|(key, _)| key.event_id);
         Ok(keys)
+    }
+
+    /// Writes the create-only digest of a sealed day, chained after `previous`, and returns
+    /// the link the next digest of its stream and institution records. A digest already
+    /// there (written by a pass that died before its commit) is kept as it is; if it no
+    /// longer matches the day's events, `verify` says so.
+    pub async fn write_digest(
+        &self,
+        stream: Stream,
+        institution: &str,
+        date: NaiveDate,
+        previous: Option<ChainLink>,
+        signer: Option<&Signer>,
+    ) -> Result<ChainLink, EventLogError> {
+        let entries = self.digest_entries(stream, institution, date).await?;
+        let digest = DayDigest::new(stream, institution, date, entries, previous);
+        let stored = match signer {
+            Some(signer) => signer.sign(digest),
+            None => StoredDigest {
+                digest,
+                signature: None,
+            },
+        };
+        let key = digest::digest_key(stream, institution, date);
+        let bytes = Bytes::from(stored.encode());
+        let bytes = match self
+            .store
+            .create(&key, bytes.clone(), Durability::Synced)
+            .await?
+        {
+            Created::New => bytes,
+            Created::AlreadyExisted => {
+                let existing = self.store.get(&key).await?;
+                let same = serde_json::from_slice::<StoredDigest>(&existing)
+                    .is_ok_and(|found| found.digest == stored.digest);
+                if !same {
+                    tracing::error!(
+                        key,
+                        "a digest already exists and differs from the day's events: kept; `datx events verify` reports it"
+                    );
+                }
+                existing
+            }
+        };
+        Ok(ChainLink {
+            date,
+            sha256: sha256_hex(&bytes),
+        })
+    }
+
+    /// Every event of a day as a digest records it, from the envelopes.
+    async fn digest_entries(
+        &self,
+        stream: Stream,
+        institution: &str,
+        date: NaiveDate,
+    ) -> Result<Vec<DigestEntry>, EventLogError> {
+        let keys = self.keys_of_day(stream, institution, date).await?;
+        futures::stream::iter(keys)
+            .map(|key| async move { self.read_envelope(&key).await })
+            .buffered(VERIFY_CONCURRENCY)
+            .map_ok(|envelope| DigestEntry {
+                event_id: envelope.event_id,
+                sha256: envelope.sha256,
+                body_bytes: envelope.body_bytes,
+                records: envelope.records,
+            })
+            .try_collect()
+            .await
+    }
+
+    /// The days of a stream and institution that have a digest, oldest first.
+    pub async fn digest_dates(
+        &self,
+        stream: Stream,
+        institution: &str,
+    ) -> Result<Vec<NaiveDate>, EventLogError> {
+        let mut dates: Vec<NaiveDate> = self
+            .store
+            .list(&digest::digest_dir(stream, institution))
+            .map_err(EventLogError::from)
+            .try_filter_map(|meta| async move {
+                let name = meta.location.filename().unwrap_or_default().to_string();
+                Ok(name
+                    .strip_suffix(".json")
+                    .and_then(|date| date.parse::<NaiveDate>().ok()))
+            })
+            .try_collect()
+            .await?;
+        dates.sort();
+        Ok(dates)
+    }
+
+    /// The newest digest of a stream and institution before `date`, as a chain link.
+    pub async fn digest_before(
+        &self,
+        stream: Stream,
+        institution: &str,
+        date: NaiveDate,
+    ) -> Result<Option<ChainLink>, EventLogError> {
+        let dates = self.digest_dates(stream, institution).await?;
+        let Some(previous) = dates.into_iter().rfind(|d| *d < date) else {
+            return Ok(None);
+        };
+        let bytes = self
+            .store
+            .get(&digest::digest_key(stream, institution, previous))
+            .await?;
+        Ok(Some(ChainLink {
+            date: previous,
+            sha256: sha256_hex(&bytes),
+        }))
     }
 
     /// Whether `key` is the one event that speaks for its body. Identical bodies are one
@@ -387,40 +539,121 @@ impl EventLog {
         Err(EventLogError::UnknownEvent(event_id))
     }
 
-    /// Recomputes every listed event's SHA-256, size and record count and compares them
-    /// with its envelope and its key. Returns how many events were checked and what was
-    /// wrong; storage failures are errors, not mismatches.
+    /// Checks the log: every body against its envelope (SHA-256, size, records), every
+    /// sealed day against its digest (an event missing, added or altered is named), the
+    /// chain of digests of each stream and institution, and, given the auditor's public
+    /// key, each digest's signature. `digested` says, by `{stream}/{institution}`, through
+    /// which day every day must have a digest. Whole days are checked: `filter`'s instants
+    /// choose days. Storage failures are errors, not mismatches.
     pub async fn verify(
         &self,
         filter: &EventFilter,
-    ) -> Result<(usize, Vec<Mismatch>), EventLogError> {
-        let mut checked = 0;
-        let mut mismatches = Vec::new();
-        let mut days = std::pin::pin!(self.list(filter));
-        while let Some(keys) = days.try_next().await? {
-            let results: Vec<Result<Option<Mismatch>, EventLogError>> =
-                futures::stream::iter(keys.iter().map(|key| self.verify_one(key)))
-                    .buffered(VERIFY_CONCURRENCY)
-                    .collect()
-                    .await;
-            for result in results {
-                checked += 1;
-                if let Some(mismatch) = result? {
-                    mismatches.push(mismatch);
+        digested: &std::collections::BTreeMap<String, NaiveDate>,
+        public_key: Option<&[u8]>,
+    ) -> Result<VerifyReport, EventLogError> {
+        let mut report = VerifyReport::default();
+        let mut sources = self.sources(filter).await?;
+        // A source whose every event was removed still has its digests.
+        for stream in Stream::ALL {
+            let digest_root = format!("_datx/digests/{stream}");
+            for institution in self.store.list_dirs(&digest_root).await? {
+                if filter.takes_source(stream, &institution)
+                    && !sources.contains(&(stream, institution.clone()))
+                {
+                    sources.push((stream, institution));
                 }
             }
         }
-        Ok((checked, mismatches))
+        for (stream, institution) in sources {
+            let source = format!("{stream}/{institution}");
+            let event_days = self.days(stream, &institution).await?;
+            let digest_dates = self.digest_dates(stream, &institution).await?;
+            let mut days: Vec<NaiveDate> = event_days
+                .iter()
+                .chain(&digest_dates)
+                .copied()
+                .filter(|&day| filter.takes_day(day))
+                .collect();
+            days.sort();
+            days.dedup();
+            let mut prior = match days.first() {
+                Some(&first) => self.digest_before(stream, &institution, first).await?,
+                None => None,
+            };
+            for day in days {
+                report.days += 1;
+                let keys = match event_days.binary_search(&day) {
+                    Ok(_) => self.keys_of_day(stream, &institution, day).await?,
+                    Err(_) => Vec::new(),
+                };
+                let checked: Vec<CheckedEvent> = futures::stream::iter(keys)
+                    .map(|key| async move { self.check_event(key).await })
+                    .buffered(VERIFY_CONCURRENCY)
+                    .try_collect()
+                    .await?;
+                for event in &checked {
+                    report.events += 1;
+                    report.bytes += event.bytes as u64;
+                    report.mismatches.extend(event.problem.clone());
+                }
+                let has_digest = digest_dates.binary_search(&day).is_ok();
+                if !has_digest {
+                    if digested.get(&source).is_some_and(|through| day <= *through) {
+                        report.mismatches.push(Mismatch {
+                            key: digest::digest_key(stream, &institution, day),
+                            problem: "the day is sealed but its digest is missing".into(),
+                        });
+                    }
+                    continue;
+                }
+                report.digests += 1;
+                let key = digest::digest_key(stream, &institution, day);
+                let bytes = self.store.get(&key).await?;
+                let link = ChainLink {
+                    date: day,
+                    sha256: sha256_hex(&bytes),
+                };
+                let problems = match serde_json::from_slice::<StoredDigest>(&bytes) {
+                    Err(e) => vec![format!("the digest is unreadable: {e}")],
+                    Ok(stored) => {
+                        let mut problems =
+                            digest_problems(&stored, stream, &institution, day, &prior, &checked);
+                        if let Some(public_key) = public_key {
+                            match stored.check_signature(public_key) {
+                                Ok(()) => report.signatures += 1,
+                                Err(reason) => {
+                                    problems.push(format!("the digest's signature fails: {reason}"))
+                                }
+                            }
+                        }
+                        problems
+                    }
+                };
+                report
+                    .mismatches
+                    .extend(problems.into_iter().map(|problem| Mismatch {
+                        key: key.clone(),
+                        problem,
+                    }));
+                prior = Some(link);
+            }
+        }
+        Ok(report)
     }
 
-    async fn verify_one(&self, key: &EventKey) -> Result<Option<Mismatch>, EventLogError> {
-        let event = match self.read(key).await {
+    async fn check_event(&self, key: EventKey) -> Result<CheckedEvent, EventLogError> {
+        let event = match self.read(&key).await {
             Ok(event) => event,
-            Err(EventLogError::Corrupt { key, source }) => {
-                return Ok(Some(Mismatch {
+            Err(EventLogError::Corrupt { key: path, source }) => {
+                return Ok(CheckedEvent {
                     key,
-                    problem: source.to_string(),
-                }));
+                    envelope: None,
+                    bytes: 0,
+                    problem: Some(Mismatch {
+                        key: path,
+                        problem: source.to_string(),
+                    }),
+                });
             }
             Err(e) => return Err(e),
         };
@@ -448,14 +681,108 @@ impl EventLog {
             )),
             Err(e) => problems.push(format!("body is no longer an S-360 body: {e}")),
         }
-        if !envelope.matches(key) {
+        if !envelope.matches(&key) {
             problems.push("envelope does not match the event's key".to_string());
         }
-        Ok((!problems.is_empty()).then(|| Mismatch {
-            key: key.to_string(),
-            problem: problems.join("; "),
-        }))
+        Ok(CheckedEvent {
+            problem: (!problems.is_empty()).then(|| Mismatch {
+                key: key.to_string(),
+                problem: problems.join("; "),
+            }),
+            bytes: event.body.len(),
+            envelope: Some(event.envelope),
+            key,
+        })
     }
+}
+
+/// One event as `verify` read it.
+struct CheckedEvent {
+    key: EventKey,
+    /// `None` when the stored event cannot be read as one.
+    envelope: Option<Envelope>,
+    bytes: usize,
+    problem: Option<Mismatch>,
+}
+
+/// What is wrong with a day's digest: against its place (key), its chain (`prior`, the
+/// digest before it as found), its own Merkle root, and the day's events as stored.
+fn digest_problems(
+    stored: &StoredDigest,
+    stream: Stream,
+    institution: &str,
+    day: NaiveDate,
+    prior: &Option<ChainLink>,
+    events: &[CheckedEvent],
+) -> Vec<String> {
+    let digest = &stored.digest;
+    let mut problems = Vec::new();
+    if digest.stream != stream.as_str() || digest.institution != institution || digest.date != day {
+        problems.push(format!(
+            "the digest speaks of {}/{} on {}",
+            digest.stream, digest.institution, digest.date
+        ));
+    }
+    if digest::merkle_root(&digest.events) != digest.merkle_root {
+        problems.push("the digest's Merkle root does not match its own list of events (the digest was altered)".into());
+    }
+    match (&digest.previous, prior) {
+        (None, None) => {}
+        (Some(named), Some(found)) if named == found => {}
+        (Some(named), Some(found)) if named.date == found.date => problems.push(format!(
+            "the digest of {} it follows was altered or replaced (its SHA-256 is {}, this digest recorded {})",
+            named.date, found.sha256, named.sha256
+        )),
+        (Some(named), _) => problems.push(format!(
+            "the digest of {} it follows is missing{}",
+            named.date,
+            prior
+                .as_ref()
+                .map(|found| format!(" (the one before it is of {})", found.date))
+                .unwrap_or_default()
+        )),
+        (None, Some(found)) => problems.push(format!(
+            "it names no digest before it, but the digest of {} comes first (a digest was inserted or rewritten)",
+            found.date
+        )),
+    }
+    let recorded: std::collections::HashMap<Uuid, &DigestEntry> = digest
+        .events
+        .iter()
+        .map(|entry| (entry.event_id, entry))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for event in events {
+        let id = event.key.event_id;
+        seen.insert(id);
+        let Some(entry) = recorded.get(&id) else {
+            problems.push(format!(
+                "event {id} is not in the digest: it was added after the day was sealed"
+            ));
+            continue;
+        };
+        let Some(envelope) = &event.envelope else {
+            continue;
+        };
+        if envelope.sha256 != entry.sha256
+            || envelope.body_bytes != entry.body_bytes
+            || envelope.records != entry.records
+        {
+            problems.push(format!(
+                "event {id} was altered: the digest recorded SHA-256 {}, {} bytes, {} records; it is now {}, {} bytes, {} records",
+                entry.sha256, entry.body_bytes, entry.records, envelope.sha256, envelope.body_bytes, envelope.records
+            ));
+        }
+    }
+    for entry in &digest.events {
+        if !seen.contains(&entry.event_id) {
+            problems.push(format!(
+                "event {} in the digest is missing from the log",
+                entry.event_id
+            ));
+        }
+    }
+    problems
 }
 
 /// The event a marker's text names, if it is a key of the marker's own stream and

@@ -184,6 +184,13 @@ impl Workspace {
     pub fn serve(&self) -> Server {
         Server::start(self.path(), &self.env)
     }
+
+    /// `datx serve` with more environment, such as a moved clock.
+    pub fn serve_with_env(&self, more: &[(&str, &str)]) -> Server {
+        let mut env = self.env.clone();
+        env.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Server::start(self.path(), &env)
+    }
 }
 
 /// A running `datx serve`, stopped (SIGTERM, then waited for) when dropped.

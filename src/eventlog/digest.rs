@@ -1,0 +1,248 @@
+//! Digests of sealed event-log days: what S-360 sent, made tamper-evident.
+//!
+//! Owns `_datx/digests/{stream}/{institution}/{YYYY-MM-DD}.json`, on the model of
+//! CloudTrail's digest files. When a day receives no more events (the compactor seals it),
+//! one create-only digest lists every event of that day (id, SHA-256, size, records) with
+//! a Merkle root over them and the SHA-256 of the previous digest of the same stream and
+//! institution: a chain, in which removing, adding or altering an event, or rewriting or
+//! removing a digest, shows. Signed with Ed25519 when a key is configured, so that an
+//! auditor who keeps the public key elsewhere can tell a rewritten chain from the real one.
+//! This module must never change an event or an existing digest.
+
+use chrono::NaiveDate;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::stream::Stream;
+
+/// One event as its day's digest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    pub event_id: Uuid,
+    pub sha256: String,
+    pub body_bytes: usize,
+    pub records: usize,
+}
+
+/// The digest before this one in the chain of a stream and institution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    pub date: NaiveDate,
+    /// SHA-256 of that digest object's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// What a digest states about one sealed day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayDigest {
+    pub stream: String,
+    pub institution: String,
+    pub date: NaiveDate,
+    /// In id (arrival) order.
+    pub events: Vec<DigestEntry>,
+    pub merkle_root: String,
+    pub previous: Option<ChainLink>,
+}
+
+/// A digest object as stored: the digest, and its Ed25519 signature when a key was set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredDigest {
+    pub digest: DayDigest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<DigestSignature>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestSignature {
+    pub algorithm: String,
+    /// The signer's public key, lowercase hex: informative only, an auditor checks against
+    /// the key they keep.
+    pub public_key: String,
+    /// Over the digest's JSON bytes as serialised here (field order is fixed).
+    pub value: String,
+}
+
+pub fn digest_key(stream: Stream, institution: &str, date: NaiveDate) -> String {
+    format!(
+        "{}/{date}.json",
+        digest_dir(stream, institution),
+        date = date.format("%Y-%m-%d")
+    )
+}
+
+pub fn digest_dir(stream: Stream, institution: &str) -> String {
+    format!("_datx/digests/{stream}/{institution}")
+}
+
+impl DayDigest {
+    pub fn new(
+        stream: Stream,
+        institution: &str,
+        date: NaiveDate,
+        events: Vec<DigestEntry>,
+        previous: Option<ChainLink>,
+    ) -> DayDigest {
+        DayDigest {
+            stream: stream.to_string(),
+            institution: institution.to_string(),
+            date,
+            merkle_root: merkle_root(&events),
+            events,
+            previous,
+        }
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a digest serialises")
+    }
+}
+
+impl StoredDigest {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a digest serialises")
+    }
+
+    /// Whether the signature is valid for `public_key` (hex); `Err` says why not.
+    pub fn check_signature(&self, public_key: &[u8]) -> Result<(), String> {
+        let Some(signature) = &self.signature else {
+            return Err("it is not signed".into());
+        };
+        let value = hex::decode(&signature.value).map_err(|_| "its signature is not hex")?;
+        UnparsedPublicKey::new(&ED25519, public_key)
+            .verify(&self.digest.signed_bytes(), &value)
+            .map_err(|_| "its signature does not match the public key".to_string())
+    }
+}
+
+/// Hash of one event in the Merkle tree: its id, SHA-256, size and record count, with the
+/// leaf prefix of RFC 6962 so that a leaf can never pass for an inner node.
+fn leaf_hash(entry: &DigestEntry) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update([0u8]);
+    hasher.update(entry.event_id.as_bytes());
+    hasher.update(entry.sha256.as_bytes());
+    hasher.update((entry.body_bytes as u64).to_be_bytes());
+    hasher.update((entry.records as u64).to_be_bytes());
+    hasher.finalize().into()
+}
+
+/// The Merkle root of a day's events, lowercase hex: leaves paired from the left, an odd
+/// last node carried up, inner nodes prefixed with 1 as in RFC 6962. An empty day has the
+/// SHA-256 of nothing.
+pub fn merkle_root(events: &[DigestEntry]) -> String {
+    let mut level: Vec<[u8; 32]> = events.iter().map(leaf_hash).collect();
+    if level.is_empty() {
+        return hex::encode(Sha256::digest(b""));
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [left, right] => {
+                    let mut hasher = Sha256::new();
+                    hasher.update([1u8]);
+                    hasher.update(left);
+                    hasher.update(right);
+                    hasher.finalize().into()
+                }
+                [single] => *single,
+                _ => unreachable!("chunks of two"),
+            })
+            .collect();
+    }
+    hex::encode(level[0])
+}
+
+/// The Ed25519 key digests are signed with, from PKCS#8 (as `datx audit new-key` prints it,
+/// base64).
+#[derive(Debug)]
+pub struct Signer {
+    key: Ed25519KeyPair,
+}
+
+impl Signer {
+    pub fn from_base64(text: &str) -> Result<Signer, String> {
+        use base64::Engine;
+        let pkcs8 = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| "is not base64 (make one with `datx audit new-key`)".to_string())?;
+        let key = Ed25519KeyPair::from_pkcs8(&pkcs8)
+            .map_err(|_| "is not an Ed25519 key in PKCS#8 (make one with `datx audit new-key`)")?;
+        Ok(Signer { key })
+    }
+
+    /// A new key, as base64 PKCS#8.
+    pub fn new_key() -> String {
+        use base64::Engine;
+        let random = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&random).expect("the system has randomness");
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.public_key().as_ref())
+    }
+
+    pub fn sign(&self, digest: DayDigest) -> StoredDigest {
+        let value = hex::encode(self.key.sign(&digest.signed_bytes()).as_ref());
+        StoredDigest {
+            signature: Some(DigestSignature {
+                algorithm: "ed25519".into(),
+                public_key: self.public_key_hex(),
+                value,
+            }),
+            digest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> DigestEntry {
+        DigestEntry {
+            event_id: Uuid::from_bytes([n; 16]),
+            sha256: format!("{n:064x}"),
+            body_bytes: n as usize,
+            records: 1,
+        }
+    }
+
+    #[test]
+    fn the_merkle_root_changes_with_any_event_and_their_order() {
+        let events: Vec<DigestEntry> = (0..5).map(entry).collect();
+        let root = merkle_root(&events);
+        let mut altered = events.clone();
+        altered[4].records = 2;
+        let mut reordered = events.clone();
+        reordered.swap(0, 1);
+        let roots = [
+            merkle_root(&altered),
+            merkle_root(&reordered),
+            merkle_root(&events[..4]),
+            merkle_root(&[]),
+        ];
+        assert!(roots.iter().all(|other| *other != root), "{roots:?}");
+        assert_eq!(merkle_root(&events), root);
+    }
+
+    #[test]
+    fn a_signature_holds_for_its_key_only_and_not_for_an_altered_digest() {
+        let signer = Signer::from_base64(&Signer::new_key()).unwrap();
+        let other = Signer::from_base64(&Signer::new_key()).unwrap();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let digest = DayDigest::new(Stream::Orders, "v", date, vec![entry(1)], None);
+        let stored = signer.sign(digest);
+        let key = hex::decode(signer.public_key_hex()).unwrap();
+        assert_eq!(stored.check_signature(&key), Ok(()));
+        let other_key = hex::decode(other.public_key_hex()).unwrap();
+        assert!(stored.check_signature(&other_key).is_err());
+        let mut altered: StoredDigest = serde_json::from_slice(&stored.encode()).unwrap();
+        altered.digest.events[0].records = 7;
+        assert!(altered.check_signature(&key).is_err());
+        assert!(Signer::from_base64("bm90IGEga2V5").is_err());
+    }
+}

@@ -1,0 +1,644 @@
+//! Audit and replay: the digests of sealed days and what `datx events verify` finds when
+//! the log is altered, the filters and formats of `events list`, and `datx replay` into a
+//! second datx and into targets that count, fail or never recover. Real binaries, real
+//! sockets; past days come from the test-only clock shift (`DATX_TEST_CLOCK_SHIFT`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Workspace, compact, orders, post, sample, ticket_checks, walk};
+use serde_json::Value;
+
+const VENUES: &str = r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+auth = "none"
+[institutions.othervenue]
+timezone = "America/New_York"
+auth = "none"
+"#;
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Receives bodies as if on each of `days_ago` (a server per day, its clock moved back).
+async fn receive_on_past_days(workspace: &Workspace, days_ago: &[u32]) {
+    for (n, days) in days_ago.iter().enumerate() {
+        let shift = format!("-{days}days");
+        let server = workspace.serve_with_env(&[("DATX_TEST_CLOCK_SHIFT", &shift)]);
+        let base = 1_000_000 * (n as i64 + 1);
+        for i in 0..3 {
+            post(
+                &server,
+                "ticketchecks",
+                "myvenue",
+                ticket_checks(5, base + i * 10),
+            )
+            .await;
+        }
+        post(&server, "orders", "othervenue", orders(2, base)).await;
+        // The same contacts, as other bytes: S-360 would send them again when they change.
+        let mut contacts = sample("contacts.json");
+        contacts.extend(vec![b' '; n + 1]);
+        post(&server, "contacts", "myvenue", contacts).await;
+    }
+}
+
+/// A signed lake: bodies on three past days, compacted, so their days are sealed and
+/// digested. Returns the workspace and the public key.
+async fn sealed_lake() -> (Workspace, String) {
+    let key = {
+        let bare = Workspace::new("");
+        stdout(&bare.run(&["audit", "new-key"])).trim().to_string()
+    };
+    let workspace = Workspace::with_env(
+        &format!("[audit]\nsigning_key_env = \"TEST_AUDIT_KEY\"\n{VENUES}"),
+        &[("TEST_AUDIT_KEY", &key)],
+    );
+    receive_on_past_days(&workspace, &[12, 11, 10]).await;
+    compact(&workspace, "compact");
+    let public_key = stdout(&workspace.run(&["audit", "public-key"]))
+        .trim()
+        .to_string();
+    assert_eq!(public_key.len(), 64, "{public_key}");
+    (workspace, public_key)
+}
+
+/// `events verify` with the public key: its exit code and what it printed.
+fn verify(workspace: &Workspace, public_key: &str) -> (Option<i32>, String) {
+    let output = workspace.run(&["events", "verify", "--public-key", public_key]);
+    (output.status.code(), stdout(&output))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = walk(dir);
+    files.sort();
+    files
+}
+
+/// Runs `damage` on the lake, checks that verify fails naming `expected`, then puts the
+/// lake back as it was.
+fn assert_detected(
+    workspace: &Workspace,
+    public_key: &str,
+    damage: impl FnOnce(&Path),
+    expected: &str,
+) {
+    let lake = workspace.lake();
+    let backup = workspace.path().join("lake-backup");
+    copy_dir(&lake, &backup);
+    damage(&lake);
+    let (code, said) = verify(workspace, public_key);
+    assert_eq!(code, Some(1), "not detected ({expected}):\n{said}");
+    assert!(said.contains(expected), "expected {expected:?} in:\n{said}");
+    std::fs::remove_dir_all(&lake).unwrap();
+    std::fs::rename(&backup, &lake).unwrap();
+    assert_eq!(verify(workspace, public_key).0, Some(0));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for file in walk(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+/// Rewrites an event file: its envelope through `envelope`, its body through `body`.
+fn rewrite_event(
+    path: &Path,
+    envelope: impl FnOnce(&mut Value),
+    body: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) {
+    let stored = std::fs::read(path).unwrap();
+    let newline = stored.iter().position(|&b| b == b'\n').unwrap();
+    let mut head: Value = serde_json::from_slice(&stored[..newline]).unwrap();
+    let new_body = body(stored[newline + 1..].to_vec());
+    envelope(&mut head);
+    let mut out = serde_json::to_vec(&head).unwrap();
+    out.push(b'\n');
+    out.extend(new_body);
+    std::fs::write(path, out).unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_every_alteration_of_the_sealed_log() {
+    let (workspace, public_key) = sealed_lake().await;
+    let (code, said) = verify(&workspace, &public_key);
+    assert_eq!(code, Some(0), "{said}");
+    // Three sealed days of three streams and institutions: nine digests, all signed.
+    assert!(said.contains("9 sealed days checked against their digests and chain, 9 signatures verified; 0 mismatched"), "{said}");
+
+    let lake = workspace.lake();
+    let digests = |lake: &Path, source: &str| files_under(&lake.join("_datx/digests").join(source));
+    let events_of = |lake: &Path, source: &str| files_under(&lake.join("events").join(source));
+    assert_eq!(digests(&lake, "ticketchecks/myvenue").len(), 3);
+
+    // A body altered on disk.
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let event = &events_of(lake, "ticketchecks/myvenue")[0];
+            rewrite_event(
+                event,
+                |_| {},
+                |body| {
+                    String::from_utf8(body)
+                        .unwrap()
+                        .replacen("OK", "KO", 1)
+                        .into_bytes()
+                },
+            );
+        },
+        "body SHA-256 is",
+    );
+    // A body altered and its envelope re-hashed to match: only the digest remembers.
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let event = &events_of(lake, "ticketchecks/myvenue")[1];
+            let mut new_body = Vec::new();
+            rewrite_event(
+                event,
+                |_| {},
+                |body| {
+                    new_body = String::from_utf8(body)
+                        .unwrap()
+                        .replacen("OK", "KO", 1)
+                        .into_bytes();
+                    new_body.clone()
+                },
+            );
+            let (sha, size) = (sha256_hex(&new_body), new_body.len());
+            rewrite_event(
+                event,
+                |head| {
+                    head["sha256"] = sha.into();
+                    head["body_bytes"] = size.into();
+                },
+                |body| body,
+            );
+        },
+        "was altered: the digest recorded SHA-256",
+    );
+    // An event deleted.
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            std::fs::remove_file(&events_of(lake, "orders/othervenue")[0]).unwrap();
+        },
+        "in the digest is missing from the log",
+    );
+    // An event inserted into a sealed day, consistent in itself (its envelope names it).
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let original = &events_of(lake, "ticketchecks/myvenue")[2];
+            let name = original.file_name().unwrap().to_str().unwrap();
+            let id = name.trim_end_matches(".event");
+            // Same millisecond (same day), another random part.
+            let forged_id = format!("{}{}", &id[..24], "000000000000");
+            let forged = original.with_file_name(format!("{forged_id}.event"));
+            std::fs::copy(original, &forged).unwrap();
+            rewrite_event(
+                &forged,
+                |head| head["event_id"] = forged_id.clone().into(),
+                |body| body,
+            );
+        },
+        "is not in the digest: it was added after the day was sealed",
+    );
+    // A digest removed in the middle of the chain, and the last one.
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            std::fs::remove_file(&digests(lake, "contacts/myvenue")[1]).unwrap();
+        },
+        "it follows is missing",
+    );
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            std::fs::remove_file(&digests(lake, "contacts/myvenue")[2]).unwrap();
+        },
+        "the day is sealed but its digest is missing",
+    );
+    // A digest rewritten to agree with an altered event (its Merkle root recomputed): the
+    // next digest's link and the signature give it away.
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let path = &digests(lake, "orders/othervenue")[0];
+            let mut stored: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            stored["digest"]["events"][0]["records"] = 99.into();
+            std::fs::write(path, serde_json::to_vec(&stored).unwrap()).unwrap();
+        },
+        "was altered or replaced",
+    );
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let path = &digests(lake, "orders/othervenue")[2];
+            let mut stored: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            let value = stored["signature"]["value"].as_str().unwrap().to_string();
+            let flipped = if value.starts_with('0') { "1" } else { "0" };
+            stored["signature"]["value"] = format!("{flipped}{}", &value[1..]).into();
+            std::fs::write(path, serde_json::to_vec(&stored).unwrap()).unwrap();
+        },
+        "signature fails",
+    );
+
+    // Another key is not the auditor's.
+    let other = stdout(&workspace.run(&["audit", "new-key"]));
+    let other_key = {
+        let other_ws =
+            Workspace::with_env("[audit]\nsigning_key_env = \"K\"\n", &[("K", other.trim())]);
+        stdout(&other_ws.run(&["audit", "public-key"]))
+            .trim()
+            .to_string()
+    };
+    let (code, said) = verify(&workspace, &other_key);
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("its signature does not match the public key"),
+        "{said}"
+    );
+}
+
+/// The event ids `events list` prints with `args`, as JSON lines.
+fn listed(workspace: &Workspace, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["events", "list", "--format", "json"];
+    all.extend(args);
+    stdout(&workspace.run(&all))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_by_time_stream_and_institution_in_three_formats() {
+    let workspace = Workspace::new(VENUES);
+    receive_on_past_days(&workspace, &[5, 3]).await;
+    let all = listed(&workspace, &[]);
+    assert_eq!(all.len(), 10);
+    let day = |ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(ago))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let older = listed(&workspace, &["--until", &day(4)]);
+    let newer = listed(&workspace, &["--since", &day(4)]);
+    assert_eq!((older.len(), newer.len()), (5, 5));
+    assert!(
+        older
+            .iter()
+            .all(|e| e["received_at"].as_str().unwrap() < day(4).as_str())
+    );
+    let orders = listed(&workspace, &["--stream", "orders", "--since", &day(4)]);
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0]["institution"], "othervenue");
+    assert_eq!(
+        listed(&workspace, &["--institution", "othervenue"]).len(),
+        2
+    );
+
+    let csv = stdout(&workspace.run(&["events", "list", "--format", "csv", "--until", &day(4)]));
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("event_id,received_at,stream,institution,records,body_bytes,sha256")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 5);
+    for (row, json) in rows.iter().zip(&older) {
+        assert_eq!(row[0], json["event_id"]);
+        assert_eq!(row[6], json["sha256"]);
+    }
+    let table = stdout(&workspace.run(&["events", "list", "--institution", "othervenue"]));
+    assert!(table.starts_with("EVENT ID"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+}
+
+/// Every table of a lake as sorted JSON rows, without what a new receipt changes: the
+/// event id, the received-at instant, and the partition date of contacts, which is the day
+/// they were received (a contact has no date of its own).
+fn tables_of(workspace: &Workspace) -> BTreeMap<String, Vec<String>> {
+    let mut tables = BTreeMap::new();
+    for table in [
+        "contacts",
+        "orders",
+        "order_movements",
+        "ticket_checks",
+        "rejects",
+    ] {
+        let receipt = match table {
+            "contacts" => "_event_id, _received_at, date",
+            _ => "_event_id, _received_at",
+        };
+        let output = workspace.run(&[
+            "sql",
+            "--format",
+            "json",
+            &format!("SELECT * EXCLUDE ({receipt}) FROM {table}"),
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+        let mut rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        rows.sort();
+        tables.insert(table.to_string(), rows);
+    }
+    tables
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_into_a_second_datx_gives_the_same_tables() {
+    let source = Workspace::new(VENUES);
+    receive_on_past_days(&source, &[4, 1]).await;
+    {
+        let server = source.serve();
+        common::post_samples(&server, "othervenue").await;
+        post(
+            &server,
+            "orders",
+            "myvenue",
+            br#"[{"not": "an order"}]"#.to_vec(),
+        )
+        .await;
+    }
+    compact(&source, "compact");
+
+    // The target asks for an API key at one venue: the replay carries it.
+    let target = Workspace::with_env(
+        r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+auth = "api_key"
+header = "x-venue-key"
+key_env = "TEST_KEY"
+[institutions.othervenue]
+timezone = "America/New_York"
+auth = "none"
+"#,
+        &[("TEST_KEY", "secret-key")],
+    );
+    let server = target.serve();
+    let output = source
+        .command(&[
+            "replay",
+            "--to",
+            &server.url("/s360"),
+            "--api-key",
+            "x-venue-key:secret-key",
+            "--concurrency",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout(&output).starts_with("14 bodies"),
+        "{}",
+        stdout(&output)
+    );
+    drop(server);
+    compact(&target, "compact");
+    let (expected, replayed) = (tables_of(&source), tables_of(&target));
+    assert!(expected["ticket_checks"].len() >= 30);
+    assert!(!expected["rejects"].is_empty());
+    for (table, rows) in &expected {
+        assert!(
+            rows == &replayed[table],
+            "{table} differs after the replay:\n{:?}\nagainst\n{:?}",
+            rows.iter()
+                .filter(|r| !replayed[table].contains(r))
+                .take(2)
+                .collect::<Vec<_>>(),
+            replayed[table]
+                .iter()
+                .filter(|r| !rows.contains(r))
+                .take(2)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A target that counts the bodies it gets (by SHA-256), answering `status_of(n)` to the
+/// n-th request.
+struct Target {
+    url: String,
+    received: Arc<Mutex<BTreeMap<String, usize>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+fn counting_target(status_of: impl Fn(usize) -> u16 + Send + Sync + 'static) -> Target {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/s360", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(BTreeMap::new()));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let status_of = Arc::new(status_of);
+    let (counts, count) = (received.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let (counts, count, status_of) = (counts.clone(), count.clone(), status_of.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let Some((_, body)) = common::http::read_request(&mut client) else {
+                    return;
+                };
+                let status = status_of(count.fetch_add(1, Ordering::SeqCst));
+                if status == 200 {
+                    *counts.lock().unwrap().entry(sha256_hex(&body)).or_insert(0) += 1;
+                }
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            });
+        }
+    });
+    Target {
+        url,
+        received,
+        requests,
+    }
+}
+
+/// The SHA-256 of every stored body, from `events list`.
+fn stored_bodies(workspace: &Workspace) -> Vec<String> {
+    listed(workspace, &[])
+        .iter()
+        .map(|e| e["sha256"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_half_way_delivers_every_body_when_run_again() {
+    let workspace = Workspace::new(VENUES);
+    {
+        let server = workspace.serve();
+        for i in 0..60 {
+            post(
+                &server,
+                "ticketchecks",
+                "myvenue",
+                ticket_checks(2, 5_000_000 + i * 10),
+            )
+            .await;
+        }
+    }
+    let target = counting_target(|_| 200);
+    let args = [
+        "replay",
+        "--to",
+        &target.url,
+        "--concurrency",
+        "4",
+        "--rate",
+        "40",
+    ];
+    let mut first = workspace
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while target.requests.load(Ordering::SeqCst) < 25 {
+        assert!(Instant::now() < deadline, "the replay did not get going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let before_restart = target.received.lock().unwrap().values().sum::<usize>();
+    assert!(
+        before_restart < 60,
+        "the kill came too late: {before_restart}"
+    );
+
+    let again = workspace.command(&args).output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let received = target.received.lock().unwrap().clone();
+    let stored = stored_bodies(&workspace);
+    assert_eq!(stored.len(), 60);
+    for sha in &stored {
+        assert!(
+            received.get(sha).is_some_and(|&n| n >= 1),
+            "body {sha} never arrived"
+        );
+    }
+    let twice = received.values().filter(|&&n| n > 1).count();
+    assert!(received.values().all(|&n| n <= 2), "{received:?}");
+    assert!(
+        twice <= 4,
+        "{twice} bodies sent twice, more than the 4 in flight"
+    );
+    // Run again once complete: nothing more is sent.
+    let requests = target.requests.load(Ordering::SeqCst);
+    let third = workspace.command(&args).output().unwrap();
+    assert!(stdout(&third).starts_with("0 bodies"), "{}", stdout(&third));
+    assert_eq!(target.requests.load(Ordering::SeqCst), requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_gets_everything_once_it_recovers_and_one_that_never_does_stops_the_replay()
+ {
+    let workspace = Workspace::new(VENUES);
+    {
+        let server = workspace.serve();
+        for i in 0..5 {
+            post(
+                &server,
+                "ticketchecks",
+                "myvenue",
+                ticket_checks(2, 6_000_000 + i * 10),
+            )
+            .await;
+        }
+    }
+    // 500 to the first four requests, then 200.
+    let recovering = counting_target(|n| if n < 4 { 500 } else { 200 });
+    let output = workspace
+        .command(&[
+            "replay",
+            "--to",
+            &recovering.url,
+            "--concurrency",
+            "1",
+            "--tries",
+            "6",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let received = recovering.received.lock().unwrap().clone();
+    let stored = stored_bodies(&workspace);
+    assert!(
+        stored.iter().all(|sha| received.get(sha) == Some(&1)),
+        "{received:?}"
+    );
+
+    let broken = counting_target(|_| 500);
+    let output = workspace
+        .command(&[
+            "replay",
+            "--to",
+            &broken.url,
+            "--tries",
+            "2",
+            "--concurrency",
+            "1",
+            "--state",
+            "broken.cursor",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    let first = listed(&workspace, &[])[0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(said.contains(&format!("event {first}")), "{said}");
+    assert!(
+        said.contains("refused 2 times") && said.contains("HTTP 500"),
+        "{said}"
+    );
+}
