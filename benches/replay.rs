@@ -1,0 +1,109 @@
+//! Replay benchmark: `datx replay` of a stored log into a second datx on this machine.
+//!
+//! Stores `DATX_BENCH_REPLAY_BODIES` distinct 50-record ticket-check bodies (default 5000)
+//! in a source lake, starts a target `datx serve` (in this process, on a loopback port, its
+//! own lake on the same disk), then runs the real `datx replay` against it at concurrency 1,
+//! 16 and 64, each into a fresh target lake. Prints bodies and records per second. The
+//! target's durable appends (two fsyncs a body) bound it, as in the ingest bench.
+//!
+//! Run: `cargo bench --bench replay`. Environment: `DATX_BENCH_REPLAY_BODIES`,
+//! `DATX_BENCH_DIR` (where the lakes go, on the disk to measure).
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::{Bodies, RECORDS_PER_BODY};
+use datx::config::Config;
+use datx::eventlog::EventLog;
+use datx::store::Store;
+use datx::stream::Stream;
+use futures::StreamExt;
+
+const INSTITUTION: &str = "benchvenue";
+
+fn config(lake: &Path) -> String {
+    format!(
+        "lake = \"{}\"\ncompact_every = \"off\"\n[institutions.{INSTITUTION}]\nauth = \"none\"\n",
+        lake.display()
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let count = common::env_number("DATX_BENCH_REPLAY_BODIES", 5000);
+    let root = common::bench_root();
+    let source = root.path().join("source");
+    let log = EventLog::new(Store::open(source.to_str().unwrap()).unwrap());
+    let bodies = Bodies::new();
+    futures::stream::iter(0..count)
+        .map(|_| {
+            let (log, body) = (&log, bodies.next());
+            async move {
+                log.append(Stream::TicketChecks, INSTITUTION, body, RECORDS_PER_BODY)
+                    .await
+                    .expect("a bench body is stored")
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    std::fs::write(root.path().join("datx.toml"), config(&source)).unwrap();
+    println!(
+        "replay bench: {count} bodies of {RECORDS_PER_BODY} records, into a datx on 127.0.0.1"
+    );
+    println!(
+        "{:>11}  {:>9}  {:>9}  {:>11}",
+        "concurrency", "seconds", "bodies/s", "records/s"
+    );
+    for concurrency in [1, 16, 64] {
+        let target_lake = root.path().join(format!("target-{concurrency}"));
+        let target = Config::parse(
+            &config(&target_lake),
+            Path::new("bench.toml"),
+            root.path(),
+            &|_| None,
+        )
+        .unwrap();
+        let store = Store::open(target_lake.to_str().unwrap()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/s360", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(datx::serve::run(target, store, listener, async {
+            let _ = stopped.await;
+        }));
+        let started = Instant::now();
+        let dir = root.path().to_path_buf();
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_datx"))
+                .args([
+                    "replay",
+                    "--to",
+                    &url,
+                    "--concurrency",
+                    &concurrency.to_string(),
+                ])
+                .args(["--state", &format!("replay-{concurrency}.cursor")])
+                .current_dir(dir)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let output = common::succeeded(output);
+        let said = String::from_utf8_lossy(&output.stdout);
+        if !said.starts_with(&format!("{count} bodies")) {
+            common::fail(&format!("the replay did not send every body: {said}"));
+        }
+        let _ = stop.send(());
+        server.await.unwrap().expect("the target ran");
+        println!(
+            "{concurrency:>11}  {seconds:>9.2}  {:>9.0}  {:>11.0}",
+            count as f64 / seconds,
+            (count * RECORDS_PER_BODY) as f64 / seconds
+        );
+    }
+}
