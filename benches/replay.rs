@@ -1,10 +1,12 @@
 //! Replay benchmark: `datx replay` of a stored log into a second datx on this machine.
 //!
 //! Stores `DATX_BENCH_REPLAY_BODIES` distinct 50-record ticket-check bodies (default 5000)
-//! in a source lake, starts a target `datx serve` (in this process, on a loopback port, its
-//! own lake on the same disk), then runs the real `datx replay` against it at concurrency 1,
-//! 16 and 64, each into a fresh target lake. Prints bodies and records per second. The
-//! target's durable appends (two fsyncs a body) bound it, as in the ingest bench.
+//! of 16 venues in a source lake, starts a target `datx serve` (in this process, on a
+//! loopback port, its own lake on the same disk), then runs the real `datx replay` against
+//! it at concurrency 1, 4 and 16, each into a fresh target lake. Replay sends each stream
+//! and venue one body at a time, in order, so concurrency counts venues at once. Prints
+//! bodies and records per second. The target's durable appends (two fsyncs a body) bound
+//! it, as in the ingest bench.
 //!
 //! Run: `cargo bench --bench replay`. Environment: `DATX_BENCH_REPLAY_BODIES`,
 //! `DATX_BENCH_DIR` (where the lakes go, on the disk to measure).
@@ -21,13 +23,14 @@ use datx::store::Store;
 use datx::stream::Stream;
 use futures::StreamExt;
 
-const INSTITUTION: &str = "benchvenue";
+const VENUES: usize = 16;
 
 fn config(lake: &Path) -> String {
-    format!(
-        "lake = \"{}\"\ncompact_every = \"off\"\n[institutions.{INSTITUTION}]\nauth = \"none\"\n",
-        lake.display()
-    )
+    let mut config = format!("lake = \"{}\"\ncompact_every = \"off\"\n", lake.display());
+    for venue in 0..VENUES {
+        config.push_str(&format!("[institutions.venue{venue}]\nauth = \"none\"\n"));
+    }
+    config
 }
 
 #[tokio::main]
@@ -38,10 +41,11 @@ async fn main() {
     let log = EventLog::new(Store::open(source.to_str().unwrap()).unwrap());
     let bodies = Bodies::new();
     futures::stream::iter(0..count)
-        .map(|_| {
+        .map(|n| {
             let (log, body) = (&log, bodies.next());
+            let venue = format!("venue{}", n % VENUES);
             async move {
-                log.append(Stream::TicketChecks, INSTITUTION, body, RECORDS_PER_BODY)
+                log.append(Stream::TicketChecks, &venue, body, RECORDS_PER_BODY)
                     .await
                     .expect("a bench body is stored")
             }
@@ -51,13 +55,13 @@ async fn main() {
         .await;
     std::fs::write(root.path().join("datx.toml"), config(&source)).unwrap();
     println!(
-        "replay bench: {count} bodies of {RECORDS_PER_BODY} records, into a datx on 127.0.0.1"
+        "replay bench: {count} bodies of {RECORDS_PER_BODY} records from {VENUES} venues, into a datx on 127.0.0.1"
     );
     println!(
         "{:>11}  {:>9}  {:>9}  {:>11}",
         "concurrency", "seconds", "bodies/s", "records/s"
     );
-    for concurrency in [1, 16, 64] {
+    for concurrency in [1, 4, 16] {
         let target_lake = root.path().join(format!("target-{concurrency}"));
         let target = Config::parse(
             &config(&target_lake),

@@ -125,7 +125,7 @@ struct ReplayArgs {
     )]
     api_key: Option<String>,
     /// Bodies per second at most [default: as fast as the target answers]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
     rate: Option<f64>,
     /// Bodies in flight at once
     #[arg(long, default_value_t = 4)]
@@ -207,6 +207,13 @@ enum ListFormat {
     Csv,
 }
 
+fn parse_rate(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|rate| rate.is_finite() && *rate > 0.0 && *rate <= 1000.0)
+        .ok_or_else(|| format!("{text:?} is not a rate between 0 and 1000 bodies per second"))
+}
+
 fn parse_stream(text: &str) -> Result<Stream, String> {
     text.parse()
         .map_err(|e: crate::stream::UnknownStream| e.to_string())
@@ -258,6 +265,13 @@ fn init_logs() {
 }
 
 async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
+    if matches!(
+        command,
+        Command::Serve | Command::Compact | Command::Rebuild
+    ) {
+        // They seal days: their digests must be signed if the configuration says so.
+        config.audit_signer()?;
+    }
     match command {
         Command::Serve => {
             crate::serve::serve(config)
@@ -313,7 +327,7 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
             println!("{}", crate::eventlog::Signer::new_key());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::PublicKey) => match config.audit_signer() {
+        Command::Audit(AuditCommand::PublicKey) => match config.audit_signer()? {
             Some(signer) => {
                 println!("{}", signer.public_key_hex());
                 Ok(ExitCode::SUCCESS)
@@ -343,24 +357,19 @@ async fn replay(log: &EventLog, args: ReplayArgs) -> Result<ExitCode, String> {
         }
         (None, None) => TargetAuth::None,
     };
-    let filter = args.filter.into_filter();
-    let cursor = args.state.unwrap_or_else(|| {
-        let identity = format!(
-            "{}|{:?}|{:?}|{:?}|{:?}",
-            args.to, filter.stream, filter.institution, filter.since, filter.until
-        );
-        let hash = crate::eventlog::sha256_hex(identity.as_bytes());
-        PathBuf::from(format!(".datx-replay-{}.json", &hash[..12]))
-    });
-    let options = ReplayOptions {
+    let mut options = ReplayOptions {
         to: args.to,
-        filter,
+        filter: args.filter.into_filter(),
         auth,
         rate: args.rate,
         concurrency: args.concurrency,
         tries: args.tries,
-        cursor,
+        cursor: PathBuf::new(),
     };
+    options.cursor = args.state.unwrap_or_else(|| {
+        let hash = crate::eventlog::sha256_hex(options.identity().as_bytes());
+        PathBuf::from(format!(".datx-replay-{}.json", &hash[..12]))
+    });
     match crate::replay::replay(log, &options).await {
         Ok(summary) => {
             println!(

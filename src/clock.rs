@@ -2,16 +2,24 @@
 //!
 //! Owns one test-only override: `DATX_TEST_CLOCK_SHIFT` (a duration such as `-10days` or
 //! `3h`) moves this clock, so that tests can receive bodies on past days and see those days
-//! sealed and digested. It is read once, and its use is logged. Nothing else may read the
-//! wall clock for those two purposes.
+//! sealed and digested. Only debug builds (the tests') read it: in a release build a stray
+//! variable could seal days that still receive events. Nothing else may read the wall
+//! clock for those two purposes.
 
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 const SHIFT_VARIABLE: &str = "DATX_TEST_CLOCK_SHIFT";
 
+#[cfg(not(debug_assertions))]
+fn shift() -> chrono::Duration {
+    chrono::Duration::zero()
+}
+
+#[cfg(debug_assertions)]
 fn shift() -> chrono::Duration {
     static SHIFT: OnceLock<chrono::Duration> = OnceLock::new();
     *SHIFT.get_or_init(|| {

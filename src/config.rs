@@ -56,17 +56,26 @@ pub struct Config {
     /// Bearer token `GET /metrics` asks for; `None` leaves it open (it names institutions
     /// and counts, never records).
     pub metrics_token: Option<String>,
-    /// The Ed25519 key (base64 PKCS#8) digests of sealed days are signed with; `None`
-    /// leaves them unsigned.
+    /// The variable `[audit]` names for the key digests are signed with, and the key
+    /// (base64 PKCS#8) when the variable is set. Only the compactor needs it: an auditor
+    /// who verifies with the public key runs the same configuration without it.
+    pub audit_signing_key_env: Option<String>,
     pub audit_signing_key: Option<String>,
 }
 
 impl Config {
-    /// The signer of digests, when `[audit]` names a key (checked when the file is read).
-    pub fn audit_signer(&self) -> Option<crate::eventlog::Signer> {
-        self.audit_signing_key.as_deref().map(|key| {
-            crate::eventlog::Signer::from_base64(key).expect("the key was checked on load")
-        })
+    /// The signer of digests: `None` when `[audit]` names no key, an error when it names a
+    /// variable that is not set (digests would silently go unsigned).
+    pub fn audit_signer(&self) -> Result<Option<crate::eventlog::Signer>, String> {
+        match (&self.audit_signing_key_env, &self.audit_signing_key) {
+            (_, Some(key)) => Ok(Some(
+                crate::eventlog::Signer::from_base64(key).expect("the key was checked on load"),
+            )),
+            (Some(variable), None) => Err(format!(
+                "invalid configuration: audit.signing_key_env: the environment variable {variable} is not set"
+            )),
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -423,16 +432,12 @@ impl Config {
             ),
         };
 
-        let audit_signing_key = match &raw.audit.signing_key_env {
+        let audit_signing_key_env = raw.audit.signing_key_env;
+        let audit_signing_key = match audit_signing_key_env.as_deref().and_then(env) {
             None => None,
-            Some(variable) => {
-                let key = env(variable).ok_or_else(|| {
-                    invalid(
-                        "audit.signing_key_env",
-                        format!("the environment variable {variable} is not set"),
-                    )
-                })?;
+            Some(key) => {
                 crate::eventlog::Signer::from_base64(&key).map_err(|problem| {
+                    let variable = audit_signing_key_env.as_deref().unwrap_or_default();
                     invalid("audit.signing_key_env", format!("{variable} {problem}"))
                 })?;
                 Some(key)
@@ -451,6 +456,7 @@ impl Config {
             sql,
             connections,
             metrics_token,
+            audit_signing_key_env,
             audit_signing_key,
         })
     }

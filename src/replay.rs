@@ -8,11 +8,12 @@
 //! by body (datx does) absorbs. A body the target keeps refusing stops the replay; none is
 //! ever skipped. It must never change the event log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -76,15 +77,65 @@ pub struct ReplaySummary {
     pub seconds: f64,
 }
 
-/// The cursor file: every event up to `delivered_through` (in id order, which is received
-/// order) has been delivered.
+/// The cursor file, by `{stream}/{institution}`: how far each source has been delivered.
+/// It names what it was made for, so that another replay cannot take it for its own.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Cursor {
-    delivered_through: Option<Uuid>,
-    complete: bool,
+    identity: String,
+    sources: BTreeMap<String, SourceCursor>,
 }
 
+/// Delivered, in a source: every event up to `through`, in id (received) order, except on
+/// days that were still receiving when it was listed, where an event can still appear with
+/// a lower id (an append in flight, a resend completing an earlier claim): there, the ids
+/// delivered are kept and only those are skipped.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SourceCursor {
+    through: Option<Uuid>,
+    /// Days before this one were sealed (no new event) when the replay listed them.
+    settled_before: Option<NaiveDate>,
+    recent: BTreeSet<Uuid>,
+}
+
+impl SourceCursor {
+    fn delivered(&self, key: &EventKey) -> bool {
+        let Some(through) = self.through else {
+            return false;
+        };
+        key.event_id <= through
+            && (self.settled_before.is_some_and(|day| key.day < day)
+                || self.recent.contains(&key.event_id))
+    }
+
+    fn record(&mut self, key: &EventKey, settled_before: NaiveDate) {
+        self.through = self.through.max(Some(key.event_id));
+        self.settled_before = Some(settled_before);
+        self.recent
+            .retain(|id| EventKey::day_of(*id).is_some_and(|day| day >= settled_before));
+        if key.day >= settled_before {
+            self.recent.insert(key.event_id);
+        }
+    }
+}
+
+/// Days older than this many days receive no new event: S-360 resends for at most three
+/// hours, and a resend completes an earlier claim of at most the day before.
+const SETTLED_AFTER_DAYS: i64 = 2;
+
 impl ReplayOptions {
+    /// What makes two replays the same one: the target and the filters.
+    pub fn identity(&self) -> String {
+        let filter = &self.filter;
+        format!(
+            "to {} stream {:?} institution {:?} since {:?} until {:?}",
+            self.to.trim_end_matches('/'),
+            filter.stream.map(|s| s.as_str()),
+            filter.institution,
+            filter.since,
+            filter.until
+        )
+    }
+
     fn url(&self, key: &EventKey) -> String {
         if self.to.contains("{stream}") || self.to.contains("{institution}") {
             self.to
@@ -101,8 +152,11 @@ impl ReplayOptions {
     }
 }
 
-/// Sends every event `options.filter` selects, in received order, from where an earlier
-/// run with the same cursor stopped.
+/// Sends every event `options.filter` selects, from where an earlier run with the same
+/// cursor stopped. Each stream and institution is sent one body at a time, in received
+/// order, so that the target receives them in the same order (which of two versions of an
+/// order or a ticket check is the later one depends on it); `concurrency` of them are sent
+/// at once.
 pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     if !(options.to.starts_with("http://") || options.to.starts_with("https://")) {
         return Err(ReplayError::Target(format!(
@@ -111,75 +165,87 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
         )));
     }
     let started = Instant::now();
-    let mut cursor = read_cursor(&options.cursor)?;
-    let keys = ordered_keys(log, &options.filter).await?;
-    let mut summary = ReplaySummary::default();
-    let pending: Vec<EventKey> = keys
-        .into_iter()
-        .filter(|key| {
-            let done = cursor
-                .delivered_through
-                .is_some_and(|through| key.event_id <= through);
-            summary.skipped += usize::from(done);
-            !done
-        })
-        .collect();
-    if cursor.complete && pending.is_empty() {
-        tracing::info!(cursor = %options.cursor.display(), "this replay was already complete");
+    let identity = options.identity();
+    let cursor = read_cursor(&options.cursor)?.unwrap_or_default();
+    if !cursor.identity.is_empty() && cursor.identity != identity {
+        return Err(ReplayError::Target(format!(
+            "{} is the cursor of another replay ({}); give this one its own --state",
+            options.cursor.display(),
+            cursor.identity
+        )));
     }
-    let progress = Progress::new(pending.len() as u64);
+    let settled_before =
+        crate::clock::now().date_naive() - chrono::Duration::days(SETTLED_AFTER_DAYS);
+    let mut summary = ReplaySummary::default();
+    let mut sources: BTreeMap<String, Vec<EventKey>> = BTreeMap::new();
+    for key in ordered_keys(log, &options.filter).await? {
+        let source = format!("{}/{}", key.stream, key.institution);
+        let done = cursor
+            .sources
+            .get(&source)
+            .is_some_and(|at| at.delivered(&key));
+        if done {
+            summary.skipped += 1;
+        } else {
+            sources.entry(source).or_default().push(key);
+        }
+    }
+    let progress = Progress::new(sources.values().map(|keys| keys.len() as u64).sum());
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        // A redirect would turn the POST into a GET without its body, whose 200 would be
+        // counted as a delivery.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| ReplayError::Target(e.to_string()))?;
     let pace = options.rate.map(|rate| {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        std::sync::Arc::new(tokio::sync::Mutex::new(interval))
+        tokio::sync::Mutex::new(interval)
     });
-    // Completion is out of order under concurrency: the cursor advances only over a run of
-    // delivered events with no gap, so a kill never skips one.
-    let order: Vec<Uuid> = pending.iter().map(|key| key.event_id).collect();
-    let mut next_in_order = 0;
-    let mut delivered = BTreeSet::new();
-    let deliveries = futures::stream::iter(pending)
-        .then(|key| {
-            let pace = pace.clone();
-            async move {
+    let cursor = Cursor { identity, ..cursor };
+    // Named before the first delivery, so that another replay cannot take it up.
+    write_cursor(&options.cursor, &cursor)?;
+    let cursor = std::sync::Mutex::new(cursor);
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let send_source = |(source, keys): (String, Vec<EventKey>)| {
+        let (client, pace, cursor, progress) = (&client, &pace, &cursor, &progress);
+        let (sent, bytes) = (&sent, &bytes);
+        async move {
+            for key in keys {
                 if let Some(pace) = pace {
                     pace.lock().await.tick().await;
                 }
-                key
+                let size = deliver(log, client, options, &key).await?;
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                bytes.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+                progress.advance();
+                // After every delivery: a kill then resends only the bodies in flight.
+                let mut cursor = cursor.lock().expect("never poisoned");
+                cursor
+                    .sources
+                    .entry(source.clone())
+                    .or_default()
+                    .record(&key, settled_before);
+                write_cursor(&options.cursor, &cursor)?;
             }
-        })
-        .map(|key| deliver(log, &client, options, key))
-        .buffer_unordered(options.concurrency.max(1));
-    let mut deliveries = std::pin::pin!(deliveries);
-    while let Some((position, bytes)) = deliveries
-        .try_next()
-        .await?
-        .map(|(id, bytes)| (order.binary_search(&id).expect("a pending event"), bytes))
-    {
-        summary.sent += 1;
-        summary.bytes += bytes as u64;
-        progress.advance();
-        delivered.insert(position);
-        while delivered.remove(&next_in_order) {
-            cursor.delivered_through = Some(order[next_in_order]);
-            next_in_order += 1;
+            Ok::<(), ReplayError>(())
         }
-        // After every delivery: a kill then resends only what was in flight.
-        write_cursor(&options.cursor, &cursor)?;
-    }
-    cursor.complete = true;
-    write_cursor(&options.cursor, &cursor)?;
+    };
+    futures::stream::iter(sources)
+        .map(send_source)
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
     progress.finish();
+    summary.sent = sent.into_inner();
+    summary.bytes = bytes.into_inner();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// Every selected event, in received order across streams and institutions: one day at a
-/// time, merged by id (a UUIDv7, minted at receipt).
+/// Every selected event, in received order (by id, a UUIDv7 minted at receipt).
 async fn ordered_keys(log: &EventLog, filter: &EventFilter) -> Result<Vec<EventKey>, ReplayError> {
     let mut keys: Vec<EventKey> = log
         .list(filter)
@@ -198,10 +264,10 @@ async fn deliver(
     log: &EventLog,
     client: &reqwest::Client,
     options: &ReplayOptions,
-    key: EventKey,
-) -> Result<(Uuid, usize), ReplayError> {
-    let event = log.read(&key).await?;
-    let url = options.url(&key);
+    key: &EventKey,
+) -> Result<usize, ReplayError> {
+    let event = log.read(key).await?;
+    let url = options.url(key);
     let mut wait = Duration::from_millis(500);
     let mut answer = String::new();
     for attempt in 1..=options.tries.max(1) {
@@ -215,9 +281,7 @@ async fn deliver(
             TargetAuth::ApiKey { header, key } => request.header(header.as_str(), key.as_str()),
         };
         match request.send().await {
-            Ok(response) if response.status().is_success() => {
-                return Ok((key.event_id, event.body.len()));
-            }
+            Ok(response) if response.status().is_success() => return Ok(event.body.len()),
             Ok(response) => answer = format!("HTTP {}", response.status()),
             Err(e) => answer = format!("no answer ({e})"),
         }
@@ -230,20 +294,23 @@ async fn deliver(
     Err(ReplayError::Refused {
         event_id: key.event_id,
         stream: key.stream.to_string(),
-        institution: key.institution,
+        institution: key.institution.clone(),
         url,
         tries: options.tries.max(1),
         answer,
     })
 }
 
-fn read_cursor(path: &PathBuf) -> Result<Cursor, ReplayError> {
+/// The cursor an earlier run left, if any.
+fn read_cursor(path: &PathBuf) -> Result<Option<Cursor>, ReplayError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ReplayError::Cursor {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ReplayError::Cursor {
+                path: path.clone(),
+                source: std::io::Error::other(format!("{e} (remove it to replay from the start)")),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ReplayError::Cursor {
             path: path.clone(),
             source,
@@ -254,7 +321,7 @@ fn read_cursor(path: &PathBuf) -> Result<Cursor, ReplayError> {
 /// Replaces the cursor file whole (a temporary file renamed over it), so a kill leaves the
 /// old cursor or the new one.
 fn write_cursor(path: &PathBuf, cursor: &Cursor) -> Result<(), ReplayError> {
-    let temp = path.with_extension("tmp");
+    let temp = path.with_extension(format!("{}.tmp", std::process::id()));
     let error = |source| ReplayError::Cursor {
         path: path.clone(),
         source,

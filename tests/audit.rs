@@ -225,6 +225,32 @@ async fn verify_names_every_alteration_of_the_sealed_log() {
         },
         "is not in the digest: it was added after the day was sealed",
     );
+    // An envelope whose received-at was moved (its body and SHA-256 untouched).
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let event = &events_of(lake, "orders/othervenue")[1];
+            rewrite_event(
+                event,
+                |head| head["received_at"] = "2020-01-01T00:00:00Z".into(),
+                |body| body,
+            );
+        },
+        "envelope says received at 2020-01-01",
+    );
+    // The last sealed day cut off: its events and its digest removed.
+    assert_detected(
+        &workspace,
+        &public_key,
+        |lake| {
+            let last = digests(lake, "ticketchecks/myvenue").pop().unwrap();
+            let day = last.file_stem().unwrap().to_str().unwrap().to_string();
+            std::fs::remove_file(&last).unwrap();
+            std::fs::remove_dir_all(lake.join("events/ticketchecks/myvenue").join(day)).unwrap();
+        },
+        "the end of the chain was removed",
+    );
     // A digest removed in the middle of the chain, and the last one.
     assert_detected(
         &workspace,
@@ -351,9 +377,11 @@ fn tables_of(workspace: &Workspace) -> BTreeMap<String, Vec<String>> {
         "order_movements",
         "ticket_checks",
         "rejects",
+        "contacts_current",
+        "orders_current",
     ] {
         let receipt = match table {
-            "contacts" => "_event_id, _received_at, date",
+            "contacts" | "contacts_current" => "_event_id, _received_at, date",
             _ => "_event_id, _received_at",
         };
         let output = workspace.run(&[
@@ -389,6 +417,14 @@ async fn a_replay_into_a_second_datx_gives_the_same_tables() {
             br#"[{"not": "an order"}]"#.to_vec(),
         )
         .await;
+        // An order, then its correction: the target must receive them in this order for
+        // the correction to be the current version there too.
+        let order = orders(3, 7_000_000);
+        let corrected = String::from_utf8(order.clone())
+            .unwrap()
+            .replace("40000", "40001");
+        post(&server, "orders", "othervenue", order).await;
+        post(&server, "orders", "othervenue", corrected.into_bytes()).await;
     }
     compact(&source, "compact");
 
@@ -425,7 +461,7 @@ auth = "none"
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout(&output).starts_with("14 bodies"),
+        stdout(&output).starts_with("16 bodies"),
         "{}",
         stdout(&output)
     );
@@ -641,4 +677,18 @@ async fn a_failing_target_gets_everything_once_it_recovers_and_one_that_never_do
         said.contains("refused 2 times") && said.contains("HTTP 500"),
         "{said}"
     );
+    // Its cursor is its own: another replay cannot take it up by mistake.
+    let output = workspace
+        .command(&[
+            "replay",
+            "--to",
+            &recovering.url,
+            "--state",
+            "broken.cursor",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("is the cursor of another replay"), "{said}");
 }

@@ -163,7 +163,8 @@ impl Compactor {
             owner: lease_owner(),
             last_state: std::sync::Mutex::new(None),
             fence_next: std::sync::atomic::AtomicBool::new(false),
-            signer: config.audit_signer(),
+            // `serve`, `compact` and `rebuild` refuse to start when the key is missing.
+            signer: config.audit_signer().ok().flatten(),
         }
     }
 

@@ -46,10 +46,12 @@ pub struct DayDigest {
     pub previous: Option<ChainLink>,
 }
 
-/// A digest object as stored: the digest, and its Ed25519 signature when a key was set.
+/// A digest object as stored: the digest's JSON, kept as the exact bytes that were signed
+/// (re-serialising could differ once the format grows a field), and its Ed25519 signature
+/// when a key was set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredDigest {
-    pub digest: DayDigest,
+    digest: Box<serde_json::value::RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<DigestSignature>,
 }
@@ -60,7 +62,7 @@ pub struct DigestSignature {
     /// The signer's public key, lowercase hex: informative only, an auditor checks against
     /// the key they keep.
     pub public_key: String,
-    /// Over the digest's JSON bytes as serialised here (field order is fixed).
+    /// Over the digest's JSON bytes as stored.
     pub value: String,
 }
 
@@ -93,15 +95,24 @@ impl DayDigest {
             previous,
         }
     }
-
-    fn signed_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a digest serialises")
-    }
 }
 
 impl StoredDigest {
+    /// `digest`, signed when there is a signer.
+    pub fn new(digest: &DayDigest, signer: Option<&Signer>) -> StoredDigest {
+        let json = serde_json::to_string(digest).expect("a digest serialises");
+        let digest = serde_json::value::RawValue::from_string(json).expect("valid JSON");
+        let signature = signer.map(|signer| signer.sign(digest.get().as_bytes()));
+        StoredDigest { digest, signature }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a digest serialises")
+    }
+
+    /// What the digest states.
+    pub fn day(&self) -> Result<DayDigest, serde_json::Error> {
+        serde_json::from_str(self.digest.get())
     }
 
     /// Whether the signature is valid for `public_key` (hex); `Err` says why not.
@@ -111,7 +122,7 @@ impl StoredDigest {
         };
         let value = hex::decode(&signature.value).map_err(|_| "its signature is not hex")?;
         UnparsedPublicKey::new(&ED25519, public_key)
-            .verify(&self.digest.signed_bytes(), &value)
+            .verify(self.digest.get().as_bytes(), &value)
             .map_err(|_| "its signature does not match the public key".to_string())
     }
 }
@@ -185,15 +196,11 @@ impl Signer {
         hex::encode(self.key.public_key().as_ref())
     }
 
-    pub fn sign(&self, digest: DayDigest) -> StoredDigest {
-        let value = hex::encode(self.key.sign(&digest.signed_bytes()).as_ref());
-        StoredDigest {
-            signature: Some(DigestSignature {
-                algorithm: "ed25519".into(),
-                public_key: self.public_key_hex(),
-                value,
-            }),
-            digest,
+    fn sign(&self, bytes: &[u8]) -> DigestSignature {
+        DigestSignature {
+            algorithm: "ed25519".into(),
+            public_key: self.public_key_hex(),
+            value: hex::encode(self.key.sign(bytes).as_ref()),
         }
     }
 }
@@ -235,14 +242,25 @@ mod tests {
         let other = Signer::from_base64(&Signer::new_key()).unwrap();
         let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         let digest = DayDigest::new(Stream::Orders, "v", date, vec![entry(1)], None);
-        let stored = signer.sign(digest);
+        let stored = StoredDigest::new(&digest, Some(&signer));
         let key = hex::decode(signer.public_key_hex()).unwrap();
-        assert_eq!(stored.check_signature(&key), Ok(()));
+        let read: StoredDigest = serde_json::from_slice(&stored.encode()).unwrap();
+        assert_eq!(read.check_signature(&key), Ok(()));
+        assert_eq!(read.day().unwrap(), digest);
         let other_key = hex::decode(other.public_key_hex()).unwrap();
-        assert!(stored.check_signature(&other_key).is_err());
-        let mut altered: StoredDigest = serde_json::from_slice(&stored.encode()).unwrap();
-        altered.digest.events[0].records = 7;
-        assert!(altered.check_signature(&key).is_err());
+        assert!(read.check_signature(&other_key).is_err());
+        let mut altered = digest.clone();
+        altered.events[0].records = 7;
+        let forged = StoredDigest {
+            signature: read.signature.clone(),
+            ..StoredDigest::new(&altered, None)
+        };
+        assert!(forged.check_signature(&key).is_err());
+        assert!(
+            StoredDigest::new(&digest, None)
+                .check_signature(&key)
+                .is_err()
+        );
         assert!(Signer::from_base64("bm90IGEga2V5").is_err());
     }
 }

@@ -348,16 +348,22 @@ impl EventLog {
         previous: Option<ChainLink>,
         signer: Option<&Signer>,
     ) -> Result<ChainLink, EventLogError> {
+        let key = digest::digest_key(stream, institution, date);
+        // Kept as it is when there (a pass that wrote it died before its commit), without
+        // reading the day again: the first pass over an old lake digests years of days.
+        match self.store.get(&key).await {
+            Ok(existing) => {
+                return Ok(ChainLink {
+                    date,
+                    sha256: sha256_hex(&existing),
+                });
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let entries = self.digest_entries(stream, institution, date).await?;
         let digest = DayDigest::new(stream, institution, date, entries, previous);
-        let stored = match signer {
-            Some(signer) => signer.sign(digest),
-            None => StoredDigest {
-                digest,
-                signature: None,
-            },
-        };
-        let key = digest::digest_key(stream, institution, date);
+        let stored = StoredDigest::new(&digest, signer);
         let bytes = Bytes::from(stored.encode());
         let bytes = match self
             .store
@@ -365,18 +371,9 @@ impl EventLog {
             .await?
         {
             Created::New => bytes,
-            Created::AlreadyExisted => {
-                let existing = self.store.get(&key).await?;
-                let same = serde_json::from_slice::<StoredDigest>(&existing)
-                    .is_ok_and(|found| found.digest == stored.digest);
-                if !same {
-                    tracing::error!(
-                        key,
-                        "a digest already exists and differs from the day's events: kept; `datx events verify` reports it"
-                    );
-                }
-                existing
-            }
+            // Another compactor wrote it an instant ago (the same bytes, unless its key
+            // differs): the chain goes on from what is stored.
+            Created::AlreadyExisted => self.store.get(&key).await?,
         };
         Ok(ChainLink {
             date,
@@ -564,10 +561,37 @@ impl EventLog {
                 }
             }
         }
+        // And a source whose events and digests were all removed is still in the commits.
+        for source in digested.keys() {
+            let Some((stream, institution)) =
+                source.split_once('/').and_then(|(stream, institution)| {
+                    Some((stream.parse::<Stream>().ok()?, institution))
+                })
+            else {
+                continue;
+            };
+            if filter.takes_source(stream, institution)
+                && !sources.contains(&(stream, institution.to_string()))
+            {
+                sources.push((stream, institution.to_string()));
+            }
+        }
         for (stream, institution) in sources {
             let source = format!("{stream}/{institution}");
             let event_days = self.days(stream, &institution).await?;
             let digest_dates = self.digest_dates(stream, &institution).await?;
+            // The last digested day always had events: its digest ends the chain, and a
+            // chain cut short (that day's events and digest removed) shows here.
+            if let Some(&through) = digested.get(&source)
+                && filter.takes_day(through)
+                && digest_dates.binary_search(&through).is_err()
+                && event_days.binary_search(&through).is_err()
+            {
+                report.mismatches.push(Mismatch {
+                    key: digest::digest_key(stream, &institution, through),
+                    problem: "the last digested day has neither its events nor its digest: the end of the chain was removed".into(),
+                });
+            }
             let mut days: Vec<NaiveDate> = event_days
                 .iter()
                 .chain(&digest_dates)
@@ -613,11 +637,13 @@ impl EventLog {
                     date: day,
                     sha256: sha256_hex(&bytes),
                 };
-                let problems = match serde_json::from_slice::<StoredDigest>(&bytes) {
+                let read = serde_json::from_slice::<StoredDigest>(&bytes)
+                    .and_then(|stored| Ok((stored.day()?, stored)));
+                let problems = match read {
                     Err(e) => vec![format!("the digest is unreadable: {e}")],
-                    Ok(stored) => {
+                    Ok((digest, stored)) => {
                         let mut problems =
-                            digest_problems(&stored, stream, &institution, day, &prior, &checked);
+                            digest_problems(&digest, stream, &institution, day, &prior, &checked);
                         if let Some(public_key) = public_key {
                             match stored.check_signature(public_key) {
                                 Ok(()) => report.signatures += 1,
@@ -684,6 +710,18 @@ impl EventLog {
         if !envelope.matches(&key) {
             problems.push("envelope does not match the event's key".to_string());
         }
+        // The id is minted at receipt: the envelope's time and the day the event is filed
+        // under follow from it, and a change to either would move the event in time.
+        if envelope.received_at != key.received_at() {
+            problems.push(format!(
+                "envelope says received at {}, its id says {}",
+                envelope.received_at,
+                key.received_at()
+            ));
+        }
+        if EventKey::day_of(key.event_id) != Some(key.day) {
+            problems.push("the event is filed under another day than its id's".to_string());
+        }
         Ok(CheckedEvent {
             problem: (!problems.is_empty()).then(|| Mismatch {
                 key: key.to_string(),
@@ -708,14 +746,13 @@ struct CheckedEvent {
 /// What is wrong with a day's digest: against its place (key), its chain (`prior`, the
 /// digest before it as found), its own Merkle root, and the day's events as stored.
 fn digest_problems(
-    stored: &StoredDigest,
+    digest: &DayDigest,
     stream: Stream,
     institution: &str,
     day: NaiveDate,
     prior: &Option<ChainLink>,
     events: &[CheckedEvent],
 ) -> Vec<String> {
-    let digest = &stored.digest;
     let mut problems = Vec::new();
     if digest.stream != stream.as_str() || digest.institution != institution || digest.date != day {
         problems.push(format!(
