@@ -73,28 +73,11 @@ async fn main() {
             &|_| None,
         )
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/s360/ticketchecks/{INSTITUTION}",
-            listener.local_addr().unwrap()
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(datx::serve::run(config, store, listener, async {
-            let _ = stopped.await;
-        }));
-        let post = {
-            let (client, bodies, url) = (client.clone(), bodies.clone(), url.clone());
-            move || {
-                let (client, body, url) = (client.clone(), bodies.next(), url.clone());
-                async move {
-                    let response = client.post(&url).body(body).send().await.expect("posted");
-                    assert_eq!(response.status(), 200, "the server refused a bench body");
-                }
-            }
-        };
+        let server = common::LocalServer::start(config, store).await;
+        let url = format!("http://{}/s360/ticketchecks/{INSTITUTION}", server.address);
+        let post = common::poster(&client, &bodies, &url);
         let mut http = run_phase(concurrency, duration, post).await;
-        let _ = stop.send(());
-        server.await.unwrap().expect("the server ran");
+        server.stop().await;
 
         // Ceiling: the same appends, same bytes, same tasks, no HTTP.
         let log = EventLog::new(fresh_lake(root.path(), &format!("ceiling-{concurrency}")));

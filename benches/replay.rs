@@ -71,12 +71,8 @@ async fn main() {
         )
         .unwrap();
         let store = Store::open(target_lake.to_str().unwrap()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/s360", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(datx::serve::run(target, store, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = common::LocalServer::start(target, store).await;
+        let url = format!("http://{}/s360", server.address);
         let started = Instant::now();
         let dir = root.path().to_path_buf();
         let output = tokio::task::spawn_blocking(move || {
@@ -102,8 +98,7 @@ async fn main() {
         if !said.starts_with(&format!("{count} bodies")) {
             common::fail(&format!("the replay did not send every body: {said}"));
         }
-        let _ = stop.send(());
-        server.await.unwrap().expect("the target ran");
+        server.stop().await;
         println!(
             "{concurrency:>11}  {seconds:>9.2}  {:>9.0}  {:>11.0}",
             count as f64 / seconds,

@@ -94,37 +94,15 @@ async fn ingest(lake: &Lake<'_>, bodies: &Arc<Bodies>, duration: Duration) {
     for concurrency in CONCURRENCIES {
         let location = lake.fresh(&format!("ingest-{concurrency}"));
         let store = Store::open(&location).expect("the bench lake opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/s360/ticketchecks/{INSTITUTION}",
-            listener.local_addr().unwrap()
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(datx::serve::run(
-            config(&location),
-            store,
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let post = {
-            let (client, bodies, url) = (client.clone(), bodies.clone(), url.clone());
-            move || {
-                let (client, body, url) = (client.clone(), bodies.next(), url.clone());
-                async move {
-                    let response = client.post(&url).body(body).send().await.expect("posted");
-                    assert_eq!(response.status(), 200, "the server refused a bench body");
-                }
-            }
-        };
+        let server = common::LocalServer::start(config(&location), store).await;
+        let url = format!("http://{}/s360/ticketchecks/{INSTITUTION}", server.address);
+        let post = common::poster(&client, bodies, &url);
         let (moto_before, datx_before) = (lake.moto_cpu(), cpu_seconds(libc::RUSAGE_SELF));
         let mut phase = run_phase(concurrency, duration, post).await;
         let wall = phase.elapsed.as_secs_f64();
         let moto = (lake.moto_cpu() - moto_before) / wall;
         let datx = (cpu_seconds(libc::RUSAGE_SELF) - datx_before) / wall;
-        let _ = stop.send(());
-        server.await.unwrap().expect("the server ran");
+        server.stop().await;
         println!(
             "{:>6}  {concurrency:>11}  {:>9.0}  {:>8.2}  {:>8.2}  {:>10.2}  {:>10.2}",
             lake.name(),

@@ -6,8 +6,6 @@
 //! variable could seal days that still receive events. Nothing else may read the wall
 //! clock for those two purposes.
 
-use std::sync::OnceLock;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -21,7 +19,7 @@ fn shift() -> chrono::Duration {
 
 #[cfg(debug_assertions)]
 fn shift() -> chrono::Duration {
-    static SHIFT: OnceLock<chrono::Duration> = OnceLock::new();
+    static SHIFT: std::sync::OnceLock<chrono::Duration> = std::sync::OnceLock::new();
     *SHIFT.get_or_init(|| {
         let Ok(text) = std::env::var(SHIFT_VARIABLE) else {
             return chrono::Duration::zero();

@@ -13,17 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Workspace, compact, orders, post, sample, ticket_checks, walk};
+use common::{VENUES, Workspace, compact, orders, post, sample, ticket_checks, walk};
 use serde_json::Value;
-
-const VENUES: &str = r#"
-[institutions.myvenue]
-timezone = "Europe/Zurich"
-auth = "none"
-[institutions.othervenue]
-timezone = "America/New_York"
-auth = "none"
-"#;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -371,15 +362,8 @@ async fn list_filters_by_time_stream_and_institution_in_three_formats() {
 /// they were received (a contact has no date of its own).
 fn tables_of(workspace: &Workspace) -> BTreeMap<String, Vec<String>> {
     let mut tables = BTreeMap::new();
-    for table in [
-        "contacts",
-        "orders",
-        "order_movements",
-        "ticket_checks",
-        "rejects",
-        "contacts_current",
-        "orders_current",
-    ] {
+    let views = ["contacts_current", "orders_current"];
+    for table in common::TABLES.into_iter().chain(views) {
         let receipt = match table {
             "contacts" | "contacts_current" => "_event_id, _received_at, date",
             _ => "_event_id, _received_at",
@@ -443,22 +427,16 @@ auth = "none"
         &[("TEST_KEY", "secret-key")],
     );
     let server = target.serve();
-    let output = source
-        .command(&[
-            "replay",
+    let output = replay(
+        &source,
+        &[
             "--to",
             &server.url("/s360"),
             "--api-key",
             "x-venue-key:secret-key",
             "--concurrency",
             "3",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     assert!(
         stdout(&output).starts_with("16 bodies"),
@@ -485,6 +463,20 @@ auth = "none"
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// `datx replay` with `args`, which must succeed.
+fn replay(workspace: &Workspace, args: &[&str]) -> Output {
+    let output = workspace
+        .command(&[&["replay"], args].concat())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// A target that counts the bodies it gets (by SHA-256), answering `status_of(n)` to the
@@ -627,22 +619,16 @@ async fn a_failing_target_gets_everything_once_it_recovers_and_one_that_never_do
     }
     // 500 to the first four requests, then 200.
     let recovering = counting_target(|n| if n < 4 { 500 } else { 200 });
-    let output = workspace
-        .command(&[
-            "replay",
+    replay(
+        &workspace,
+        &[
             "--to",
             &recovering.url,
             "--concurrency",
             "1",
             "--tries",
             "6",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     let received = recovering.received.lock().unwrap().clone();
     let stored = stored_bodies(&workspace);

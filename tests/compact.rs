@@ -9,19 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    BIN, Backend, Workspace, compact, orders, post, post_samples, read_table, sample,
+    BIN, Backend, VENUES, Workspace, compact, orders, post, post_samples, read_table, sample,
     ticket_checks, walk,
 };
 use serde_json::{Map, Value, json};
-
-const VENUES: &str = r#"
-[institutions.myvenue]
-timezone = "Europe/Zurich"
-auth = "none"
-[institutions.othervenue]
-timezone = "America/New_York"
-auth = "none"
-"#;
 
 type Row = Map<String, Value>;
 
@@ -402,13 +393,7 @@ async fn bodies_posted_while_passes_run_are_all_compacted_once(backend: Backend)
 /// Every row of every table, as sorted JSON lines, for comparing two lakes.
 fn all_rows(workspace: &Workspace) -> Vec<String> {
     let mut lines = Vec::new();
-    for table in [
-        "contacts",
-        "orders",
-        "order_movements",
-        "ticket_checks",
-        "rejects",
-    ] {
+    for table in common::TABLES {
         for row in read_table(&workspace.lake(), table) {
             lines.push(format!("{table} {}", Value::Object(row)));
         }
@@ -504,18 +489,7 @@ out["sale"] = con.sql(f"""
     WHERE order_id = 10000702652""").fetchall()
 print(json.dumps(out, default=str))
 "#;
-    let output = Command::new(common::python_with(&[("duckdb", "duckdb==2.0.1")]))
-        .arg("-c")
-        .arg(script)
-        .arg(workspace.lake())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = python_reader(("duckdb", "duckdb==2.0.1"), script, &workspace.lake(), &[]);
     let lake = workspace.lake();
     for table in ["contacts", "orders", "order_movements", "ticket_checks"] {
         assert_eq!(
@@ -955,26 +929,13 @@ out["in_last_page"] = checks.where(F.col("ticket_check_id") == 124999).count()
 spark.stop()
 print(json.dumps(out))
 "#;
-    let tables = [
-        "contacts",
-        "orders",
-        "order_movements",
-        "ticket_checks",
-        "rejects",
-    ];
-    let output = Command::new(common::python_with(&[("pyspark", "pyspark==4.0.5")]))
-        .arg("-c")
-        .arg(script)
-        .arg(workspace.lake())
-        .args(tables)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let tables = common::TABLES;
+    let spark = python_reader(
+        ("pyspark", "pyspark==4.0.5"),
+        script,
+        &workspace.lake(),
+        &tables,
     );
-    let spark: Value = serde_json::from_slice(&output.stdout).unwrap();
     for table in tables {
         let count = &datx_rows(&workspace, &format!("SELECT count(*) AS n FROM {table}"))[0]["n"];
         assert_eq!(&spark[table]["count"], count, "{table}");
@@ -1016,4 +977,27 @@ print(json.dumps(out))
     assert_eq!(datx_check["utc"], "2023-02-09T17:25:10");
     // A filter that the page index answers finds its row in the last page.
     assert_eq!(spark["in_last_page"], 1);
+}
+
+/// Runs a Python `script` that reads the lake with `reader` (module, requirement) and
+/// prints JSON: the lake's path, then `args`, are its arguments.
+fn python_reader(
+    reader: (&str, &str),
+    script: &str,
+    lake: &std::path::Path,
+    args: &[&str],
+) -> Value {
+    let output = Command::new(common::python_with(&[reader]))
+        .arg("-c")
+        .arg(script)
+        .arg(lake)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -220,3 +220,48 @@ where
         latencies,
     }
 }
+
+/// The real server, in this process, on an ephemeral loopback port.
+pub struct LocalServer {
+    pub address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), datx::serve::ServeError>>,
+}
+
+impl LocalServer {
+    pub async fn start(config: datx::config::Config, store: datx::store::Store) -> LocalServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(datx::serve::run(config, store, listener, async {
+            let _ = stopped.await;
+        }));
+        LocalServer {
+            address,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().expect("the server ran");
+    }
+}
+
+/// A call for `run_phase` that posts the next distinct body to `url` and expects a 200.
+pub fn poster(
+    client: &reqwest::Client,
+    bodies: &std::sync::Arc<Bodies>,
+    url: &str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone + Send + 'static
+{
+    let (client, bodies, url) = (client.clone(), bodies.clone(), url.to_string());
+    move || {
+        let (client, body, url) = (client.clone(), bodies.next(), url.clone());
+        Box::pin(async move {
+            let response = client.post(&url).body(body).send().await.expect("posted");
+            assert_eq!(response.status(), 200, "the server refused a bench body");
+        })
+    }
+}

@@ -27,6 +27,25 @@ pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// Two open venues in two zones, the configuration most tests start from.
+pub const VENUES: &str = r#"
+[institutions.myvenue]
+timezone = "Europe/Zurich"
+auth = "none"
+[institutions.othervenue]
+timezone = "America/New_York"
+auth = "none"
+"#;
+
+/// The lake's tables.
+pub const TABLES: [&str; 5] = [
+    "contacts",
+    "orders",
+    "order_movements",
+    "ticket_checks",
+    "rejects",
+];
+
 /// Where a workspace keeps its lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
