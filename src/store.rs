@@ -411,6 +411,30 @@ impl Store {
         Ok(names)
     }
 
+    /// The keys under `prefix` that sort after `offset`, in no particular order. On S3 the
+    /// listing starts there (start-after), so what sorts before is never read; a local lake
+    /// lists its directories instead, and so must not be asked this.
+    pub fn list_after(
+        &self,
+        prefix: &str,
+        offset: &str,
+    ) -> BoxStream<'static, Result<ObjectMeta, StoreError>> {
+        debug_assert!(
+            self.local_root.is_none(),
+            "a local lake walks everything for this"
+        );
+        let key = format!("{}/{prefix}", self.location);
+        self.objects
+            .list_with_offset(Some(&Path::from(prefix)), &Path::from(offset))
+            .map(move |item| {
+                item.map_err(|source| StoreError::ObjectStore {
+                    key: key.clone(),
+                    source,
+                })
+            })
+            .boxed()
+    }
+
     /// Proves the lake takes durable writes now: a probe object is written and removed.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let key = format!("_datx/health/{}", uuid::Uuid::now_v7());

@@ -364,76 +364,100 @@ async fn a_compactor_paused_past_its_lease_cannot_commit() {
     assert_exactly(&workspace, &ids);
 }
 
-/// A proxy to the S3 server that loses the answer to the first PUT whose path holds each of
-/// `lose`: the PUT lands, and the client sees its connection closed without an answer, as
-/// when a response is lost on the network. Returns its address and how many it lost.
-fn lossy_proxy(target: &str, lose: &[&str]) -> (String, Arc<Mutex<Vec<String>>>) {
+/// A proxy to the S3 server that sees every request, and loses the answer to the first PUT
+/// whose path holds each of `lose`: the PUT lands, and the client sees its connection
+/// closed without an answer, as when a response is lost on the network.
+struct Proxy {
+    address: String,
+    /// The request lines it lost the answers to.
+    lost: Arc<Mutex<Vec<String>>>,
+    /// Every request line it relayed.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn proxy(target: &str, lose: &[&str]) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let to_lose = Arc::new(Mutex::new(lose.iter().map(|s| s.to_string()).collect()));
-    let lost = Arc::new(Mutex::new(Vec::new()));
-    let (target, reported) = (target.to_string(), lost.clone());
+    let (lost, seen) = (Arc::default(), Arc::default());
+    let relay_to = Relay {
+        target: target.to_string(),
+        to_lose,
+        lost: Arc::clone(&lost),
+        seen: Arc::clone(&seen),
+    };
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };
-            let (target, to_lose, lost) = (target.clone(), to_lose.clone(), lost.clone());
-            std::thread::spawn(move || relay(client, &target, &to_lose, &lost));
+            let relay_to = relay_to.clone();
+            std::thread::spawn(move || relay_to.relay(client));
         }
     });
-    (address, reported)
+    Proxy {
+        address,
+        lost,
+        seen,
+    }
 }
 
-/// Relays one request to `target` and its answer back, unless the answer is to be lost;
-/// every connection carries one request.
-fn relay(
-    mut client: TcpStream,
-    target: &str,
-    to_lose: &Mutex<Vec<String>>,
-    lost: &Mutex<Vec<String>>,
-) -> Option<()> {
-    let (head, body) = common::http::read_request(&mut client)?;
-    let request_line = head.lines().next()?.to_string();
-    let forwarded: String = head
-        .lines()
-        .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
-        .filter(|line| !line.is_empty())
-        .map(|line| format!("{line}\r\n"))
-        .collect();
-    let mut upstream = TcpStream::connect(target).ok()?;
-    upstream
-        .write_all(format!("{forwarded}Connection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    upstream.write_all(&body).ok()?;
-    let mut answer = Vec::new();
-    upstream.read_to_end(&mut answer).ok()?;
-    {
-        let mut to_lose = to_lose.lock().unwrap();
-        if let Some(at) = to_lose.iter().position(|part| {
-            request_line.starts_with("PUT ") && request_line.contains(part.as_str())
-        }) {
-            to_lose.remove(at);
-            lost.lock().unwrap().push(request_line);
-            return None; // the connection closes without an answer
+#[derive(Clone)]
+struct Relay {
+    target: String,
+    to_lose: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    /// Relays one request and its answer back, unless the answer is to be lost; every
+    /// connection carries one request.
+    fn relay(&self, mut client: TcpStream) -> Option<()> {
+        let (head, body) = common::http::read_request(&mut client)?;
+        let request_line = head.lines().next()?.to_string();
+        self.seen.lock().unwrap().push(request_line.clone());
+        let forwarded: String = head
+            .lines()
+            .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+            .filter(|line| !line.is_empty())
+            .map(|line| format!("{line}\r\n"))
+            .collect();
+        let mut upstream = TcpStream::connect(&self.target).ok()?;
+        upstream
+            .write_all(format!("{forwarded}Connection: close\r\n\r\n").as_bytes())
+            .ok()?;
+        upstream.write_all(&body).ok()?;
+        let mut answer = Vec::new();
+        upstream.read_to_end(&mut answer).ok()?;
+        {
+            let mut to_lose = self.to_lose.lock().unwrap();
+            if let Some(at) = to_lose.iter().position(|part| {
+                request_line.starts_with("PUT ") && request_line.contains(part.as_str())
+            }) {
+                to_lose.remove(at);
+                self.lost.lock().unwrap().push(request_line);
+                return None; // the connection closes without an answer
+            }
         }
+        client.write_all(&answer).ok()
     }
-    client.write_all(&answer).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
     let s3 = common::shared_s3();
     // Commit 1 is the first compactor's `lease` commit; commit 2 holds the rows.
-    let (proxy, lost) = lossy_proxy(
+    let proxy = proxy(
         &s3.address,
         &[
             "/lake/events/",
             "/lake/_datx/commits/00000000000000000002.json",
         ],
     );
+    let lost = &proxy.lost;
     let workspace = Workspace::on(
         Backend::S3,
         VENUE,
-        &[("AWS_ENDPOINT", &format!("http://{proxy}"))],
+        &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
     );
     let server = workspace.serve();
     let body = ticket_checks(20, 9_000_000);
@@ -453,4 +477,64 @@ async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
     assert_exactly(&workspace, &(9_000_000..9_000_020).collect());
     let again = common::compact(&workspace, "compact");
     assert!(again.starts_with("0 events consumed"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_lists_no_sealed_day_and_seals_with_digests() {
+    let s3 = common::shared_s3();
+    let proxy = proxy(&s3.address, &[]);
+    let workspace = Workspace::on(
+        Backend::S3,
+        VENUE,
+        &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
+    );
+    let mut ids = BTreeSet::new();
+    let mut sealed_days = Vec::new();
+    for (n, days_ago) in [10, 9, 8].into_iter().enumerate() {
+        let shift = format!("-{days_ago}days");
+        let server = workspace.serve_with_env(&[("DATX_TEST_CLOCK_SHIFT", &shift)]);
+        let first = 8_000_000 + n as i64 * 100;
+        common::post(&server, "ticketchecks", "myvenue", ticket_checks(10, first)).await;
+        ids.extend(first..first + 10);
+        let day = chrono::Utc::now() - chrono::Duration::days(days_ago);
+        sealed_days.push(day.format("%Y-%m-%d").to_string());
+    }
+    common::compact(&workspace, "compact");
+    assert_eq!(workspace.s3_keys("_datx/digests/").len(), 3);
+    let verified = workspace.run(&["events", "verify"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+
+    // Today's bodies: the next pass reads them without listing the sealed days.
+    let server = workspace.serve();
+    common::post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        ticket_checks(10, 8_100_000),
+    )
+    .await;
+    ids.extend(8_100_000..8_100_010);
+    drop(server);
+    proxy.seen.lock().unwrap().clear();
+    let printed = common::compact(&workspace, "compact");
+    assert!(printed.starts_with("1 events consumed"), "{printed}");
+    let seen = proxy.seen.lock().unwrap().clone();
+    let lists: Vec<&String> = seen
+        .iter()
+        .filter(|line| line.contains("list-type=2"))
+        .collect();
+    assert!(!lists.is_empty());
+    for line in &seen {
+        for day in &sealed_days {
+            assert!(
+                !line.contains(day.as_str()) || line.contains("start-after"),
+                "a sealed day was read: {line}"
+            );
+        }
+    }
+    assert_exactly(&workspace, &ids);
 }

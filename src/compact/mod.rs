@@ -53,7 +53,7 @@ pub enum CompactError {
     CommittedFileMissing { path: String, version: u64 },
 }
 
-/// Every event-log day of each stream and institution, oldest first.
+/// Event-log days by stream and institution, oldest first.
 type SourceDays = BTreeMap<(Stream, String), Vec<NaiveDate>>;
 
 /// Limits of a pass.
@@ -295,9 +295,9 @@ impl Compactor {
     }
 
     /// The event-log days a pass must look at, with their institution's zone: every day not
-    /// yet sealed. Days older than `seal_before` are recorded in `sealed`: once this pass has
-    /// consumed them, nothing new lands there. Also every day of each stream and
-    /// institution, for their digests.
+    /// yet sealed, listed without reading the sealed ones. Days older than `seal_before` are
+    /// recorded in `sealed`: once this pass has consumed them, nothing new lands there. Also
+    /// those days by stream and institution, for their digests.
     async fn pending_days(
         &self,
         view: &LakeState,
@@ -311,11 +311,11 @@ impl Compactor {
                 let source = format!("{stream}/{institution}");
                 let sealed_through = view.sealed_through(&source);
                 let tz = self.zone(&institution);
-                let source_days = self.log.days(stream, &institution).await?;
+                let source_days = self
+                    .log
+                    .days_after(stream, &institution, sealed_through)
+                    .await?;
                 for &day in &source_days {
-                    if sealed_through.is_some_and(|through| day <= through) {
-                        continue;
-                    }
                     if day < seal_before {
                         sealed.insert(source.clone(), day);
                     }
@@ -331,15 +331,17 @@ impl Compactor {
     /// and institution, each chained to the one before; returns how far each is digested
     /// now, for the pass's last commit (a rebuild, which resets the state, gives them all).
     /// Written before that commit: once a day counts as digested, its digest exists.
+    /// `unsealed` holds the days this pass looked at; a source sealed further than it is
+    /// digested (a lake sealed before digests existed) has its older days listed once.
     async fn write_digests(
         &self,
         state: &LakeState,
         sealing: &BTreeMap<String, NaiveDate>,
-        all_days: &SourceDays,
+        unsealed: &SourceDays,
         mode: Mode,
     ) -> Result<BTreeMap<String, NaiveDate>, CompactError> {
         let mut digested = BTreeMap::new();
-        for ((stream, institution), days) in all_days {
+        for ((stream, institution), unsealed_days) in unsealed {
             let source = format!("{stream}/{institution}");
             let through = [state.sealed_through(&source), sealing.get(&source).copied()]
                 .into_iter()
@@ -349,6 +351,17 @@ impl Compactor {
                 continue;
             };
             let done = state.digested.get(&source).copied();
+            let behind = state
+                .sealed_through(&source)
+                .is_some_and(|sealed| done.is_none_or(|done| done < sealed));
+            let listed;
+            let days = match behind {
+                true => {
+                    listed = self.log.days(*stream, institution).await?;
+                    &listed
+                }
+                false => unsealed_days,
+            };
             let missing: Vec<NaiveDate> = days
                 .iter()
                 .copied()

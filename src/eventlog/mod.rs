@@ -303,6 +303,48 @@ impl EventLog {
         Ok(days)
     }
 
+    /// The received days of `stream` for `institution` after `after`, oldest first: what a
+    /// compaction pass must look at when every day through `after` is sealed. On S3, one
+    /// listing that starts after the sealed days (a request per 1,000 events not sealed),
+    /// however many years of days lie before; on a local disk, the day directories.
+    pub async fn days_after(
+        &self,
+        stream: Stream,
+        institution: &str,
+        after: Option<NaiveDate>,
+    ) -> Result<Vec<NaiveDate>, EventLogError> {
+        let (Some(after), None) = (after, self.store.local_root()) else {
+            let mut days = self.days(stream, institution).await?;
+            days.retain(|day| after.is_none_or(|after| *day > after));
+            return Ok(days);
+        };
+        let prefix = format!("events/{stream}/{institution}");
+        // 'z' sorts after every name in a day directory (lowercase hex digits, '-',
+        // ".event", and '.' of temporary files), and object_store keeps it as it is ('~'
+        // would be percent-encoded, and sort before them).
+        let offset = format!("{prefix}/{}/z", after.format("%Y-%m-%d"));
+        let mut days: Vec<NaiveDate> = self
+            .store
+            .list_after(&prefix, &offset)
+            .map_err(EventLogError::from)
+            .try_filter_map(|meta| async move {
+                Ok(meta
+                    .location
+                    .as_ref()
+                    .parse::<EventKey>()
+                    .ok()
+                    .map(|key| key.day))
+            })
+            .try_collect()
+            .await?;
+        // Whatever the listing's start gave, a sealed day is never looked at again: its
+        // consumed ids are no longer kept, so its events would be consumed twice.
+        days.retain(|day| *day > after);
+        days.sort();
+        days.dedup();
+        Ok(days)
+    }
+
     /// The events of one received day, in id (arrival) order.
     pub async fn keys_of_day(
         &self,
