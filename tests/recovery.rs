@@ -268,3 +268,45 @@ async fn a_body_stored_late_does_not_undo_a_later_correction() {
     let rows = read_table(&workspace.lake(), "ticket_checks");
     assert_eq!((rows.len(), &rows[0]["result"]), (1, &json!("OK")));
 }
+
+#[tokio::test]
+async fn a_lake_upgraded_right_after_a_crash_finishes_its_old_pending_files() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    let mut ids = BTreeSet::new();
+    for body in 0..2_i64 {
+        post(
+            &server,
+            "ticketchecks",
+            "myvenue",
+            ticket_checks(5, 5_000 + body * 100),
+        )
+        .await;
+        ids.extend(5_000 + body * 100..5_000 + body * 100 + 5);
+    }
+    compact(&workspace, "compact");
+    // As the previous version left a commit whose files were not moved yet: beside their
+    // final name, as `_pending-{id}.tmp`, and with an abandoned one of an earlier pass.
+    let lake = workspace.lake();
+    let committed: Vec<_> = walk(&lake.join("tables"));
+    assert!(!committed.is_empty());
+    for file in &committed {
+        let id = file
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_start_matches("part-")
+            .trim_end_matches(".parquet")
+            .to_string();
+        std::fs::rename(file, file.with_file_name(format!("_pending-{id}.tmp"))).unwrap();
+    }
+    let abandoned = committed[0].with_file_name("_pending-abandoned.tmp");
+    std::fs::write(&abandoned, b"half a file").unwrap();
+
+    let printed = compact(&workspace, "compact");
+    assert!(printed.starts_with("0 events consumed"), "{printed}");
+    assert!(committed.iter().all(|file| file.exists()));
+    assert!(!abandoned.exists());
+    assert_checks(&workspace, &ids);
+}

@@ -54,6 +54,27 @@ pub fn pending_key(epoch: u64, final_key: &str) -> String {
     format!("{PENDING_DIR}/{epoch:020}/{final_key}")
 }
 
+/// Where a lake written before pending files had a directory of their own kept a pending
+/// file: beside its final key, as `_pending-{id}.tmp`. A lake upgraded right after a crash
+/// may still hold one that its latest commit names.
+pub fn legacy_pending_key(final_key: &str) -> String {
+    let (dir, name) = final_key
+        .rsplit_once('/')
+        .expect("a file key has a directory");
+    let id = name
+        .strip_prefix("part-")
+        .and_then(|n| n.strip_suffix(".parquet"))
+        .expect("final keys are part-*.parquet");
+    format!("{dir}/_pending-{id}.tmp")
+}
+
+/// Whether a key under `tables/` is left over from such a lake: a pending file, or the
+/// temporary file of an interrupted write.
+pub fn is_legacy_leftover(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    (name.starts_with("_pending-") || name.starts_with('.')) && name.ends_with(".tmp")
+}
+
 /// The lease epoch a key under `PENDING_DIR` was written under; `None` for anything else.
 pub fn pending_epoch(key: &str) -> Option<u64> {
     key.strip_prefix(PENDING_DIR)?

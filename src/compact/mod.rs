@@ -422,7 +422,10 @@ impl Compactor {
             if self.store.exists(&file.path).await? {
                 continue;
             }
-            let pending = files::pending_key(commit.epoch, &file.path);
+            let mut pending = files::pending_key(commit.epoch, &file.path);
+            if commit.epoch == 0 && !self.store.exists(&pending).await? {
+                pending = files::legacy_pending_key(&file.path);
+            }
             let moved = match self.store.exists(&pending).await? {
                 true => self.store.rename(&pending, &file.path).await,
                 false => Err(StoreError::NotFound {
@@ -451,7 +454,7 @@ impl Compactor {
     /// the latest commit is finished, under the lease, so nothing of a live pass is there;
     /// a higher epoch's files belong to a successor and are left alone.
     async fn remove_leftovers(&self, epoch: u64) -> Result<(), CompactError> {
-        let leftovers: Vec<String> = self
+        let mut leftovers: Vec<String> = self
             .store
             .list(files::PENDING_DIR)
             .map_ok(|meta| meta.location.to_string())
@@ -461,6 +464,18 @@ impl Compactor {
             })
             .try_collect()
             .await?;
+        // A local lake may date from before pending files had a directory of their own
+        // (S3 lakes were not compacted then); its directories cost little to walk.
+        if self.store.local_root().is_some() {
+            let legacy: Vec<String> = self
+                .store
+                .list("tables")
+                .map_ok(|meta| meta.location.to_string())
+                .try_filter(|key| futures::future::ready(files::is_legacy_leftover(key)))
+                .try_collect()
+                .await?;
+            leftovers.extend(legacy);
+        }
         for key in &leftovers {
             self.store.delete(key).await?;
         }
