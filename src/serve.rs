@@ -246,6 +246,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic")
 }
 
+/// How long `/healthz` waits for its probe write: a monitor must get an answer.
+const HEALTH_PROBE_DEADLINE: Duration = Duration::from_secs(20);
+
 /// `GET /healthz`: 200 only when a durable write to the lake succeeds right now and
 /// background compaction is not failing.
 fn healthz(
@@ -256,7 +259,16 @@ fn healthz(
         let store = store.clone();
         let compaction = compaction.clone();
         async move {
-            if let Err(e) = store.check_writable().await {
+            let probe = tokio::time::timeout(HEALTH_PROBE_DEADLINE, store.check_writable()).await;
+            let failed = match probe {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within {} s",
+                    HEALTH_PROBE_DEADLINE.as_secs()
+                )),
+            };
+            if let Some(e) = failed {
                 tracing::error!(error = %e, "health check: the lake is not writable");
                 return error_reply(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -55,8 +55,10 @@ pub enum Durability {
 /// `Retry-After` tells it to resend: past this budget, answering is worth more than waiting.
 pub const S3_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// How long one request to S3 may take, unless `AWS_TIMEOUT` says otherwise.
-const S3_ATTEMPT_TIMEOUT: &str = "10s";
+/// How long one request to S3 may take, unless `AWS_TIMEOUT` says otherwise: a whole
+/// transfer, so long enough for a merged file of 128 MiB on a slow link. A push does not
+/// wait that long: the receive path answers 503 after its own deadline.
+const S3_ATTEMPT_TIMEOUT: &str = "120s";
 
 /// An object's content with the version a conditional replace must match.
 #[derive(Debug, Clone)]
@@ -117,9 +119,8 @@ impl Store {
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry);
-            // One attempt that hangs (a stalled storage node) must not outlast the retry
-            // budget several times over; `AWS_TIMEOUT` raises it for slow links, where a
-            // merged file of 128 MiB takes longer than this to upload.
+            // A connection that cannot be made fails fast and is retried; one that hangs
+            // is cut at the attempt timeout.
             for (variable, key, default) in [
                 ("AWS_TIMEOUT", ClientConfigKey::Timeout, S3_ATTEMPT_TIMEOUT),
                 ("AWS_CONNECT_TIMEOUT", ClientConfigKey::ConnectTimeout, "2s"),

@@ -31,6 +31,10 @@ use crate::stream::{InvalidInstitution, Stream, UnknownStream, check_institution
 /// S-360 retries on its own 15-minute schedule; other clients get a sensible hint.
 const RETRY_AFTER_SECONDS: u32 = 60;
 
+/// How long a push waits for storage before it is answered 503: S3's retries (15 s) and a
+/// little more.
+const STORAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Why a push was not accepted. Each variant is one answer of the HTTP contract.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -53,6 +57,8 @@ pub enum Refusal {
     BadBody(#[from] BatchError),
     #[error("storage is unavailable, the body was not stored: {0}")]
     Unavailable(#[from] EventLogError),
+    #[error("storage did not answer within {} s", STORAGE_DEADLINE.as_secs())]
+    StorageTooSlow,
 }
 
 impl Refusal {
@@ -64,7 +70,7 @@ impl Refusal {
             Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyRead(_) | Refusal::BadBody(_) => StatusCode::BAD_REQUEST,
-            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unavailable(_) | Refusal::StorageTooSlow => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -73,7 +79,9 @@ impl Refusal {
         // The storage error names paths inside the lake: it goes to the log, not to the
         // caller.
         let message = match &self {
-            Refusal::Unavailable(_) => "storage is unavailable, the body was not stored".into(),
+            Refusal::Unavailable(_) | Refusal::StorageTooSlow => {
+                "storage is unavailable, the body was not stored".into()
+            }
             other => other.to_string(),
         };
         let mut response =
@@ -90,7 +98,7 @@ impl Refusal {
                     challenge.parse().expect("a realm is a valid header value"),
                 );
             }
-            Refusal::Unavailable(_) => {
+            Refusal::Unavailable(_) | Refusal::StorageTooSlow => {
                 headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS.into());
             }
             _ => {}
@@ -246,7 +254,15 @@ impl Receiver {
         let records = batch::count_records(&body)?;
         let bytes = body.len();
         let started = Instant::now();
-        let appended = self.log.append(stream, institution, body, records).await?;
+        // A stalled store (S3 that accepts connections and never answers, a hung disk)
+        // gets a 503 rather than a push that waits for minutes. A write cut short here is
+        // a crash of this request: the resend completes or recognises it.
+        let appended = tokio::time::timeout(
+            STORAGE_DEADLINE,
+            self.log.append(stream, institution, body, records),
+        )
+        .await
+        .map_err(|_| Refusal::StorageTooSlow)??;
         metrics::append_latency(started.elapsed());
         Ok((appended, bytes))
     }
