@@ -79,8 +79,8 @@ enum Command {
         received, to any endpoint that speaks the S-360 webhook contract: another datx \
         (its /s360), a fixed version of this one, a new system.\n\n\
         Each body goes to TO/{stream}/{institution}, or to TO with its {stream} and \
-        {institution} replaced. Each stream and institution is sent one body at a time, in \
-        received order, so the target sees that order too; --concurrency of them at once. \
+        {institution} replaced, in received order: up to --concurrency in flight, never two \
+        of one stream and institution, so the target sees each stream's order too. \
         A refused body (not 2xx, or no answer) is tried again with a \
         growing wait; after --tries the replay stops with exit status 1, naming the event. \
         Stopped or killed, a replay run again with the same arguments goes on where it \
@@ -129,7 +129,7 @@ struct ReplayArgs {
     /// Bodies per second at most [default: as fast as the target answers]
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     rate: Option<f64>,
-    /// Streams and institutions sent at once (each one body at a time, in order)
+    /// Bodies in flight at once (never two of one stream and institution)
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// Tries per body before the replay stops (waits double from 0.5 s to 30 s)

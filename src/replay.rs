@@ -152,11 +152,10 @@ impl ReplayOptions {
     }
 }
 
-/// Sends every event `options.filter` selects, from where an earlier run with the same
-/// cursor stopped. Each stream and institution is sent one body at a time, in received
-/// order, so that the target receives them in the same order (which of two versions of an
-/// order or a ticket check is the later one depends on it); `concurrency` of them are sent
-/// at once.
+/// Sends every event `options.filter` selects, in received order, from where an earlier
+/// run with the same cursor stopped. Up to `concurrency` bodies are in flight, never two
+/// of one stream and institution, so that the target receives those in the same order
+/// (which of two versions of an order or a ticket check is the later one depends on it).
 pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     if !(options.to.starts_with("http://") || options.to.starts_with("https://")) {
         return Err(ReplayError::Target(format!(
@@ -177,20 +176,19 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
     let settled_before =
         crate::clock::now().date_naive() - chrono::Duration::days(SETTLED_AFTER_DAYS);
     let mut summary = ReplaySummary::default();
-    let mut sources: BTreeMap<String, Vec<EventKey>> = BTreeMap::new();
+    let mut pending = Vec::new();
     for key in ordered_keys(log, &options.filter).await? {
-        let source = format!("{}/{}", key.stream, key.institution);
         let done = cursor
             .sources
-            .get(&source)
+            .get(&source_of(&key))
             .is_some_and(|at| at.delivered(&key));
         if done {
             summary.skipped += 1;
         } else {
-            sources.entry(source).or_default().push(key);
+            pending.push(key);
         }
     }
-    let progress = Progress::new(sources.values().map(|keys| keys.len() as u64).sum());
+    let progress = Progress::new(pending.len() as u64);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         // A redirect would turn the POST into a GET without its body, whose 200 would be
@@ -198,51 +196,62 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| ReplayError::Target(e.to_string()))?;
-    let pace = options.rate.map(|rate| {
+    let mut pace = options.rate.map(|rate| {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::sync::Mutex::new(interval)
+        interval
     });
-    let cursor = Cursor { identity, ..cursor };
+    let mut cursor = Cursor { identity, ..cursor };
     // Named before the first delivery, so that another replay cannot take it up.
     write_cursor(&options.cursor, &cursor)?;
-    let cursor = std::sync::Mutex::new(cursor);
-    let sent = std::sync::atomic::AtomicUsize::new(0);
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    let send_source = |(source, keys): (String, Vec<EventKey>)| {
-        let (client, pace, cursor, progress) = (&client, &pace, &cursor, &progress);
-        let (sent, bytes) = (&sent, &bytes);
-        async move {
-            for key in keys {
-                if let Some(pace) = pace {
-                    pace.lock().await.tick().await;
-                }
-                let size = deliver(log, client, options, &key).await?;
-                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                bytes.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
-                progress.advance();
-                // After every delivery: a kill then resends only the bodies in flight.
-                let mut cursor = cursor.lock().expect("never poisoned");
-                cursor
-                    .sources
-                    .entry(source.clone())
-                    .or_default()
-                    .record(&key, settled_before);
-                write_cursor(&options.cursor, &cursor)?;
+
+    // In received order: an event is sent once no earlier event of its stream and
+    // institution is in flight, and no more than `concurrency` are.
+    let concurrency = options.concurrency.max(1);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut busy: BTreeSet<String> = BTreeSet::new();
+    let mut pending = pending.into_iter().peekable();
+    loop {
+        let ready = pending
+            .peek()
+            .is_some_and(|key| in_flight.len() < concurrency && !busy.contains(&source_of(key)));
+        if ready {
+            let key = pending.next().expect("peeked");
+            if let Some(pace) = pace.as_mut() {
+                pace.tick().await;
             }
-            Ok::<(), ReplayError>(())
+            busy.insert(source_of(&key));
+            let client = &client;
+            in_flight.push(async move {
+                let delivered = deliver(log, client, options, &key).await;
+                (key, delivered)
+            });
+            continue;
         }
-    };
-    futures::stream::iter(sources)
-        .map(send_source)
-        .buffer_unordered(options.concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+        let Some((key, delivered)) = in_flight.next().await else {
+            break;
+        };
+        let size = delivered?;
+        let source = source_of(&key);
+        busy.remove(&source);
+        summary.sent += 1;
+        summary.bytes += size as u64;
+        progress.advance();
+        // After every delivery: a kill then resends only the bodies in flight.
+        cursor
+            .sources
+            .entry(source)
+            .or_default()
+            .record(&key, settled_before);
+        write_cursor(&options.cursor, &cursor)?;
+    }
     progress.finish();
-    summary.sent = sent.into_inner();
-    summary.bytes = bytes.into_inner();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+fn source_of(key: &EventKey) -> String {
+    format!("{}/{}", key.stream, key.institution)
 }
 
 /// Every selected event, in received order (by id, a UUIDv7 minted at receipt).

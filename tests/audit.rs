@@ -484,6 +484,8 @@ fn replay(workspace: &Workspace, args: &[&str]) -> Output {
 struct Target {
     url: String,
     received: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// The bodies accepted, in the order they arrived.
+    arrived: Arc<Mutex<Vec<String>>>,
     requests: Arc<AtomicUsize>,
 }
 
@@ -491,13 +493,19 @@ fn counting_target(status_of: impl Fn(usize) -> u16 + Send + Sync + 'static) -> 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/s360", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(BTreeMap::new()));
+    let arrived = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(AtomicUsize::new(0));
     let status_of = Arc::new(status_of);
-    let (counts, count) = (received.clone(), requests.clone());
+    let (counts, order, count) = (received.clone(), arrived.clone(), requests.clone());
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { return };
-            let (counts, count, status_of) = (counts.clone(), count.clone(), status_of.clone());
+            let (counts, order, count, status_of) = (
+                counts.clone(),
+                order.clone(),
+                count.clone(),
+                status_of.clone(),
+            );
             std::thread::spawn(move || {
                 use std::io::Write;
                 let Some((_, body)) = common::http::read_request(&mut client) else {
@@ -505,7 +513,9 @@ fn counting_target(status_of: impl Fn(usize) -> u16 + Send + Sync + 'static) -> 
                 };
                 let status = status_of(count.fetch_add(1, Ordering::SeqCst));
                 if status == 200 {
-                    *counts.lock().unwrap().entry(sha256_hex(&body)).or_insert(0) += 1;
+                    let sha = sha256_hex(&body);
+                    *counts.lock().unwrap().entry(sha.clone()).or_insert(0) += 1;
+                    order.lock().unwrap().push(sha);
                 }
                 let _ = write!(
                     client,
@@ -517,8 +527,19 @@ fn counting_target(status_of: impl Fn(usize) -> u16 + Send + Sync + 'static) -> 
     Target {
         url,
         received,
+        arrived,
         requests,
     }
+}
+
+/// The ids of every stored event, in the order received (UUIDv7s sort by time).
+fn in_received_order_ids(workspace: &Workspace) -> Vec<String> {
+    let mut ids: Vec<String> = listed(workspace, &[])
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// The SHA-256 of every stored body, from `events list`.
@@ -607,12 +628,20 @@ async fn a_failing_target_gets_everything_once_it_recovers_and_one_that_never_do
     let workspace = Workspace::new(VENUES);
     {
         let server = workspace.serve();
+        // Two streams and institutions, interleaved.
         for i in 0..5 {
             post(
                 &server,
                 "ticketchecks",
                 "myvenue",
                 ticket_checks(2, 6_000_000 + i * 10),
+            )
+            .await;
+            post(
+                &server,
+                "orders",
+                "othervenue",
+                orders(1, 6_100_000 + i * 10),
             )
             .await;
         }
@@ -632,6 +661,21 @@ async fn a_failing_target_gets_everything_once_it_recovers_and_one_that_never_do
     );
     let received = recovering.received.lock().unwrap().clone();
     let stored = stored_bodies(&workspace);
+    // One at a time, the target got them in the order they were received.
+    let by_id: BTreeMap<String, String> = listed(&workspace, &[])
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().into(),
+                e["sha256"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let in_received_order: Vec<String> = in_received_order_ids(&workspace)
+        .iter()
+        .map(|id| by_id[id].clone())
+        .collect();
+    assert_eq!(*recovering.arrived.lock().unwrap(), in_received_order);
     assert!(
         stored.iter().all(|sha| received.get(sha) == Some(&1)),
         "{received:?}"
@@ -654,10 +698,8 @@ async fn a_failing_target_gets_everything_once_it_recovers_and_one_that_never_do
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let said = String::from_utf8_lossy(&output.stderr);
-    let first = listed(&workspace, &[])[0]["event_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // The first received, where a replay starts.
+    let first = in_received_order_ids(&workspace)[0].clone();
     assert!(said.contains(&format!("event {first}")), "{said}");
     assert!(
         said.contains("refused 2 times") && said.contains("HTTP 500"),
