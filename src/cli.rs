@@ -166,9 +166,15 @@ enum EventsCommand {
         #[command(flatten)]
         filter: FilterArgs,
         /// The auditor's copy of the signing public key (hex, as `datx audit public-key`
-        /// prints it): every digest must carry a valid signature by it
-        #[arg(long, value_name = "HEX", env = "DATX_AUDIT_PUBLIC_KEY")]
-        public_key: Option<String>,
+        /// prints it): every digest must carry a valid signature by it. Repeat it (or
+        /// separate keys with commas) to accept the keys used before a rotation
+        #[arg(
+            long,
+            value_name = "HEX",
+            env = "DATX_AUDIT_PUBLIC_KEY",
+            value_delimiter = ','
+        )]
+        public_key: Vec<String>,
     },
 }
 
@@ -317,7 +323,7 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                 }
                 EventsCommand::Show { id, body } => show(&log, id, body).await,
                 EventsCommand::Verify { filter, public_key } => {
-                    verify(&log, &filter.into_filter(), public_key.as_deref()).await
+                    verify(&log, &filter.into_filter(), &public_key).await
                 }
             }
         }
@@ -533,31 +539,32 @@ async fn show(log: &EventLog, id: Uuid, body_only: bool) -> Result<ExitCode, Str
 async fn verify(
     log: &EventLog,
     filter: &EventFilter,
-    public_key: Option<&str>,
+    public_keys: &[String],
 ) -> Result<ExitCode, String> {
-    let public_key = public_key
+    let public_keys = public_keys
+        .iter()
         .map(|hex_key| {
             hex::decode(hex_key.trim())
                 .ok()
                 .filter(|key| key.len() == 32)
                 .ok_or_else(|| format!("--public-key {hex_key:?} is not 64 hex digits"))
         })
-        .transpose()?;
+        .collect::<Result<Vec<_>, _>>()?;
     // Which days must have a digest: those the compactor has recorded as digested.
     let (state, _) = crate::commit::CommitLog::new(log.store().clone())
         .load()
         .await
         .map_err(|e| e.to_string())?;
     let report = log
-        .verify(filter, &state.digested, public_key.as_deref())
+        .verify(filter, &state.digested, &public_keys)
         .await
         .map_err(|e| e.to_string())?;
     for mismatch in &report.mismatches {
         println!("MISMATCH {}: {}", mismatch.key, mismatch.problem);
     }
-    let signatures = match public_key {
-        Some(_) => format!("{} signatures verified", report.signatures),
-        None => "signatures not checked (no --public-key)".to_string(),
+    let signatures = match public_keys.is_empty() {
+        false => format!("{} signatures verified", report.signatures),
+        true => "signatures not checked (no --public-key)".to_string(),
     };
     println!(
         "{} events ({} bytes) checked over {} days; {} sealed days checked against their digests and chain, {signatures}; {} mismatched",

@@ -301,6 +301,10 @@ async fn verify_names_every_alteration_of_the_sealed_log() {
         said.contains("its signature does not match the public key"),
         "{said}"
     );
+    // After a key rotation, the auditor holds both keys: either signature is accepted.
+    let both = format!("{other_key},{public_key}");
+    let (code, said) = verify(&workspace, &both);
+    assert_eq!(code, Some(0), "{said}");
 }
 
 /// The event ids `events list` prints with `args`, as JSON lines.

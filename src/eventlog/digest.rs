@@ -115,15 +115,23 @@ impl StoredDigest {
         serde_json::from_str(self.digest.get())
     }
 
-    /// Whether the signature is valid for `public_key` (hex); `Err` says why not.
-    pub fn check_signature(&self, public_key: &[u8]) -> Result<(), String> {
+    /// Whether the signature is valid for one of `public_keys` (the current key and the
+    /// ones before a rotation); `Err` says why not.
+    pub fn check_signature(&self, public_keys: &[Vec<u8>]) -> Result<(), String> {
         let Some(signature) = &self.signature else {
             return Err("it is not signed".into());
         };
         let value = hex::decode(&signature.value).map_err(|_| "its signature is not hex")?;
-        UnparsedPublicKey::new(&ED25519, public_key)
-            .verify(self.digest.get().as_bytes(), &value)
-            .map_err(|_| "its signature does not match the public key".to_string())
+        let signed = self.digest.get().as_bytes();
+        public_keys
+            .iter()
+            .any(|key| {
+                UnparsedPublicKey::new(&ED25519, key)
+                    .verify(signed, &value)
+                    .is_ok()
+            })
+            .then_some(())
+            .ok_or_else(|| "its signature does not match the public key".to_string())
     }
 }
 
@@ -245,20 +253,25 @@ mod tests {
         let stored = StoredDigest::new(&digest, Some(&signer));
         let key = hex::decode(signer.public_key_hex()).unwrap();
         let read: StoredDigest = serde_json::from_slice(&stored.encode()).unwrap();
-        assert_eq!(read.check_signature(&key), Ok(()));
+        assert_eq!(read.check_signature(std::slice::from_ref(&key)), Ok(()));
         assert_eq!(read.day().unwrap(), digest);
         let other_key = hex::decode(other.public_key_hex()).unwrap();
-        assert!(read.check_signature(&other_key).is_err());
+        assert!(
+            read.check_signature(std::slice::from_ref(&other_key))
+                .is_err()
+        );
+        // After a rotation, the auditor holds both keys.
+        assert_eq!(read.check_signature(&[other_key, key.clone()]), Ok(()));
         let mut altered = digest.clone();
         altered.events[0].records = 7;
         let forged = StoredDigest {
             signature: read.signature.clone(),
             ..StoredDigest::new(&altered, None)
         };
-        assert!(forged.check_signature(&key).is_err());
+        assert!(forged.check_signature(std::slice::from_ref(&key)).is_err());
         assert!(
             StoredDigest::new(&digest, None)
-                .check_signature(&key)
+                .check_signature(std::slice::from_ref(&key))
                 .is_err()
         );
         assert!(Signer::from_base64("bm90IGEga2V5").is_err());

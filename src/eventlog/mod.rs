@@ -581,14 +581,14 @@ impl EventLog {
     /// Checks the log: every body against its envelope (SHA-256, size, records), every
     /// sealed day against its digest (an event missing, added or altered is named), the
     /// chain of digests of each stream and institution, and, given the auditor's public
-    /// key, each digest's signature. `digested` says, by `{stream}/{institution}`, through
+    /// keys (the current one and those before a rotation), each digest's signature. `digested` says, by `{stream}/{institution}`, through
     /// which day every day must have a digest. Whole days are checked: `filter`'s instants
     /// choose days. Storage failures are errors, not mismatches.
     pub async fn verify(
         &self,
         filter: &EventFilter,
         digested: &std::collections::BTreeMap<String, NaiveDate>,
-        public_key: Option<&[u8]>,
+        public_keys: &[Vec<u8>],
     ) -> Result<VerifyReport, EventLogError> {
         let mut report = VerifyReport::default();
         let mut sources = self.sources(filter).await?;
@@ -686,8 +686,8 @@ impl EventLog {
                     Ok((digest, stored)) => {
                         let mut problems =
                             digest_problems(&digest, stream, &institution, day, &prior, &checked);
-                        if let Some(public_key) = public_key {
-                            match stored.check_signature(public_key) {
+                        if !public_keys.is_empty() {
+                            match stored.check_signature(public_keys) {
                                 Ok(()) => report.signatures += 1,
                                 Err(reason) => {
                                     problems.push(format!("the digest's signature fails: {reason}"))
