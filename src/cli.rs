@@ -375,7 +375,8 @@ async fn replay(log: &EventLog, args: ReplayArgs) -> Result<ExitCode, String> {
         cursor: PathBuf::new(),
     };
     options.cursor = args.state.unwrap_or_else(|| {
-        let hash = crate::eventlog::sha256_hex(options.identity().as_bytes());
+        let identity = options.identity(log.store().location());
+        let hash = crate::eventlog::sha256_hex(identity.as_bytes());
         PathBuf::from(format!(".datx-replay-{}.json", &hash[..12]))
     });
     match crate::replay::replay(log, &options).await {

@@ -107,13 +107,20 @@ impl SourceCursor {
                 || self.recent.contains(&key.event_id))
     }
 
-    fn record(&mut self, key: &EventKey, settled_before: NaiveDate) {
-        self.through = self.through.max(Some(key.event_id));
-        self.settled_before = Some(settled_before);
-        self.recent
-            .retain(|id| EventKey::day_of(*id).is_some_and(|day| day >= settled_before));
-        if key.day >= settled_before {
-            self.recent.insert(key.event_id);
+    /// Records `id` (received on `day`) as delivered by a run that listed the log when the
+    /// days before `settled_before` were sealed.
+    fn record(&mut self, id: Uuid, day: NaiveDate, settled_before: NaiveDate) {
+        // Only an event past the frontier moves it: a late event below it (delivered now,
+        // in id order) must not let the ids kept for its day go before the rest of this
+        // listing's late events of that day are delivered.
+        if self.through.is_none_or(|through| id > through) {
+            self.through = Some(id);
+            self.settled_before = Some(settled_before);
+            self.recent
+                .retain(|id| EventKey::day_of(*id).is_some_and(|day| day >= settled_before));
+        }
+        if self.settled_before.is_none_or(|settled| day >= settled) {
+            self.recent.insert(id);
         }
     }
 }
@@ -123,11 +130,11 @@ impl SourceCursor {
 const SETTLED_AFTER_DAYS: i64 = 2;
 
 impl ReplayOptions {
-    /// What makes two replays the same one: the target and the filters.
-    pub fn identity(&self) -> String {
+    /// What makes two replays the same one: the lake, the target and the filters.
+    pub fn identity(&self, lake: &str) -> String {
         let filter = &self.filter;
         format!(
-            "to {} stream {:?} institution {:?} since {:?} until {:?}",
+            "from {lake} to {} stream {:?} institution {:?} since {:?} until {:?}",
             self.to.trim_end_matches('/'),
             filter.stream.map(|s| s.as_str()),
             filter.institution,
@@ -164,7 +171,7 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
         )));
     }
     let started = Instant::now();
-    let identity = options.identity();
+    let identity = options.identity(log.store().location());
     let cursor = read_cursor(&options.cursor)?.unwrap_or_default();
     if !cursor.identity.is_empty() && cursor.identity != identity {
         return Err(ReplayError::Target(format!(
@@ -204,6 +211,7 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
     let mut cursor = Cursor { identity, ..cursor };
     // Named before the first delivery, so that another replay cannot take it up.
     write_cursor(&options.cursor, &cursor)?;
+    let mut journal = Journal::start(&options.cursor)?;
 
     // In received order: an event is sent once no earlier event of its stream and
     // institution is in flight, and no more than `concurrency` are.
@@ -215,21 +223,35 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
         let ready = pending
             .peek()
             .is_some_and(|key| in_flight.len() < concurrency && !busy.contains(&source_of(key)));
-        if ready {
-            let key = pending.next().expect("peeked");
-            if let Some(pace) = pace.as_mut() {
-                pace.tick().await;
+        let finished = if ready {
+            // The pace's wait goes on while deliveries in flight complete.
+            let tick = async {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(finished) = in_flight.next(), if !in_flight.is_empty() => Some(finished),
+                () = tick => {
+                    let key = pending.next().expect("peeked");
+                    busy.insert(source_of(&key));
+                    let client = &client;
+                    in_flight.push(async move {
+                        let delivered = deliver(log, client, options, &key).await;
+                        (key, delivered)
+                    });
+                    None
+                }
             }
-            busy.insert(source_of(&key));
-            let client = &client;
-            in_flight.push(async move {
-                let delivered = deliver(log, client, options, &key).await;
-                (key, delivered)
-            });
+        } else {
+            match in_flight.next().await {
+                Some(finished) => Some(finished),
+                None => break,
+            }
+        };
+        let Some((key, delivered)) = finished else {
             continue;
-        }
-        let Some((key, delivered)) = in_flight.next().await else {
-            break;
         };
         let size = delivered?;
         let source = source_of(&key);
@@ -237,14 +259,16 @@ pub async fn replay(log: &EventLog, options: &ReplayOptions) -> Result<ReplaySum
         summary.sent += 1;
         summary.bytes += size as u64;
         progress.advance();
-        // After every delivery: a kill then resends only the bodies in flight.
+        // After every delivery, one line: a kill then resends only the bodies in flight.
+        journal.record(&source, key.event_id, settled_before)?;
         cursor
             .sources
             .entry(source)
             .or_default()
-            .record(&key, settled_before);
-        write_cursor(&options.cursor, &cursor)?;
+            .record(key.event_id, key.day, settled_before);
     }
+    write_cursor(&options.cursor, &cursor)?;
+    journal.clear()?;
     progress.finish();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -310,20 +334,99 @@ async fn deliver(
     })
 }
 
-/// The cursor an earlier run left, if any.
+/// The cursor an earlier run left, if any, with the deliveries its journal recorded since.
 fn read_cursor(path: &PathBuf) -> Result<Option<Cursor>, ReplayError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ReplayError::Cursor {
+    let unreadable = |e: String| ReplayError::Cursor {
+        path: path.clone(),
+        source: std::io::Error::other(format!("{e} (remove it to replay from the start)")),
+    };
+    let mut cursor: Cursor = match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ReplayError::Cursor {
                 path: path.clone(),
-                source: std::io::Error::other(format!("{e} (remove it to replay from the start)")),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReplayError::Cursor {
+                source,
+            });
+        }
+    };
+    let journal = match std::fs::read_to_string(journal_path(path)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(ReplayError::Cursor {
+                path: path.clone(),
+                source,
+            });
+        }
+    };
+    for line in journal.lines() {
+        // A line cut short by a kill is the delivery in flight: it is sent again.
+        let mut fields = line.split(' ');
+        let (Some(source), Some(id), Some(settled), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (Ok(id), Ok(settled)) = (id.parse::<Uuid>(), settled.parse::<NaiveDate>()) else {
+            continue;
+        };
+        let Some(day) = EventKey::day_of(id) else {
+            continue;
+        };
+        cursor
+            .sources
+            .entry(source.to_string())
+            .or_default()
+            .record(id, day, settled);
+    }
+    Ok(Some(cursor))
+}
+
+fn journal_path(cursor: &std::path::Path) -> PathBuf {
+    cursor.with_extension("journal")
+}
+
+/// One line per delivery, appended beside the cursor: the cursor itself is rewritten at
+/// the start and the end of a run only, as it keeps the ids of recent days and would cost
+/// its whole size at every delivery.
+struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// An empty journal: what it held is in the cursor just written.
+    fn start(cursor: &std::path::Path) -> Result<Journal, ReplayError> {
+        let path = journal_path(cursor);
+        let file = std::fs::File::create(&path).map_err(|source| ReplayError::Cursor {
             path: path.clone(),
             source,
-        }),
+        })?;
+        Ok(Journal { path, file })
+    }
+
+    fn record(
+        &mut self,
+        source: &str,
+        id: Uuid,
+        settled_before: NaiveDate,
+    ) -> Result<(), ReplayError> {
+        use std::io::Write;
+        // One write per line: a kill loses at most the line being written.
+        self.file
+            .write_all(format!("{source} {id} {settled_before}\n").as_bytes())
+            .map_err(|source| ReplayError::Cursor {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn clear(self) -> Result<(), ReplayError> {
+        self.file.set_len(0).map_err(|source| ReplayError::Cursor {
+            path: self.path,
+            source,
+        })
     }
 }
 
@@ -391,5 +494,53 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A UUIDv7 of noon on `day`, the `n`-th of that millisecond.
+    fn id_on(day: NaiveDate, n: u16) -> Uuid {
+        let at = day.and_hms_opt(12, 0, 0).expect("noon exists").and_utc();
+        let millis = (at.timestamp_millis() as u64).to_be_bytes();
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis[2..]);
+        bytes[6] = 0x70; // version 7
+        bytes[8] = 0x80; // RFC 4122 variant
+        bytes[14..].copy_from_slice(&n.to_be_bytes());
+        Uuid::from_bytes(bytes)
+    }
+
+    fn key(id: Uuid) -> EventKey {
+        EventKey::new(crate::stream::Stream::Orders, "v", id)
+    }
+
+    #[test]
+    fn late_events_below_the_frontier_are_never_taken_for_delivered() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 10).unwrap();
+        let (late_1, late_2, frontier) = (id_on(day, 1), id_on(day, 2), id_on(day, 3));
+        assert!(late_1 < late_2 && late_2 < frontier);
+        let mut cursor = SourceCursor::default();
+        // A first run, the day still receiving, delivers the frontier only.
+        cursor.record(frontier, day, day - chrono::Duration::days(2));
+        assert!(cursor.delivered(&key(frontier)));
+        assert!(!cursor.delivered(&key(late_1)) && !cursor.delivered(&key(late_2)));
+        // Days later, a run delivers the first late event, then stops.
+        cursor.record(late_1, day, day + chrono::Duration::days(1));
+        assert!(cursor.delivered(&key(late_1)));
+        assert!(
+            !cursor.delivered(&key(late_2)),
+            "the second late event would be skipped"
+        );
+        // Past the frontier, the day is settled: everything up to it counts as delivered.
+        let next_day = day + chrono::Duration::days(4);
+        cursor.record(
+            id_on(next_day, 1),
+            next_day,
+            day + chrono::Duration::days(1),
+        );
+        assert!(cursor.delivered(&key(frontier)));
     }
 }

@@ -259,10 +259,14 @@ fn healthz(
         let store = store.clone();
         let compaction = compaction.clone();
         async move {
-            let probe = tokio::time::timeout(HEALTH_PROBE_DEADLINE, store.check_writable()).await;
+            // A task of its own, so that a probe that outlasts the deadline still finishes
+            // (and removes its object) after the answer.
+            let probe = tokio::spawn(async move { store.check_writable().await });
+            let probe = tokio::time::timeout(HEALTH_PROBE_DEADLINE, probe).await;
             let failed = match probe {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(e))) => Some(e.to_string()),
+                Ok(Err(crashed)) => Some(crashed.to_string()),
                 Err(_) => Some(format!(
                     "no answer within {} s",
                     HEALTH_PROBE_DEADLINE.as_secs()

@@ -436,12 +436,21 @@ impl Store {
             .boxed()
     }
 
-    /// Proves the lake takes durable writes now: a probe object is written and removed.
+    /// Proves the lake takes durable writes now: a probe object is written, then removed in
+    /// the background (a slow removal says nothing about writing, and a caller that stops
+    /// waiting must not leave the probe behind).
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         let key = format!("_datx/health/{}", uuid::Uuid::now_v7());
-        self.create(&key, Bytes::from_static(b"ok"), Durability::Synced)
-            .await?;
-        self.delete(&key).await
+        let written = self
+            .create(&key, Bytes::from_static(b"ok"), Durability::Synced)
+            .await;
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!(error = %e, "the health probe could not be removed");
+            }
+        });
+        written.map(|_| ())
     }
 
     fn object_error(&self, key: &str, source: object_store::Error) -> StoreError {
