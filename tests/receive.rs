@@ -556,6 +556,30 @@ fn invalid_configuration_stops_the_start_naming_the_key() {
     let missing = workspace.run(&["--config", "nope.toml", "events", "list"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read nope.toml"));
+
+    // A signing key that is not one, a key the compactor needs but cannot find, and a
+    // lease that would never last.
+    let audit = "[audit]\nsigning_key_env = \"TEST_AUDIT_KEY\"\n";
+    let garbled = Workspace::with_env(audit, &[("TEST_AUDIT_KEY", "not a key")]);
+    let output = garbled.run(&["events", "list"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("`audit.signing_key_env`: TEST_AUDIT_KEY is not base64"),
+        "{message}"
+    );
+    let unset = Workspace::new(audit);
+    let output = unset.run(&["compact"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("TEST_AUDIT_KEY is not set"), "{message}");
+    // An auditor verifies with the same file, without the key.
+    std::fs::create_dir(unset.lake()).unwrap();
+    let verified = unset.run(&["events", "verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
+    let output = Workspace::new("lease_ttl = \"0s\"\n").run(&["serve"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`lease_ttl`"));
 }
 
 on_both_backends!(
