@@ -461,7 +461,7 @@ impl Progress {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} bodies, {per_sec}, ETA {eta}",
+                    "{bar:40} {pos}/{len} bodies, {msg}, ETA {eta}",
                 )
                 .expect("a valid template"),
             );
@@ -478,14 +478,15 @@ impl Progress {
 
     fn advance(&self) {
         let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let rate = done as f64 / self.started.elapsed().as_secs_f64();
         if let Some(bar) = &self.bar {
             bar.set_position(done);
+            bar.set_message(format!("{rate:.1}/s"));
             return;
         }
         let mut last = self.last_line.lock().expect("never poisoned");
         if last.elapsed() >= Duration::from_secs(5) {
             *last = Instant::now();
-            let rate = done as f64 / self.started.elapsed().as_secs_f64();
             eprintln!("replayed {done}/{} bodies, {rate:.1}/s", self.total);
         }
     }
