@@ -372,19 +372,12 @@ fn tables_of(workspace: &Workspace) -> BTreeMap<String, Vec<String>> {
             "contacts" | "contacts_current" => "_event_id, _received_at, date",
             _ => "_event_id, _received_at",
         };
-        let output = workspace.run(&[
-            "sql",
-            "--format",
-            "json",
-            &format!("SELECT * EXCLUDE ({receipt}) FROM {table}"),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
-        let mut rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        let statement = format!("SELECT * EXCLUDE ({receipt}) FROM {table}");
+        let rows = common::sql_rows(workspace, &statement);
+        let mut rows: Vec<String> = rows
+            .into_iter()
+            .map(|r| Value::Object(r).to_string())
+            .collect();
         rows.sort();
         tables.insert(table.to_string(), rows);
     }
@@ -471,16 +464,8 @@ auth = "none"
 
 /// `datx replay` with `args`, which must succeed.
 fn replay(workspace: &Workspace, args: &[&str]) -> Output {
-    let output = workspace
-        .command(&[&["replay"], args].concat())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    let command = [&["replay"], args].concat();
+    common::succeeded(workspace.command(&command).output().unwrap())
 }
 
 /// A target that counts the bodies it gets (by SHA-256), answering `status_of(n)` to the

@@ -793,18 +793,10 @@ async fn a_lake_written_before_positions_and_key_ranges_reads_merges_and_correct
     compact(&workspace, "compact");
     drop_position_column(&lake, "ticket_checks");
     drop_key_ranges(&lake);
-    let output = workspace.run(&[
-        "sql",
-        "--format",
-        "json",
+    let rows = common::sql_rows(
+        &workspace,
         "SELECT ticket_check_id, _position FROM ticket_checks ORDER BY 1",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
     );
-    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(rows.len(), 5);
     assert!(
         rows.iter()
@@ -860,17 +852,6 @@ fn spark_type_of(arrow_type: &str) -> &'static str {
         t if t.starts_with("Timestamp(") => "timestamp",
         other => panic!("no Spark type known for {other}"),
     }
-}
-
-/// `datx sql` in the workspace, as JSON rows.
-fn datx_rows(workspace: &Workspace, statement: &str) -> Vec<Row> {
-    let output = workspace.run(&["sql", "--format", "json", statement]);
-    assert!(
-        output.status.success(),
-        "{statement}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -937,7 +918,8 @@ print(json.dumps(out))
         &tables,
     );
     for table in tables {
-        let count = &datx_rows(&workspace, &format!("SELECT count(*) AS n FROM {table}"))[0]["n"];
+        let count =
+            &common::sql_rows(&workspace, &format!("SELECT count(*) AS n FROM {table}"))[0]["n"];
         assert_eq!(&spark[table]["count"], count, "{table}");
         let spark_types = spark[table]["types"].as_object().unwrap();
         let columns: Vec<&String> = spark_types.keys().collect();
@@ -946,7 +928,7 @@ print(json.dumps(out))
             .map(|c| format!("arrow_typeof(\"{c}\") AS \"{c}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let datx_types = &datx_rows(
+        let datx_types = &common::sql_rows(
             &workspace,
             &format!("SELECT {typeof_all} FROM {table} LIMIT 1"),
         )[0];
@@ -965,7 +947,7 @@ print(json.dumps(out))
     assert_eq!(spark["ticket_checks"]["types"]["access_time"], "timestamp");
     // The sample's check at 18:25:10 in Zurich: the same instant in Spark and in datx, and
     // Spark gives back the venue's wall time from it.
-    let datx_check = &datx_rows(
+    let datx_check = &common::sql_rows(
         &workspace,
         "SELECT to_char(access_time, '%Y-%m-%dT%H:%M:%S') AS utc, CAST(date AS VARCHAR) AS date \
          FROM ticket_checks WHERE ticket_check_id = 10228845124401",
@@ -994,10 +976,5 @@ fn python_reader(
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_slice(&common::succeeded(output).stdout).unwrap()
 }

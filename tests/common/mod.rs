@@ -342,6 +342,26 @@ pub async fn post_samples(server: &Server, institution: &str) {
     }
 }
 
+/// `output` itself when its process exited with 0; otherwise fails the test with its
+/// standard error.
+pub fn succeeded(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The rows `datx sql` answers for one statement, as JSON objects.
+pub fn sql_rows(
+    workspace: &Workspace,
+    statement: &str,
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let output = succeeded(workspace.run(&["sql", "--format", "json", statement]));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Runs `datx compact` (or `rebuild`) to completion and returns what it printed.
 pub fn compact(workspace: &Workspace, command: &str) -> String {
     let output = workspace.run(&[command]);
