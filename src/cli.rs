@@ -412,7 +412,7 @@ async fn sql(engine: &QueryEngine, text: &str, format: Format) -> Result<ExitCod
     let mut out = std::io::stdout().lock();
     for statement in statements {
         let started = std::time::Instant::now();
-        let answer = match engine.run(statement, Visibility::All, None).await {
+        let answer = match engine.run(statement, vec![], Visibility::All, None).await {
             Ok(answer) => answer,
             Err(e) => {
                 eprintln!("datx: {e}");

@@ -110,7 +110,7 @@ impl SqlService {
         let result = match one_statement(text) {
             Ok(statement) => {
                 self.engine
-                    .run(statement, visible, Some(self.max_rows))
+                    .run(statement, vec![], visible, Some(self.max_rows))
                     .await
             }
             Err(e) => Err(e),

@@ -9,6 +9,7 @@
 mod guard;
 pub mod http;
 pub mod output;
+pub mod pg_catalog;
 mod table;
 mod views;
 
@@ -17,12 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use futures::StreamExt;
@@ -75,6 +78,15 @@ impl Answer {
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
+}
+
+/// What a statement would answer, found by planning it without running it: for clients
+/// that ask before they execute (the PostgreSQL extended protocol).
+#[derive(Debug)]
+pub struct Description {
+    /// The type of each `$n` placeholder, `None` where the statement leaves it open.
+    pub parameters: Vec<Option<DataType>>,
+    pub schema: SchemaRef,
 }
 
 /// What one query may see: every institution, or only some.
@@ -139,19 +151,16 @@ impl QueryEngine {
         })
     }
 
-    /// Runs one statement as the caller `visible` allows; `max_rows` bounds the answer.
+    /// Runs one statement as the caller `visible` allows, with `parameters` for its `$1`,
+    /// `$2`...; `max_rows` bounds the answer.
     pub async fn run(
         &self,
         statement: Statement,
+        parameters: Vec<ScalarValue>,
         visible: Visibility<'_>,
         max_rows: Option<usize>,
     ) -> Result<Answer, QueryError> {
-        // A query waits for a slot at most half as long as it may run, then is refused,
-        // so that a client sees "busy" well before its own timeout.
-        let _slot = tokio::time::timeout(self.limits.timeout / 2, self.running.acquire())
-            .await
-            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
-            .expect("the semaphore is never closed");
+        let _slot = self.slot().await?;
         let deadline = Instant::now() + self.limits.timeout;
         let mut attempt = 0;
         loop {
@@ -160,6 +169,7 @@ impl QueryEngine {
             let running = self.runtime.spawn(execute(
                 session,
                 statement.clone(),
+                parameters.clone(),
                 max_rows,
                 self.limits.memory_limit,
             ));
@@ -184,6 +194,51 @@ impl QueryEngine {
                 Ok(answer) => return Ok(answer),
             }
         }
+    }
+
+    /// Plans one statement as [`QueryEngine::run`] would, within the same limits, and says
+    /// what it would take and answer. A statement that would write is refused here too.
+    pub async fn describe(
+        &self,
+        statement: Statement,
+        visible: Visibility<'_>,
+    ) -> Result<Description, QueryError> {
+        let _slot = self.slot().await?;
+        let snapshot = self.snapshot().await?;
+        let session = self.session(&snapshot, visible).await?;
+        let planning = self.runtime.spawn(async move {
+            let plan = read_only_plan(&session, statement).await?;
+            let mut found = plan.get_parameter_types().map_err(QueryError::Invalid)?;
+            // Placeholders are `$1`, `$2`...: the highest number says how many there are.
+            let count = found
+                .keys()
+                .filter_map(|id| id.strip_prefix('$')?.parse::<usize>().ok())
+                .max()
+                .unwrap_or(0);
+            let parameters = (1..=count)
+                .map(|n| found.remove(&format!("${n}")).flatten())
+                .collect();
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            Ok(Description { parameters, schema })
+        });
+        match tokio::time::timeout(self.limits.timeout, planning).await {
+            Ok(Ok(described)) => described,
+            Ok(Err(crashed)) => Err(QueryError::Invalid(DataFusionError::Plan(format!(
+                "planning stopped unexpectedly: {crashed}"
+            )))),
+            Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
+        }
+    }
+
+    /// A query waits for a slot at most half as long as it may run, then is refused, so
+    /// that a client sees "busy" well before its own timeout.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, QueryError> {
+        Ok(
+            tokio::time::timeout(self.limits.timeout / 2, self.running.acquire())
+                .await
+                .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
+                .expect("the semaphore is never closed"),
+        )
     }
 
     /// The latest commit's files; costs one read of the commit log when nothing changed.
@@ -281,6 +336,9 @@ impl QueryEngine {
                 .await
                 .map_err(QueryError::Invalid)?;
         }
+        pg_catalog::install(&session)
+            .await
+            .map_err(QueryError::Invalid)?;
         Ok(session)
     }
 
@@ -313,17 +371,14 @@ pub fn one_statement(text: &str) -> Result<Statement, QueryError> {
     }
 }
 
-/// Runs `statement`, collecting at most `max_rows` rows and `max_bytes` bytes of answer:
-/// the memory pool does not see the batches a query hands back, and a few rows can hold a
-/// large value each (a literal repeated on every row).
-async fn execute(
-    session: SessionContext,
-    statement: Statement,
-    max_rows: Option<usize>,
-    max_bytes: usize,
-) -> Result<Answer, QueryError> {
-    let state = session.state();
-    let plan = state
+/// Plans `statement`, refusing any plan that would create, change, drop or set something.
+async fn read_only_plan(
+    session: &SessionContext,
+    mut statement: Statement,
+) -> Result<LogicalPlan, QueryError> {
+    pg_catalog::rewrite(&mut statement);
+    let plan = session
+        .state()
         .statement_to_plan(statement)
         .await
         .map_err(QueryError::Invalid)?;
@@ -332,8 +387,27 @@ async fn execute(
         .with_allow_dml(false)
         .with_allow_statements(false);
     // verify_plan fails only for a plan that would create, change, drop or set something.
-    if let Err(e) = read_only.verify_plan(&plan) {
-        return Err(QueryError::Refused(e.strip_backtrace()));
+    match read_only.verify_plan(&plan) {
+        Ok(()) => Ok(plan),
+        Err(e) => Err(QueryError::Refused(e.strip_backtrace())),
+    }
+}
+
+/// Runs `statement`, collecting at most `max_rows` rows and `max_bytes` bytes of answer:
+/// the memory pool does not see the batches a query hands back, and a few rows can hold a
+/// large value each (a literal repeated on every row).
+async fn execute(
+    session: SessionContext,
+    statement: Statement,
+    parameters: Vec<ScalarValue>,
+    max_rows: Option<usize>,
+    max_bytes: usize,
+) -> Result<Answer, QueryError> {
+    let mut plan = read_only_plan(&session, statement).await?;
+    if !parameters.is_empty() {
+        plan = plan
+            .with_param_values(parameters)
+            .map_err(QueryError::Invalid)?;
     }
     let frame = session
         .execute_logical_plan(plan)
