@@ -52,6 +52,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     pub institutions: BTreeMap<String, Institution>,
     pub sql: Sql,
+    /// `None` when PostgreSQL clients are not served.
+    pub postgres: Option<Postgres>,
     pub connections: Connections,
     /// Bearer token `GET /metrics` asks for; `None` leaves it open (it names institutions
     /// and counts, never records).
@@ -108,6 +110,27 @@ pub struct Sql {
     pub max_rows: usize,
     /// Queries that run at once over HTTP; more wait briefly, then get 503.
     pub max_concurrent: usize,
+}
+
+/// The `[postgres]` table: where PostgreSQL clients connect. They sign in with the `[sql]`
+/// tokens and get the same limits.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key; without them a client asking for TLS is told
+    /// no, and one that requires it cannot connect.
+    pub tls: Option<PostgresTls>,
+    /// Sessions open at once; more wait in the kernel's queue until one closes.
+    pub max_connections: usize,
+    /// A session that sends nothing for this long is closed: BI tools keep pools of idle
+    /// connections, and one that was forgotten must not hold its place forever.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A bearer token and the institutions whose rows it may see.
@@ -178,6 +201,7 @@ struct RawConfig {
     institutions: BTreeMap<String, RawInstitution>,
     #[serde(default)]
     sql: RawSql,
+    postgres: Option<RawPostgres>,
     #[serde(default = "default_header_timeout")]
     header_timeout: String,
     #[serde(default = "default_body_idle_timeout")]
@@ -239,6 +263,20 @@ impl Default for RawSql {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPostgres {
+    /// Required: a `[postgres]` table without an address would be a listener nobody asked
+    /// for, or a typo.
+    listen: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default = "default_postgres_max_connections")]
+    max_connections: u64,
+    #[serde(default = "default_postgres_idle_timeout")]
+    idle_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSqlToken {
     token: Option<String>,
     token_env: Option<String>,
@@ -292,6 +330,12 @@ fn default_sql_max_rows() -> u64 {
 }
 fn default_sql_max_concurrent() -> u64 {
     4
+}
+fn default_postgres_max_connections() -> u64 {
+    64
+}
+fn default_postgres_idle_timeout() -> String {
+    "1h".into()
 }
 fn default_header_timeout() -> String {
     "30s".into()
@@ -409,6 +453,11 @@ impl Config {
             .sql
             .validate(&institutions, env)
             .map_err(|(key, problem)| invalid(&format!("sql.{key}"), problem))?;
+        let postgres = raw
+            .postgres
+            .map(|postgres| postgres.validate(&sql, base_dir))
+            .transpose()
+            .map_err(|(key, problem)| invalid(&format!("postgres.{key}"), problem))?;
         let connections = Connections {
             header_timeout: positive_duration(&raw.header_timeout)
                 .map_err(|p| invalid("header_timeout", p))?,
@@ -454,6 +503,7 @@ impl Config {
             lease_ttl,
             institutions,
             sql,
+            postgres,
             connections,
             metrics_token,
             audit_signing_key_env,
@@ -604,6 +654,61 @@ impl RawInstitution {
         Ok(())
     }
 }
+
+impl RawPostgres {
+    /// Returns the resolved table, or the failing key (relative to `postgres`) and the
+    /// problem. Relative certificate paths are resolved against `base_dir`.
+    fn validate(self, sql: &Sql, base_dir: &Path) -> Result<Postgres, (String, String)> {
+        let listen = self.listen.parse().map_err(|e| {
+            (
+                "listen".to_string(),
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8361: {e}",
+                    self.listen
+                ),
+            )
+        })?;
+        if sql.tokens.is_empty() {
+            return Err((
+                "listen".into(),
+                "PostgreSQL clients sign in with the [sql] tokens, and there are none: give [sql] a token_env or add [sql.tokens.NAME]".into(),
+            ));
+        }
+        let named = |name: &str| sql.tokens.iter().any(|t| t.name == name);
+        if named(POSTGRES_USER_OF_SQL_TOKEN) && named("sql") {
+            return Err((
+                "listen".into(),
+                format!(
+                    "[sql.tokens.{POSTGRES_USER_OF_SQL_TOKEN}] has the user name PostgreSQL clients give for the [sql] token: rename it"
+                ),
+            ));
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(PostgresTls {
+                cert: base_dir.join(cert),
+                key: base_dir.join(key),
+            }),
+            (Some(_), None) => {
+                return Err(("tls_key".into(), "is needed with tls_cert".into()));
+            }
+            (None, Some(_)) => {
+                return Err(("tls_cert".into(), "is needed with tls_key".into()));
+            }
+        };
+        Ok(Postgres {
+            listen,
+            tls,
+            max_connections: positive_count(self.max_connections)
+                .map_err(|p| ("max_connections".to_string(), p))?,
+            idle_timeout: positive_duration(&self.idle_timeout)
+                .map_err(|p| ("idle_timeout".to_string(), p))?,
+        })
+    }
+}
+
+/// The PostgreSQL user name of the `[sql]` table's own token (named `sql` in the logs).
+pub const POSTGRES_USER_OF_SQL_TOKEN: &str = "datx";
 
 impl RawSql {
     /// Returns the resolved table, or the failing key (relative to `sql`) and the problem.

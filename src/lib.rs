@@ -13,6 +13,7 @@ pub mod connections;
 pub mod eventlog;
 pub mod lease;
 pub mod metrics;
+pub mod postgres;
 pub mod query;
 pub mod receive;
 pub mod replay;

@@ -1,5 +1,5 @@
 //! `datx serve`: one HTTP server for the receive routes, `POST /sql`, `/healthz` and
-//! `/metrics`.
+//! `/metrics`, and the PostgreSQL listener when `[postgres]` is configured.
 //!
 //! Owns the listener, the joining of routes and a graceful stop (in-flight pushes finish
 //! and get their answer before the process exits). It must never answer for a route it
@@ -22,6 +22,7 @@ use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::eventlog::EventLog;
 use crate::lease::LeaseError;
+use crate::postgres::PostgresServer;
 use crate::query::QueryEngine;
 use crate::query::http::SqlService;
 use crate::receive::{ErrorBody, Receiver};
@@ -34,6 +35,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PostgresError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -64,6 +67,13 @@ pub async fn run(
     let metrics = crate::metrics::install();
     let receiver = Arc::new(Receiver::new(EventLog::new(store.clone()), &config));
     let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
+    let postgres = match &config.postgres {
+        Some(postgres) => Some(PostgresServer::bind(postgres, &config.sql, engine.clone()).await?),
+        None => None,
+    };
+    if let Some(address) = postgres.as_ref().and_then(|p| p.local_addr().ok()) {
+        tracing::info!(address = %address, "PostgreSQL clients can connect on {address}");
+    }
     let sql = Arc::new(SqlService::new(engine, &config.sql));
     let health = Arc::new(CompactionHealth::default());
     let routes = receiver
@@ -84,6 +94,14 @@ pub async fn run(
         institutions = ?config.institutions.keys().collect::<Vec<_>>(),
         "datx listening on http://{address}"
     );
+    // The PostgreSQL sessions stop with the HTTP server: one signal for both.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let postgres = postgres.map(|server| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(server.serve(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }))
+    });
     let compaction = config.compact_every.map(|every| {
         let compactor = Arc::new(Compactor::new(store.clone(), &config));
         let task = tokio::spawn(compact_in_background(
@@ -100,6 +118,10 @@ pub async fn run(
         shutdown,
     )
     .await;
+    let _ = stopping.send(true);
+    if let Some(postgres) = postgres {
+        let _ = postgres.await;
+    }
     // A pass cut short is like a crash: the next one finishes or discards its work.
     if let Some((compactor, task)) = compaction {
         task.abort();
