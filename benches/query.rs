@@ -9,8 +9,13 @@
 //! (default 3) per engine; the median is printed with the ratio, and both engines' row
 //! counts must agree.
 //!
+//! Then the same queries go to a real `datx serve` (in this process) from one Python
+//! client, over `POST /sql` (JSON rows, urllib) and over the PostgreSQL protocol (psycopg),
+//! timed from sending the statement to holding every row decoded.
+//!
 //! Run: `cargo bench --bench query`. Environment: `DATX_BENCH_RECORDS` (default 1000000),
-//! `DATX_BENCH_DIR`, `DATX_TEST_PYTHON` (a Python with duckdb), `DATX_BENCH_KEEP=1`.
+//! `DATX_BENCH_DIR`, `DATX_TEST_PYTHON` (a Python with duckdb and psycopg, as `.ci/run`
+//! makes it), `DATX_BENCH_KEEP=1`.
 
 mod common;
 
@@ -232,7 +237,7 @@ fn main() {
             let statement = statements(text).unwrap().remove(0);
             let started = Instant::now();
             let answer = runtime
-                .block_on(engine.run(statement, Visibility::All, None))
+                .block_on(engine.run(statement, vec![], Visibility::All, None))
                 .unwrap();
             if run > 0 {
                 times.push(started.elapsed());
@@ -262,6 +267,26 @@ fn main() {
         );
     }
     println!("ratio = datx time / DuckDB time (target: at most 1.5 on each)");
+
+    let wire = runtime.block_on(over_the_wire(root.path(), &lake, &texts, runs));
+    println!(
+        "{:<26} {:>9} {:>9} {:>7} {:>6}",
+        "query", "/sql s", "pg s", "ratio", "rows"
+    );
+    for ((name, (_, rows)), (http_seconds, http_rows, pg_seconds, pg_rows)) in
+        QUERIES.iter().zip(&datx).zip(&wire)
+    {
+        if (http_rows, pg_rows) != (rows, rows) {
+            common::fail(&format!(
+                "{name}: the engine answers {rows} rows, POST /sql {http_rows}, PostgreSQL {pg_rows}"
+            ));
+        }
+        println!(
+            "{name:<26} {http_seconds:>9.3} {pg_seconds:>9.3} {:>7.2} {rows:>6}",
+            pg_seconds / http_seconds
+        );
+    }
+    println!("ratio = PostgreSQL protocol time / POST /sql time, each from one client");
     if std::env::var_os("DATX_BENCH_KEEP").is_some() {
         println!("kept {}", root.keep().display());
     }
@@ -319,4 +344,83 @@ print(json.dumps(results))
     let results: String = common::last_line(&output, "DuckDB's timings as JSON");
     serde_json::from_str(&results)
         .unwrap_or_else(|e| common::fail(&format!("DuckDB's timings are not JSON: {e}")))
+}
+
+/// The saved queries from one Python client against a real server on `lake`: `(median
+/// seconds, rows)` over `POST /sql`, then over the PostgreSQL protocol, per query.
+async fn over_the_wire(
+    dir: &Path,
+    lake: &Path,
+    texts: &[String],
+    runs: usize,
+) -> Vec<(f64, usize, f64, usize)> {
+    const TOKEN: &str = "bench-token";
+    // A free port for the PostgreSQL listener, which serve binds from its configuration.
+    let postgres = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let text = format!(
+        "lake = \"{}\"\ncompact_every = \"off\"\n[sql]\ntoken = \"{TOKEN}\"\ntimeout = \"600s\"\nmemory_limit = \"8GiB\"\nmax_rows = 10000000\n[postgres]\nlisten = \"{postgres}\"\n",
+        lake.display()
+    );
+    let config =
+        datx::config::Config::parse(&text, &dir.join("wire.toml"), dir, &|_| None).unwrap();
+    let store = Store::open(lake.to_str().unwrap()).unwrap();
+    let server = common::LocalServer::start(config, store).await;
+    let script = r#"
+import json, statistics, sys, time, urllib.request, psycopg
+url, token, dsn, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+texts = json.load(sys.stdin)
+results = []
+with psycopg.connect(dsn, autocommit=True) as conn:
+    for text in texts:
+        http, pg = [], []
+        for run in range(runs + 1):
+            started = time.perf_counter()
+            request = urllib.request.Request(url, data=text.encode(), headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request) as answer:
+                http_rows = json.load(answer)
+            http_time = time.perf_counter() - started
+            started = time.perf_counter()
+            pg_rows = conn.execute(text).fetchall()
+            pg_time = time.perf_counter() - started
+            if run > 0:
+                http.append(http_time)
+                pg.append(pg_time)
+        results.append([statistics.median(http), len(http_rows), statistics.median(pg), len(pg_rows)])
+print(json.dumps(results))
+"#;
+    let dsn = format!(
+        "host={} port={} dbname=datx user=datx password={TOKEN}",
+        postgres.ip(),
+        postgres.port()
+    );
+    let url = format!("http://{}/sql", server.address);
+    let texts = serde_json::to_vec(texts).unwrap();
+    // The server answers on this runtime while the client runs on a thread of its own.
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(common::python())
+            .arg("-c")
+            .arg(script)
+            .arg(url)
+            .arg(TOKEN)
+            .arg(dsn)
+            .arg(runs.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("a Python with psycopg (set DATX_TEST_PYTHON)");
+        {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&texts).unwrap();
+        }
+        common::succeeded(child.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    let results: String = common::last_line(&output, "the clients' timings as JSON");
+    serde_json::from_str(&results)
+        .unwrap_or_else(|e| common::fail(&format!("the clients' timings are not JSON: {e}")))
 }

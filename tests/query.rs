@@ -817,19 +817,7 @@ async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql(backend: Bac
         .filter(|c| c.institution == "alpha")
         .count();
 
-    // Every form that could reach another venue's rows: plain, filtered on purpose, join,
-    // subquery, UNION across tables, the views, a CTE.
-    let probes = [
-        "SELECT DISTINCT institution FROM ticket_checks",
-        "SELECT institution FROM ticket_checks WHERE institution = 'beta'",
-        "SELECT DISTINCT t.institution FROM ticket_checks t JOIN order_movements m ON t.movement_id = m.movement_id",
-        "SELECT DISTINCT m.institution FROM order_movements m WHERE m.movement_id IN (SELECT movement_id FROM ticket_checks)",
-        "SELECT * FROM (SELECT institution FROM orders) AS o WHERE o.institution <> 'alpha'",
-        "SELECT institution FROM contacts UNION SELECT institution FROM orders UNION SELECT institution FROM order_movements UNION SELECT institution FROM rejects",
-        "SELECT DISTINCT institution FROM contacts_current UNION ALL SELECT DISTINCT institution FROM orders_current",
-        "WITH everything AS (SELECT institution, ticket_check_id FROM ticket_checks) SELECT DISTINCT institution FROM everything",
-    ];
-    for probe in probes {
+    for probe in common::SCOPE_PROBES {
         for row in http_rows(&server, ALPHA_TOKEN, probe).await {
             assert_eq!(row["institution"], "alpha", "{probe} showed {row:?}");
         }

@@ -46,6 +46,20 @@ pub const TABLES: [&str; 5] = [
     "rejects",
 ];
 
+/// Queries a token scoped to `alpha` runs to try to reach another venue's rows: plain,
+/// filtered on purpose, a join, a subquery, UNION across tables, the views, a CTE. Each
+/// answers a column `institution`, which must only ever be `alpha`.
+pub const SCOPE_PROBES: [&str; 8] = [
+    "SELECT DISTINCT institution FROM ticket_checks",
+    "SELECT institution FROM ticket_checks WHERE institution = 'beta'",
+    "SELECT DISTINCT t.institution FROM ticket_checks t JOIN order_movements m ON t.movement_id = m.movement_id",
+    "SELECT DISTINCT m.institution FROM order_movements m WHERE m.movement_id IN (SELECT movement_id FROM ticket_checks)",
+    "SELECT * FROM (SELECT institution FROM orders) AS o WHERE o.institution <> 'alpha'",
+    "SELECT institution FROM contacts UNION SELECT institution FROM orders UNION SELECT institution FROM order_movements UNION SELECT institution FROM rejects",
+    "SELECT DISTINCT institution FROM contacts_current UNION ALL SELECT DISTINCT institution FROM orders_current",
+    "WITH everything AS (SELECT institution, ticket_check_id FROM ticket_checks) SELECT DISTINCT institution FROM everything",
+];
+
 /// Where a workspace keeps its lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -275,6 +289,17 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The address PostgreSQL clients connect to (`[postgres] listen`), which `serve` logs
+    /// before its HTTP address.
+    pub fn postgres_address(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find_map(|line| line.split("PostgreSQL clients can connect on ").nth(1))
+            .unwrap_or_else(|| panic!("datx serve did not listen for PostgreSQL:\n{log}"));
+        line.split_whitespace().next().unwrap().parse().unwrap()
     }
 
     /// Stops the server as an operator would (SIGTERM) and waits for it to exit.

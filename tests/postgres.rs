@@ -1,0 +1,737 @@
+//! PostgreSQL clients against the real binary: `psql` (Debian's postgresql-client) and
+//! psycopg (from PyPI), over real sockets, reading what `datx sql` reads, within the same
+//! limits and scopes, and the catalog queries BI tools send when they connect.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use common::{Server, Workspace, compact, post, post_samples, sql_rows};
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN: &str = "every-venue-token";
+const ALPHA_TOKEN: &str = "alpha-only-token";
+const PSYCOPG: (&str, &str) = ("psycopg", "psycopg[binary]==3.3.9");
+
+fn config(sql: &str, postgres: &str) -> String {
+    format!(
+        r#"
+[institutions.alpha]
+timezone = "Europe/Zurich"
+auth = "none"
+[institutions.beta]
+timezone = "America/New_York"
+auth = "none"
+[sql]
+token = "{ADMIN_TOKEN}"
+{sql}
+[sql.tokens.alpha_analyst]
+token = "{ALPHA_TOKEN}"
+institutions = ["alpha"]
+[postgres]
+listen = "127.0.0.1:0"
+{postgres}
+"#
+    )
+}
+
+/// Both venues' samples plus generated orders and checks, compacted, and a server on them.
+async fn lake(sql: &str, postgres: &str) -> (Workspace, Server) {
+    let workspace = Workspace::new(&config(sql, postgres));
+    let server = workspace.serve();
+    for (n, venue) in ["alpha", "beta"].into_iter().enumerate() {
+        let n = n as i64;
+        post_samples(&server, venue).await;
+        post(
+            &server,
+            "orders",
+            venue,
+            common::orders(30, 50_000 + n * 1_000),
+        )
+        .await;
+        let checks = common::ticket_checks(40, 90_000 + n * 1_000);
+        post(&server, "ticketchecks", venue, checks).await;
+    }
+    compact(&workspace, "compact");
+    (workspace, server)
+}
+
+/// `psql` with `args` as `user`, in CSV, stopping at the first error.
+fn psql(address: SocketAddr, user: &str, password: &str, args: &[&str]) -> Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "--csv",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &address.ip().to_string(),
+            "-p",
+            &address.port().to_string(),
+            "-U",
+            user,
+            "-d",
+            "datx",
+        ])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs (Debian's postgresql-client, installed by .ci/run)")
+}
+
+/// The rows `psql --csv` printed, header first.
+fn csv_rows(output: &Output) -> Vec<Vec<String>> {
+    csv_reader(&common::succeeded(output.clone()).stdout)
+}
+
+/// A small CSV reader (quoted fields, doubled quotes, quoted newlines): enough for psql.
+fn csv_reader(bytes: &[u8]) -> Vec<Vec<String>> {
+    let text = String::from_utf8_lossy(bytes);
+    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => row.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    rows
+}
+
+/// Runs a Python `script` with psycopg; `DSN` is set for it. Returns what it printed as
+/// JSON, or fails the test with its error.
+fn psycopg(address: SocketAddr, user: &str, password: &str, script: &str) -> Value {
+    let output = psycopg_output(address, user, password, script);
+    let output = common::succeeded(output);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&output.stdout));
+    })
+}
+
+fn psycopg_output(address: SocketAddr, user: &str, password: &str, script: &str) -> Output {
+    let python = common::python_with(&[PSYCOPG]);
+    let dsn = format!(
+        "host={} port={} dbname=datx user={user} password={password} connect_timeout=10",
+        address.ip(),
+        address.port()
+    );
+    let prelude = "import json, os, sys, datetime, decimal, psycopg\nDSN = os.environ['DSN']\n";
+    Command::new(python)
+        .args(["-c", &format!("{prelude}{script}")])
+        .env("DSN", dsn)
+        .output()
+        .expect("python runs")
+}
+
+fn saved_query_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("queries/{name}.sql"))
+}
+
+fn saved_query(name: &str) -> String {
+    std::fs::read_to_string(saved_query_path(name)).unwrap()
+}
+
+/// What `datx sql -f` answers for a saved query, as JSON objects.
+fn saved_query_rows(workspace: &Workspace, name: &str) -> Vec<serde_json::Map<String, Value>> {
+    let path = saved_query_path(name);
+    let output = common::succeeded(workspace.run(&[
+        "sql",
+        "--format",
+        "json",
+        "-f",
+        path.to_str().unwrap(),
+    ]));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+const SAVED_QUERIES: [&str; 5] = [
+    "contacts_by_week",
+    "freshness",
+    "gate_failures",
+    "no_show_rate",
+    "sales_by_day_and_product",
+];
+
+/// An instant or date in any of the spellings the clients use: `2024-03-01 17:25:10+00`
+/// (psql), `2024-03-01 17:25:10+00:00` (Python), `2024-03-01T17:25:10Z` (datx's JSON).
+fn instant(text: &str) -> Option<NaiveDateTime> {
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z", "%+"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.naive_utc());
+        }
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t);
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|d| d.and_hms_opt(0, 0, 0).unwrap())
+}
+
+/// Whether a cell a PostgreSQL client read (as text) holds the value `datx sql` gave.
+fn same_cell(read: &str, expected: &Value) -> bool {
+    match expected {
+        Value::Null => read.is_empty() || read == "None",
+        Value::Bool(b) => {
+            read == if *b { "t" } else { "f" }
+                || read == b.to_string()
+                || read == if *b { "True" } else { "False" }
+        }
+        Value::Number(n) => read
+            .parse::<f64>()
+            .is_ok_and(|r| (r - n.as_f64().unwrap()).abs() <= 1e-9 * r.abs().max(1.0)),
+        Value::String(s) => read == s || instant(read).is_some_and(|r| Some(r) == instant(s)),
+        other => *read == *other.to_string(),
+    }
+}
+
+/// Asserts that `read` (header, then rows, as text) is `expected` (as `datx sql` gave it).
+fn assert_same_rows(what: &str, read: &[Vec<String>], expected: &[serde_json::Map<String, Value>]) {
+    assert!(!expected.is_empty(), "{what}: datx sql gave no rows");
+    let (header, rows) = read.split_first().expect("a header");
+    let columns: Vec<&String> = expected[0].keys().collect();
+    let mut header_sorted = header.clone();
+    header_sorted.sort();
+    let mut columns_sorted: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    columns_sorted.sort();
+    assert_eq!(header_sorted, columns_sorted, "{what}: columns");
+    assert_eq!(rows.len(), expected.len(), "{what}: row count");
+    for (row, want) in rows.iter().zip(expected) {
+        for (name, cell) in header.iter().zip(row) {
+            assert!(
+                same_cell(cell, &want[name]),
+                "{what}: column {name} read {cell:?}, datx sql says {}",
+                want[name]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_psycopg_read_what_datx_sql_reads() {
+    let (workspace, server) = lake("", "").await;
+    let address = server.postgres_address();
+
+    for name in SAVED_QUERIES {
+        let text = saved_query(name);
+        let expected = saved_query_rows(&workspace, name);
+        let by_psql = csv_rows(&psql(address, "datx", ADMIN_TOKEN, &["-c", &text]));
+        assert_same_rows(&format!("psql {name}"), &by_psql, &expected);
+        // psycopg: the extended protocol, values decoded to Python types.
+        let by_psycopg = psycopg(
+            address,
+            "datx",
+            ADMIN_TOKEN,
+            &format!(
+                "with psycopg.connect(DSN) as c:\n    cur = c.execute({text:?})\n    rows = [[d.name for d in cur.description]] + [[str(v) for v in r] for r in cur.fetchall()]\nprint(json.dumps(rows))"
+            ),
+        );
+        let by_psycopg: Vec<Vec<String>> = serde_json::from_value(by_psycopg).unwrap();
+        assert_same_rows(&format!("psycopg {name}"), &by_psycopg, &expected);
+    }
+
+    // The lake's columns arrive as PostgreSQL types a driver decodes natively.
+    let types = psycopg(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        "with psycopg.connect(DSN) as c:\n    cur = c.execute('SELECT ticket_check_id, institution, access_time, date, _position, CAST(1.5 AS DOUBLE) AS ratio, true AS yes FROM ticket_checks LIMIT 1')\n    row = cur.fetchone()\n    print(json.dumps({d.name: [d.type_code, type(v).__name__] for d, v in zip(cur.description, row)}))",
+    );
+    assert_eq!(
+        types,
+        json!({
+            "ticket_check_id": [20, "int"],
+            "institution": [25, "str"],
+            "access_time": [1184, "datetime"],
+            "date": [1082, "date"],
+            "_position": [20, "int"],
+            "ratio": [701, "float"],
+            "yes": [16, "bool"],
+        })
+    );
+
+    // A prepared statement with parameters: a text, an instant and a number, run twice
+    // with other values on the server-side statement.
+    let count = |venue: &str, since: &str, above: i64| {
+        sql_rows(
+            &workspace,
+            &format!(
+                "SELECT count(*) AS n FROM ticket_checks WHERE institution = '{venue}' AND access_time >= '{since}' AND ticket_check_id > {above}"
+            ),
+        )[0]["n"]
+            .as_i64()
+            .unwrap()
+    };
+    let counts = psycopg(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        "q = 'SELECT count(*) FROM ticket_checks WHERE institution = %s AND access_time >= %s AND ticket_check_id > %s'\nwith psycopg.connect(DSN) as c:\n    since = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)\n    a = c.execute(q, ('alpha', since, 90010), prepare=True).fetchone()[0]\n    b = c.execute(q, ('beta', since, 0), prepare=True).fetchone()[0]\n    never = c.execute(q, ('beta', datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc), 0), prepare=True).fetchone()[0]\n    print(json.dumps([a, b, never]))",
+    );
+    assert_eq!(
+        counts,
+        json!([
+            count("alpha", "2020-01-01T00:00:00Z", 90_010),
+            count("beta", "2020-01-01T00:00:00Z", 0),
+            0
+        ])
+    );
+    assert!(
+        counts[0].as_i64().unwrap() > 0
+            && counts[1].as_i64().unwrap() > counts[0].as_i64().unwrap()
+    );
+
+    // Session commands a client sends around its queries, and several statements in one
+    // simple query.
+    let output = psql(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        &[
+            "-c",
+            "BEGIN; SET application_name = 'report'; SHOW application_name; SHOW TRANSACTION ISOLATION LEVEL; SELECT count(*) AS n FROM contacts; COMMIT",
+        ],
+    );
+    let printed = String::from_utf8_lossy(&common::succeeded(output).stdout).into_owned();
+    let contacts = sql_rows(&workspace, "SELECT count(*) AS n FROM contacts")[0]["n"].clone();
+    assert_eq!(
+        printed,
+        format!(
+            "BEGIN\nSET\napplication_name\nreport\ntransaction_isolation\nread committed\nn\n{contacts}\nCOMMIT\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_user_sees_only_its_institutions_and_strangers_are_refused() {
+    let (workspace, server) = lake("", "").await;
+    let address = server.postgres_address();
+
+    for probe in common::SCOPE_PROBES {
+        let rows = csv_rows(&psql(address, "alpha_analyst", ALPHA_TOKEN, &["-c", probe]));
+        let column = rows[0].iter().position(|c| c == "institution").unwrap();
+        for row in &rows[1..] {
+            assert_eq!(row[column], "alpha", "{probe} showed {row:?}");
+        }
+    }
+    // Counts and saved queries are exactly the alpha part of the full answer.
+    let count = "SELECT count(*) AS n FROM ticket_checks";
+    let alpha = sql_rows(
+        &workspace,
+        "SELECT count(*) AS n FROM ticket_checks WHERE institution = 'alpha'",
+    );
+    let scoped = csv_rows(&psql(address, "alpha_analyst", ALPHA_TOKEN, &["-c", count]));
+    assert_eq!(scoped[1][0], alpha[0]["n"].to_string());
+    for name in [
+        "sales_by_day_and_product",
+        "no_show_rate",
+        "gate_failures",
+        "contacts_by_week",
+    ] {
+        let text = saved_query(name);
+        let full = csv_rows(&psql(address, "datx", ADMIN_TOKEN, &["-c", &text]));
+        let scoped = csv_rows(&psql(address, "alpha_analyst", ALPHA_TOKEN, &["-c", &text]));
+        let column = full[0].iter().position(|c| c == "institution").unwrap();
+        assert!(full.iter().any(|r| r[column] == "beta"), "{name}");
+        let alpha_part: Vec<&Vec<String>> = full.iter().filter(|r| r[column] != "beta").collect();
+        assert_eq!(scoped.iter().collect::<Vec<_>>(), alpha_part, "{name}");
+    }
+    // A prepared statement asking for beta by parameter finds nothing; nor does a file
+    // named by its path; the plan names alpha's files only.
+    let by_parameter = psycopg(
+        address,
+        "alpha_analyst",
+        ALPHA_TOKEN,
+        "with psycopg.connect(DSN) as c:\n    print(json.dumps(c.execute('SELECT count(*) FROM ticket_checks WHERE institution = %s', ('beta',), prepare=True).fetchone()[0]))",
+    );
+    assert_eq!(by_parameter, json!(0));
+    let beta_file = common::walk(
+        &workspace
+            .lake()
+            .join("tables/ticket_checks/institution=beta"),
+    )[0]
+    .clone();
+    let output = psql(
+        address,
+        "alpha_analyst",
+        ALPHA_TOKEN,
+        &[
+            "-c",
+            &format!("SELECT count(*) FROM '{}'", beta_file.display()),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let plan = String::from_utf8_lossy(
+        &common::succeeded(psql(
+            address,
+            "alpha_analyst",
+            ALPHA_TOKEN,
+            &["-c", "EXPLAIN SELECT * FROM ticket_checks"],
+        ))
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        plan.contains("institution=alpha") && !plan.contains("institution=beta"),
+        "{plan}"
+    );
+
+    // A wrong password, a token under another user's name, an unknown user: refused, as
+    // PostgreSQL refuses (FATAL 28P01), and the connection is closed.
+    for (user, password) in [
+        ("alpha_analyst", "wrong"),
+        ("alpha_analyst", ADMIN_TOKEN),
+        ("datx", ALPHA_TOKEN),
+        ("nobody", ADMIN_TOKEN),
+    ] {
+        let output = psql(address, user, password, &["-c", "SELECT 1"]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{user}/{password}: {output:?}"
+        );
+        let said = String::from_utf8_lossy(&output.stderr).to_lowercase();
+        assert!(
+            said.contains("password authentication failed"),
+            "{user}: {said}"
+        );
+    }
+    let refused = psycopg(
+        address,
+        "alpha_analyst",
+        "wrong",
+        "try:\n    psycopg.connect(DSN)\n    print(json.dumps('connected'))\nexcept psycopg.OperationalError as e:\n    print(json.dumps(getattr(e, 'sqlstate', None) or str(e)))",
+    );
+    let refused = refused.as_str().unwrap().to_lowercase();
+    assert!(
+        refused.contains("password authentication failed"),
+        "{refused}"
+    );
+    assert!(server.log().contains("PostgreSQL sign-in refused"));
+    assert!(!server.log().contains(ALPHA_TOKEN), "a token was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_refused_and_limits_hold_with_the_session_still_usable() {
+    let (workspace, server) = lake(
+        "timeout = \"400ms\"\nmemory_limit = \"8MiB\"\nmax_rows = 1000",
+        "",
+    )
+    .await;
+    let address = server.postgres_address();
+    // Each attempt on one connection: the error, its SQLSTATE, then a query that works.
+    let outcomes = psycopg(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        r#"
+statements = [
+    "CREATE TABLE copy AS SELECT * FROM ticket_checks",
+    "INSERT INTO ticket_checks SELECT * FROM ticket_checks",
+    "DELETE FROM ticket_checks",
+    "DROP VIEW contacts_current",
+    "COPY (SELECT 1) TO '/tmp/datx-pg-should-not-exist.csv'",
+    "CREATE EXTERNAL TABLE secrets STORED AS CSV LOCATION '/etc/passwd'",
+    "SELECT sum(value) FROM range(1000000000000)",
+    "SELECT count(*) FROM range(3000000) a JOIN range(3000000) b ON a.value = b.value",
+    "SELECT * FROM range(5000)",
+    "SELECT nope FROM ticket_checks",
+]
+outcomes = []
+with psycopg.connect(DSN, autocommit=True) as c:
+    for s in statements:
+        try:
+            c.execute(s).fetchall()
+            outcomes.append([s, "ran"])
+        except psycopg.Error as e:
+            outcomes.append([s, e.sqlstate, str(e)])
+        outcomes.append(["after", c.execute("SELECT count(*) FROM ticket_checks").fetchone()[0]])
+print(json.dumps(outcomes))
+"#,
+    );
+    let checks = sql_rows(&workspace, "SELECT count(*) AS n FROM ticket_checks")[0]["n"].clone();
+    let expected_codes = [
+        ("25006", "only queries that read"),
+        ("25006", "only queries that read"),
+        ("25006", "only queries that read"),
+        ("25006", "only queries that read"),
+        ("25006", "only queries that read"),
+        ("25006", "only queries that read"),
+        ("57014", "time limit"),
+        ("53200", "memory"),
+        ("54000", "max_rows"),
+        ("42000", "nope"),
+    ];
+    let outcomes = outcomes.as_array().unwrap();
+    assert_eq!(outcomes.len(), 2 * expected_codes.len(), "{outcomes:?}");
+    for (pair, (code, says)) in outcomes.chunks(2).zip(expected_codes) {
+        assert_eq!(pair[0][1], code, "{pair:?}");
+        assert!(pair[0][2].as_str().unwrap().contains(says), "{pair:?}");
+        assert_eq!(
+            pair[1],
+            json!(["after", checks]),
+            "the session stays usable: {pair:?}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/datx-pg-should-not-exist.csv").exists());
+    // psql shows the same refusal, and the statement's SQLSTATE with VERBOSITY verbose.
+    let output = psql(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        &["-v", "VERBOSITY=verbose", "-c", "DELETE FROM orders"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("25006") && said.contains("only queries that read"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_a_long_query() {
+    // One query at a time: if the cancelled query went on running, the next one would
+    // wait for its slot and be refused as busy after 30 s, long after it stopped.
+    let (_workspace, server) = lake("timeout = \"60s\"\nmax_concurrent = 1", "").await;
+    let address = server.postgres_address();
+    let outcome = psycopg(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        r#"
+import threading, time
+with psycopg.connect(DSN, autocommit=True) as c:
+    started = threading.Event()
+    def cancel_soon():
+        started.wait()
+        time.sleep(0.5)
+        c.cancel_safe()
+    threading.Thread(target=cancel_soon).start()
+    started.set()
+    try:
+        c.execute("SELECT sum(value) FROM range(1000000000000)").fetchall()
+        first = "finished"
+    except psycopg.errors.QueryCanceled as e:
+        first = e.sqlstate
+    after = c.execute("SELECT 41 + 1").fetchone()[0]
+with psycopg.connect(DSN) as other:
+    again = other.execute("SELECT count(*) FROM orders").fetchone()[0] > 0
+print(json.dumps([first, after, again]))
+"#,
+    );
+    assert_eq!(outcome, json!(["57014", 42, true]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_only_when_a_certificate_is_configured() {
+    // Without a certificate: a client that prefers TLS falls back to plain text, one that
+    // requires it is told no.
+    let (_workspace, server) = lake("", "").await;
+    let address = server.postgres_address();
+    let plain = psql(address, "datx", ADMIN_TOKEN, &["-c", "SELECT 1 AS one"]);
+    assert_eq!(csv_rows(&plain)[1], ["1"]);
+    let required = Command::new("psql")
+        .args(["-X", "-c", "SELECT 1"])
+        .arg(format!(
+            "host={} port={} user=datx dbname=datx sslmode=require connect_timeout=10",
+            address.ip(),
+            address.port()
+        ))
+        .env("PGPASSWORD", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(required.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&required.stderr).contains("SSL"),
+        "{required:?}"
+    );
+
+    // With one: the session is encrypted, as pg_stat_ssl would say; psql checks it here by
+    // its own connection info.
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display()
+    );
+    let workspace = Workspace::new(&config("", &tls));
+    let server = workspace.serve();
+    let address = server.postgres_address();
+    let output = Command::new("psql")
+        .args(["-X", "-c", "\\conninfo", "-c", "SELECT 2 AS two"])
+        .arg(format!(
+            "host={} port={} user=datx dbname=datx sslmode=require connect_timeout=10",
+            address.ip(),
+            address.port()
+        ))
+        .env("PGPASSWORD", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&common::succeeded(output).stdout).into_owned();
+    assert!(
+        printed.contains("SSL connection (protocol: TLSv1.3"),
+        "{printed}"
+    );
+    assert!(printed.contains(" 2\n"), "{printed}");
+
+    // A certificate that cannot be read stops serve at its start, naming it.
+    let workspace = Workspace::new(&config(
+        "",
+        "tls_cert = \"missing.pem\"\ntls_key = \"missing.key\"",
+    ));
+    let output = workspace.run(&["serve"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.pem"));
+}
+
+/// Runs every statement of `tests/postgres_clients/{tool}.sql` on one connection, as the
+/// tool's driver sends it: the simple or extended protocol, parameters typed and encoded as
+/// pgjdbc binds them. Each extended statement runs twice, asking for text then binary
+/// results. Returns the statements that failed, with the server's message.
+fn run_recorded(address: SocketAddr, tool: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/postgres_clients/{tool}.sql"));
+    let script = r#"
+import struct
+text = open(os.environ['STATEMENTS']).read()
+blocks = text.split('-- statement: ')[1:]
+OIDS = {'int4': 23, 'int8': 20, 'varchar': 1043, 'bool': 16}
+failures, ran = [], 0
+with psycopg.connect(DSN, autocommit=True) as c:
+    pg = c.pgconn
+    for block in blocks:
+        lines = block.split('\n')
+        name, params, simple, sql = lines[0], [], False, []
+        for line in lines[1:]:
+            if line.startswith('-- params: '):
+                params = [p.split(' ', 1) for p in line[len('-- params: '):].split(', ')]
+            elif line.startswith('-- protocol: simple'):
+                simple = True
+            else:
+                sql.append(line)
+        sql = '\n'.join(sql).strip('\n').encode()
+        values, types, formats = [], [], []
+        for kind, value in params:
+            types.append(OIDS[kind])
+            if kind == 'int4':
+                values.append(struct.pack('>i', int(value))); formats.append(1)
+            elif kind == 'int8':
+                values.append(struct.pack('>q', int(value))); formats.append(1)
+            else:
+                values.append(value.encode()); formats.append(0)
+        for result_format in ([None] if simple else [0, 1]):
+            if simple:
+                res = pg.exec_(sql)
+            else:
+                res = pg.exec_params(sql, values, types, formats, result_format)
+            ran += 1
+            if res.status not in (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.EMPTY_QUERY):
+                failures.append([name, result_format, res.error_message.decode(errors='replace').strip()])
+print(json.dumps({'ran': ran, 'failures': failures}))
+"#;
+    let python = common::python_with(&[PSYCOPG]);
+    let dsn = format!(
+        "host={} port={} dbname=datx user=datx password={ADMIN_TOKEN} connect_timeout=10",
+        address.ip(),
+        address.port()
+    );
+    let prelude = "import json, os, psycopg\nDSN = os.environ['DSN']\n";
+    let output = Command::new(python)
+        .args(["-c", &format!("{prelude}{script}")])
+        .env("DSN", dsn)
+        .env("STATEMENTS", path)
+        .output()
+        .expect("python runs");
+    let output = common::succeeded(output);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_metabase_and_dbeaver_send_on_connect_is_answered() {
+    let (workspace, server) = lake("", "").await;
+    let address = server.postgres_address();
+    for tool in ["pgjdbc", "metabase", "dbeaver"] {
+        let outcome = run_recorded(address, tool);
+        assert_eq!(outcome["failures"], json!([]), "{tool}");
+        assert!(outcome["ran"].as_u64().unwrap() >= 10, "{tool}: {outcome}");
+    }
+    // What the answers say is the lake: the tables and views a BI tool lists, and the
+    // columns it shows for contacts, with the types the rows arrive as.
+    let tables = csv_rows(&psql(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        &[
+            "-c",
+            "SELECT c.relname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON c.relnamespace = n.oid WHERE n.nspname = 'public' ORDER BY 1",
+        ],
+    ));
+    let mut expected: Vec<Vec<String>> = common::TABLES
+        .iter()
+        .map(|t| vec![t.to_string(), "r".to_string()])
+        .chain(["contacts_current", "orders_current"].map(|v| vec![v.to_string(), "v".to_string()]))
+        .collect();
+    expected.sort();
+    assert_eq!(tables[1..], expected[..]);
+    let columns = csv_rows(&psql(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        &[
+            "-c",
+            "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON a.attrelid = c.oid WHERE c.relname = 'ticket_checks' ORDER BY a.attnum",
+        ],
+    ));
+    let described = sql_rows(
+        &workspace,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'ticket_checks' ORDER BY ordinal_position",
+    );
+    assert_eq!(columns.len() - 1, described.len());
+    for (row, column) in columns[1..].iter().zip(&described) {
+        assert_eq!(row[0], column["column_name"].as_str().unwrap());
+        let wire = match column["data_type"].as_str().unwrap() {
+            "Int64" => "int8",
+            "Utf8" | "Utf8View" => "text",
+            "Boolean" => "bool",
+            "Date32" => "date",
+            t if t.starts_with("Timestamp") => "timestamptz",
+            other => panic!("a column of type {other}"),
+        };
+        assert_eq!(row[1], wire, "{row:?}");
+    }
+}
