@@ -120,6 +120,9 @@ pub struct Postgres {
     /// PEM certificate chain and private key; without them a client asking for TLS is told
     /// no, and one that requires it cannot connect.
     pub tls: Option<PostgresTls>,
+    /// Refuse clients that do not use TLS: the default once a certificate is configured, as
+    /// passwords would otherwise travel in clear text.
+    pub tls_required: bool,
     /// Sessions open at once; more wait in the kernel's queue until one closes.
     pub max_connections: usize,
     /// A session that sends nothing for this long is closed: BI tools keep pools of idle
@@ -269,6 +272,7 @@ struct RawPostgres {
     listen: String,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_required: Option<bool>,
     #[serde(default = "default_postgres_max_connections")]
     max_connections: u64,
     #[serde(default = "default_postgres_idle_timeout")]
@@ -696,9 +700,17 @@ impl RawPostgres {
                 return Err(("tls_cert".into(), "is needed with tls_key".into()));
             }
         };
+        let tls_required = match (self.tls_required, &tls) {
+            (Some(true), None) => {
+                return Err(("tls_required".into(), "needs tls_cert and tls_key".into()));
+            }
+            (Some(required), _) => required,
+            (None, tls) => tls.is_some(),
+        };
         Ok(Postgres {
             listen,
             tls,
+            tls_required,
             max_connections: positive_count(self.max_connections)
                 .map_err(|p| ("max_connections".to_string(), p))?,
             idle_timeout: positive_duration(&self.idle_timeout)

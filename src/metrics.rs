@@ -21,6 +21,10 @@ const COMPACTION_FAILING_SINCE: &str = "datx_compaction_failing_since_seconds";
 const COMPACTION_FAILED_PASSES: &str = "datx_compaction_failed_passes";
 const SQL_QUERIES: &str = "datx_sql_queries_total";
 const SQL_SECONDS: &str = "datx_sql_seconds";
+const POSTGRES_QUERIES: &str = "datx_postgres_queries_total";
+const POSTGRES_SECONDS: &str = "datx_postgres_seconds";
+const POSTGRES_SESSIONS: &str = "datx_postgres_sessions";
+const POSTGRES_SIGN_INS_REFUSED: &str = "datx_postgres_sign_ins_refused_total";
 
 /// Durable appends take from a fraction of a millisecond (local SSD) to a few hundred
 /// milliseconds (a slow S3 endpoint).
@@ -70,6 +74,19 @@ pub fn install() -> PrometheusHandle {
             );
             describe_counter!(SQL_QUERIES, "POST /sql requests by token and HTTP code");
             describe_histogram!(SQL_SECONDS, "Time to answer POST /sql, by token");
+            describe_counter!(
+                POSTGRES_QUERIES,
+                "Queries from PostgreSQL clients by token and SQLSTATE (00000 when answered)"
+            );
+            describe_histogram!(
+                POSTGRES_SECONDS,
+                "Time to run a PostgreSQL client's query, by token"
+            );
+            describe_gauge!(POSTGRES_SESSIONS, "PostgreSQL sessions open now");
+            describe_counter!(
+                POSTGRES_SIGN_INS_REFUSED,
+                "PostgreSQL sign-ins refused (wrong user or password)"
+            );
             handle
         })
         .clone()
@@ -119,4 +136,19 @@ pub fn append_latency(elapsed: Duration) {
 pub fn sql_query(token: &str, code: u16, elapsed: Duration) {
     counter!(SQL_QUERIES, "token" => token.to_string(), "code" => code.to_string()).increment(1);
     histogram!(SQL_SECONDS, "token" => token.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn postgres_query(token: &str, sqlstate: &str, elapsed: Duration) {
+    counter!(POSTGRES_QUERIES, "token" => token.to_string(), "sqlstate" => sqlstate.to_string())
+        .increment(1);
+    histogram!(POSTGRES_SECONDS, "token" => token.to_string()).record(elapsed.as_secs_f64());
+}
+
+/// A PostgreSQL session opened (`1.0`) or closed (`-1.0`).
+pub fn postgres_sessions(change: f64) {
+    gauge!(POSTGRES_SESSIONS).increment(change);
+}
+
+pub fn postgres_sign_in_refused() {
+    counter!(POSTGRES_SIGN_INS_REFUSED).increment(1);
 }

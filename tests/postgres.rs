@@ -308,6 +308,30 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
         ],
     );
     let printed = String::from_utf8_lossy(&common::succeeded(output).stdout).into_owned();
+    // DataFusion's own SHOW TABLES still works; infinities are spelled as PostgreSQL does.
+    let shown = csv_rows(&psql(address, "datx", ADMIN_TOKEN, &["-c", "SHOW TABLES"]));
+    assert!(
+        shown
+            .iter()
+            .any(|row| row.contains(&"ticket_checks".to_string())),
+        "{shown:?}"
+    );
+    let infinite = csv_rows(&psql(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        &[
+            "-c",
+            "SELECT CAST('inf' AS DOUBLE) AS up, CAST('-inf' AS DOUBLE) AS down, 1 AS one",
+        ],
+    ));
+    assert_eq!(
+        infinite,
+        [
+            vec!["up", "down", "one"],
+            vec!["Infinity", "-Infinity", "1"]
+        ]
+    );
     let contacts = sql_rows(&workspace, "SELECT count(*) AS n FROM contacts")[0]["n"].clone();
     assert_eq!(
         printed,
@@ -423,6 +447,11 @@ async fn a_scoped_user_sees_only_its_institutions_and_strangers_are_refused() {
         "{refused}"
     );
     assert!(server.log().contains("PostgreSQL sign-in refused"));
+    let metrics = common::get_text(&server, "/metrics").await;
+    assert!(
+        metrics.contains("datx_postgres_sign_ins_refused_total 5"),
+        "{metrics}"
+    );
     assert!(!server.log().contains(ALPHA_TOKEN), "a token was logged");
 }
 
@@ -451,13 +480,28 @@ statements = [
     "SELECT count(*) FROM range(3000000) a JOIN range(3000000) b ON a.value = b.value",
     "SELECT * FROM range(5000)",
     "SELECT nope FROM ticket_checks",
+    "SELECT arrow_cast(repeat('x', 1000000), 'Dictionary(Int32, Utf8)') FROM range(400)",
+    "SELECT arrow_cast(-100000000, 'Date32')",
+    ("prepare", "SELECT $4294967295"),
+    "SET application_name = '" + "x" * 5000 + "'",
+    "SELECT '" + "y" * 2000000 + "'",
+    "SELECT 1 / 0",
 ]
 outcomes = []
 with psycopg.connect(DSN, autocommit=True) as c:
     for s in statements:
         try:
-            c.execute(s).fetchall()
-            outcomes.append([s, "ran"])
+            if isinstance(s, tuple):
+                # Parse only, as a driver preparing a statement does.
+                res = c.pgconn.prepare(b"", s[1].encode())
+                if res.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+                    code = res.error_field(psycopg.pq.DiagnosticField.SQLSTATE).decode()
+                    outcomes.append([s[1], code, res.error_message.decode()])
+                else:
+                    outcomes.append([s[1], "ran"])
+            else:
+                c.execute(s).fetchall()
+                outcomes.append([s, "ran"])
         except psycopg.Error as e:
             outcomes.append([s, e.sqlstate, str(e)])
         outcomes.append(["after", c.execute("SELECT count(*) FROM ticket_checks").fetchone()[0]])
@@ -476,6 +520,13 @@ print(json.dumps(outcomes))
         ("53200", "memory"),
         ("54000", "max_rows"),
         ("42000", "nope"),
+        // A dictionary's few values expand to 400 MB once written out.
+        ("53200", "memory"),
+        ("22008", "out of the range"),
+        ("42000", "65535 parameters"),
+        ("54000", "settings"),
+        ("54000", "longer than"),
+        ("22012", "Divide by zero"),
     ];
     let outcomes = outcomes.as_array().unwrap();
     assert_eq!(outcomes.len(), 2 * expected_codes.len(), "{outcomes:?}");
@@ -489,6 +540,69 @@ print(json.dumps(outcomes))
         );
     }
     assert!(!std::path::Path::new("/tmp/datx-pg-should-not-exist.csv").exists());
+    let metrics = common::get_text(&server, "/metrics").await;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("datx_postgres_queries_total") && l.contains("sqlstate=\"25006\""));
+    assert!(refused.is_some_and(|l| l.ends_with(" 6")), "{metrics}");
+    // Portals fetched one row at a time keep their answers in the session: past
+    // memory_limit (8 MiB here) a new one is refused until one is closed. The protocol is
+    // spoken by hand, as no driver leaves several named portals open.
+    let portals = psycopg(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        &format!(
+            r#"
+import socket, struct
+host, port = "{}", {}
+s = socket.create_connection((host, port), timeout=30)
+def send(kind, body):
+    s.sendall(kind + struct.pack('!i', len(body) + 4) + body)
+def exactly(n):
+    data = b''
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        assert chunk, 'closed'
+        data += chunk
+    return data
+def until_ready():
+    errors = []
+    while True:
+        head = exactly(5)
+        body = exactly(struct.unpack('!i', head[1:])[0] - 4)
+        if head[:1] == b'E':
+            fields = dict((f[:1], f[1:]) for f in body.split(b'\0') if f)
+            errors.append(fields[b'C'].decode())
+        if head[:1] == b'Z':
+            return errors
+startup = b'user\0datx\0database\0datx\0\0'
+s.sendall(struct.pack('!ii', len(startup) + 8, 196608) + startup)
+assert exactly(1) == b'R'
+exactly(8)
+send(b'p', b'{ADMIN_TOKEN}\0')
+until_ready()
+send(b'P', b's\0' + b"SELECT repeat('x', 1000000) || CAST(value AS VARCHAR) AS big FROM range(3)\0" + struct.pack('!h', 0))
+send(b'S', b'')
+until_ready()
+def open_portal(name):
+    send(b'B', name + b'\0s\0' + struct.pack('!hhh', 0, 0, 0))
+    send(b'E', name + b'\0' + struct.pack('!i', 1))
+    send(b'S', b'')
+    return until_ready()
+outcomes = [open_portal(b'p0'), open_portal(b'p1'), open_portal(b'p2')]
+send(b'C', b'Pp0\0')
+send(b'S', b'')
+until_ready()
+outcomes.append(open_portal(b'p3'))
+print(json.dumps(outcomes))
+"#,
+            address.ip(),
+            address.port()
+        ),
+    );
+    assert_eq!(portals, json!([[], [], ["53200"], []]));
+
     // psql shows the same refusal, and the statement's SQLSTATE with VERBOSITY verbose.
     let output = psql(
         address,
@@ -608,6 +722,23 @@ async fn tls_only_when_a_certificate_is_configured() {
         "{printed}"
     );
     assert!(printed.contains(" 2\n"), "{printed}");
+    // With a certificate, a client that does not use TLS is refused before it sends its
+    // password.
+    let plain = Command::new("psql")
+        .args(["-X", "-c", "SELECT 1"])
+        .arg(format!(
+            "host={} port={} user=datx dbname=datx sslmode=disable connect_timeout=10",
+            address.ip(),
+            address.port()
+        ))
+        .env("PGPASSWORD", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("TLS connections only"),
+        "{plain:?}"
+    );
 
     // A certificate that cannot be read stops serve at its start, naming it.
     let workspace = Workspace::new(&config(
@@ -734,4 +865,64 @@ async fn what_metabase_and_dbeaver_send_on_connect_is_answered() {
         };
         assert_eq!(row[1], wire, "{row:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_idle_sessions_are_cut_off_and_serve_keeps_receiving() {
+    let (_workspace, server) = lake("", "max_connections = 2\nidle_timeout = \"1s\"").await;
+    let address = server.postgres_address();
+    // Two clients take both sessions: one connects and says nothing, one sends half of a
+    // startup message.
+    let silent = std::net::TcpStream::connect(address).unwrap();
+    let mut halfway = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(&mut halfway, &[0, 0, 0, 40, 0, 3]).unwrap();
+    // S-360 is still answered meanwhile.
+    post(
+        &server,
+        "ticketchecks",
+        "alpha",
+        common::ticket_checks(2, 70_000),
+    )
+    .await;
+    // Both are cut off after a second of silence, which frees their places: a real client
+    // that queued behind them gets in. An authenticated session left idle is closed too,
+    // and its next query fails as on a dropped connection.
+    let outcome = psycopg(
+        address,
+        "datx",
+        ADMIN_TOKEN,
+        r#"
+import time
+with psycopg.connect(DSN, autocommit=True) as c:
+    first = c.execute("SELECT 1").fetchone()[0]
+    time.sleep(2.5)
+    try:
+        c.execute("SELECT 2").fetchone()
+        after_idle = "answered"
+    except psycopg.OperationalError:
+        after_idle = "closed"
+print(json.dumps([first, after_idle]))
+"#,
+    );
+    assert_eq!(outcome, json!([1, "closed"]));
+    for mut stalled in [silent, halfway] {
+        // Closed by the server: reading ends (rather than timing out).
+        stalled
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let read = std::io::Read::read_to_end(&mut stalled, &mut Vec::new());
+        assert!(
+            read.is_ok(),
+            "a stalled client is still connected: {read:?}"
+        );
+    }
+    let log = server.log();
+    assert!(
+        log.contains("closed a PostgreSQL session: it did not sign in in time"),
+        "{log}"
+    );
+    assert!(
+        log.contains("closed a PostgreSQL session: idle for postgres.idle_timeout"),
+        "{log}"
+    );
 }

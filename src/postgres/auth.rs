@@ -5,10 +5,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pgwire::api::ConnectionManager;
+use futures::Sink;
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
-use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::{ClientInfo, ConnectionManager, PgWireConnectionState};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use super::Activity;
 
 use crate::config::{POSTGRES_USER_OF_SQL_TOKEN, Sql};
 use crate::query::Visibility;
@@ -91,6 +97,7 @@ impl AuthSource for Callers {
             }
             false => {
                 tracing::warn!(user, host = login.host(), "PostgreSQL sign-in refused");
+                crate::metrics::postgres_sign_in_refused();
                 Err(refused(login))
             }
         }
@@ -102,11 +109,62 @@ fn refused(login: &LoginInfo) -> PgWireError {
     PgWireError::InvalidPassword(login.user().unwrap_or_default().to_string())
 }
 
-pub type Startup = CleartextPasswordAuthStartupHandler<Callers, DefaultServerParameterProvider>;
+type PasswordSignIn = CleartextPasswordAuthStartupHandler<Callers, DefaultServerParameterProvider>;
+
+/// One connection's sign-in: refuses a client without TLS where a certificate is
+/// configured, before it sends its password, and tells the session's watchdog once the
+/// client is in (until then it is held to the sign-in deadline).
+pub struct SignIn {
+    password: PasswordSignIn,
+    tls_required: bool,
+    activity: Arc<Activity>,
+}
+
+impl SignIn {
+    pub fn new(
+        callers: Callers,
+        connections: Arc<ConnectionManager>,
+        tls_required: bool,
+        activity: Arc<Activity>,
+    ) -> SignIn {
+        SignIn {
+            password: password_handler(callers, connections),
+            tls_required,
+            activity,
+        }
+    }
+}
+
+#[async_trait]
+impl StartupHandler for SignIn {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if self.tls_required && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "this server accepts TLS connections only (postgres.tls_cert is set): connect with sslmode=require".into(),
+            ))));
+        }
+        self.password.on_startup(client, message).await?;
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            self.activity.signed_in();
+        }
+        Ok(())
+    }
+}
 
 /// Asks for the password in clear text (TLS protects it where configured), and tells the
 /// client what server it reached.
-pub fn startup_handler(callers: Callers, connections: Arc<ConnectionManager>) -> Startup {
+fn password_handler(callers: Callers, connections: Arc<ConnectionManager>) -> PasswordSignIn {
     let mut parameters = DefaultServerParameterProvider::default();
     parameters.server_version = format!(
         "{} (datx {})",

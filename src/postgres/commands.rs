@@ -51,6 +51,15 @@ impl Command {
                 "ALL" => Command::Reset(None),
                 _ => Command::Reset(Some(setting_name(&rest(1)))),
             },
+            // DataFusion's own SHOW TABLES and SHOW COLUMNS are queries.
+            "SHOW"
+                if words.get(1).is_some_and(|w| {
+                    ["TABLES", "COLUMNS", "FULL", "FUNCTIONS", "CREATE"]
+                        .contains(&w.to_ascii_uppercase().as_str())
+                }) =>
+            {
+                return None;
+            }
             "SHOW" => match upper_rest(1).as_str() {
                 "ALL" => Command::ShowAll,
                 "TRANSACTION ISOLATION LEVEL" => Command::Show("transaction_isolation".into()),
@@ -155,7 +164,8 @@ pub fn split(text: &str) -> Vec<&str> {
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
         match bytes[i] {
-            b'\'' | b'"' => i = closing(bytes, i + 1, bytes[i]),
+            b'\'' => i = closing(bytes, i + 1, b'\'', escape_string(bytes, i)),
+            b'"' => i = closing(bytes, i + 1, b'"', false),
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 i = text[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
             }
@@ -180,14 +190,22 @@ pub fn split(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether the string opened at `quote` is an `E'...'` string, where a backslash escapes
+/// (in a standard string, with standard_conforming_strings on, it is a plain character).
+fn escape_string(bytes: &[u8], quote: usize) -> bool {
+    let prefixed = quote >= 1 && bytes[quote - 1].eq_ignore_ascii_case(&b'e');
+    let word_before =
+        quote >= 2 && (bytes[quote - 2].is_ascii_alphanumeric() || bytes[quote - 2] == b'_');
+    prefixed && !word_before
+}
+
 /// The index after the quote closing a string or name opened before `from` (a doubled
-/// quote is part of the text; a backslash escapes inside `E'...'`, which this does not
-/// tell apart, so a backslash before a quote is read as an escape everywhere).
-fn closing(bytes: &[u8], from: usize, quote: u8) -> usize {
+/// quote is part of the text, and so is a quote after a backslash in an `E'...'` string).
+fn closing(bytes: &[u8], from: usize, quote: u8, escapes: bool) -> usize {
     let mut i = from;
     while i < bytes.len() {
         match bytes[i] {
-            b'\\' if quote == b'\'' => i += 2,
+            b'\\' if escapes => i += 2,
             c if c == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
             c if c == quote => return i + 1,
             _ => i += 1,
@@ -223,6 +241,10 @@ mod tests {
     #[test]
     fn statements_split_outside_quotes_and_comments() {
         let text = "SELECT 'a;b', \"c;d\"; -- x;y\nSELECT $$e;f$$ /* g;h */; SELECT $1;;  ";
+        assert_eq!(
+            split(r"select 'a\' as x; select E'b\';c'"),
+            [r"select 'a\' as x", r" select E'b\';c'"]
+        );
         assert_eq!(
             split(text),
             [
@@ -270,6 +292,8 @@ mod tests {
             Some(Command::Ignored("ROLLBACK"))
         );
         assert_eq!(Command::parse("SELECT 1"), None);
+        assert_eq!(Command::parse("SHOW TABLES"), None);
+        assert_eq!(Command::parse("show columns from orders"), None);
         assert_eq!(Command::parse("INSERT INTO orders VALUES (1)"), None);
         assert_eq!(Command::parse("WITH x AS (SELECT 1) SELECT * FROM x"), None);
     }

@@ -13,6 +13,7 @@ mod wire;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,12 +32,16 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::{Describe, Execute};
+use pgwire::messages::simplequery::Query;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Postgres, PostgresTls, Sql};
+use crate::query::http::MAX_STATEMENT_BYTES;
 use crate::query::pg_catalog;
 use crate::query::{QueryEngine, QueryError};
 use commands::Command;
@@ -66,7 +71,19 @@ struct Shared {
     callers: auth::Callers,
     connections: Arc<ConnectionManager>,
     max_rows: usize,
+    /// Bytes of answers one session may hold in portals it has not fetched to their end.
+    memory_limit: usize,
+    query_timeout: Duration,
 }
+
+/// A client must have signed in this long after it connected (or within `idle_timeout`,
+/// if shorter): a silent socket holds a place of `max_connections` until then.
+const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings a session may `SET`, and the length of each value: `SET` only feeds `SHOW`, and
+/// must not be a way to store data in the server.
+const MAX_SETTINGS: usize = 64;
+const MAX_SETTING_BYTES: usize = 4096;
 
 /// The PostgreSQL listener of `datx serve`, bound and ready.
 pub struct PostgresServer {
@@ -101,6 +118,8 @@ impl PostgresServer {
                 callers: auth::Callers::new(sql),
                 connections: Arc::new(ConnectionManager::new()),
                 max_rows: sql.max_rows,
+                memory_limit: sql.memory_limit,
+                query_timeout: sql.timeout,
             }),
         })
     }
@@ -138,27 +157,37 @@ impl PostgresServer {
                 shared: self.shared.clone(),
                 activity: activity.clone(),
                 settings: Arc::default(),
+                held: Arc::default(),
             });
             let handlers = Handlers {
-                startup: Arc::new(auth::startup_handler(
+                startup: Arc::new(auth::SignIn::new(
                     self.shared.callers.clone(),
                     self.shared.connections.clone(),
+                    self.config.tls_required,
+                    activity.clone(),
                 )),
                 cancel: Arc::new(DefaultCancelHandler::new(self.shared.connections.clone())),
                 session,
             };
             let tls = self.tls.clone();
-            let idle_timeout = self.config.idle_timeout;
+            let limits = Watchdog {
+                sign_in: SIGN_IN_TIMEOUT.min(self.config.idle_timeout),
+                idle: self.config.idle_timeout,
+                // Past its query's timeout, a busy session is writing an answer its client
+                // does not read.
+                stuck: self.shared.query_timeout + self.config.idle_timeout,
+            };
             sessions.spawn(async move {
                 let _permit = permit;
+                let _open = OpenSession::count();
                 tokio::select! {
                     ended = pgwire::tokio::process_socket(stream, tls, handlers) => {
                         if let Err(e) = ended {
                             tracing::debug!(%peer, error = %e, "PostgreSQL session ended with an error");
                         }
                     }
-                    () = activity.idle_for(idle_timeout) => {
-                        tracing::info!(%peer, idle = %humantime::format_duration(idle_timeout), "closed an idle PostgreSQL session (postgres.idle_timeout)");
+                    why = activity.cut_off(limits) => {
+                        tracing::info!(%peer, "closed a PostgreSQL session: {why}");
                     }
                 }
             });
@@ -199,36 +228,83 @@ fn tls_acceptor(tls: &PostgresTls) -> Result<pgwire::tokio::TlsAcceptor, Postgre
     Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// When a session last did something, and whether it is doing something now.
-struct Activity {
-    state: Mutex<(Instant, usize)>,
+/// When a session's watchdog closes it.
+#[derive(Debug, Clone, Copy)]
+struct Watchdog {
+    /// From connecting to signing in.
+    sign_in: Duration,
+    /// Between two messages of a signed-in client.
+    idle: Duration,
+    /// Handling one message (running a query, writing its answer).
+    stuck: Duration,
+}
+
+/// What a session's watchdog watches: whether the client signed in, when it last did
+/// something, and since when it has been busy.
+pub struct Activity {
+    state: Mutex<ActivityState>,
+}
+
+struct ActivityState {
+    connected: Instant,
+    signed_in: bool,
+    last: Instant,
+    busy: usize,
+    busy_since: Instant,
 }
 
 impl Activity {
     fn new() -> Activity {
+        let now = Instant::now();
         Activity {
-            state: Mutex::new((Instant::now(), 0)),
+            state: Mutex::new(ActivityState {
+                connected: now,
+                signed_in: false,
+                last: now,
+                busy: 0,
+                busy_since: now,
+            }),
         }
+    }
+
+    pub fn signed_in(&self) {
+        let mut state = self.state.lock().expect("never poisoned");
+        state.signed_in = true;
+        state.last = Instant::now();
     }
 
     /// Marks a message being handled until the guard drops.
     fn busy(self: &Arc<Self>) -> Busy {
         let mut state = self.state.lock().expect("never poisoned");
-        state.1 += 1;
+        if state.busy == 0 {
+            state.busy_since = Instant::now();
+        }
+        state.busy += 1;
         Busy(self.clone())
     }
 
-    /// Completes once the session has been idle for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    /// Completes, saying why, once the session must be closed: not signed in in time, idle
+    /// for too long, or stuck on one message.
+    async fn cut_off(&self, limits: Watchdog) -> String {
         loop {
-            let (last, busy) = *self.state.lock().expect("never poisoned");
-            if busy > 0 {
-                tokio::time::sleep(limit).await;
-            } else if Instant::now() >= last + limit {
-                return;
-            } else {
-                tokio::time::sleep_until(last + limit).await;
+            let (deadline, why) = {
+                let state = self.state.lock().expect("never poisoned");
+                match (state.signed_in, state.busy) {
+                    (false, _) => (
+                        state.connected + limits.sign_in,
+                        "it did not sign in in time",
+                    ),
+                    (true, 0) => (state.last + limits.idle, "idle for postgres.idle_timeout"),
+                    (true, _) => (
+                        state.busy_since + limits.stuck,
+                        "its answer was not read for postgres.idle_timeout past sql.timeout",
+                    ),
+                }
+            };
+            if Instant::now() >= deadline {
+                return why.to_string();
             }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -238,13 +314,29 @@ struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         let mut state = self.0.state.lock().expect("never poisoned");
-        state.1 -= 1;
-        state.0 = Instant::now();
+        state.busy -= 1;
+        state.last = Instant::now();
+    }
+}
+
+/// Counts a session in `datx_postgres_sessions` for as long as it lives.
+struct OpenSession;
+
+impl OpenSession {
+    fn count() -> OpenSession {
+        crate::metrics::postgres_sessions(1.0);
+        OpenSession
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        crate::metrics::postgres_sessions(-1.0);
     }
 }
 
 struct Handlers {
-    startup: Arc<auth::Startup>,
+    startup: Arc<auth::SignIn>,
     cancel: Arc<DefaultCancelHandler>,
     session: Arc<Session>,
 }
@@ -274,6 +366,33 @@ struct Session {
     activity: Arc<Activity>,
     /// What `SET` changed, for `SHOW`: lower-cased name to value.
     settings: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Bytes of answers held in this session's portals until fetched to their end.
+    held: Arc<AtomicUsize>,
+}
+
+/// An answer's rows, counted in its session's held bytes until they are all sent or the
+/// portal holding them is closed.
+struct HeldRows {
+    rows: std::vec::IntoIter<DataRow>,
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl futures::Stream for HeldRows {
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.rows.next().map(Ok))
+    }
+}
+
+impl Drop for HeldRows {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A statement as parsed and described when a client prepares it.
@@ -303,6 +422,7 @@ impl Session {
 
     /// Parses one statement: a session command, or a query described by the engine.
     async fn prepare(&self, caller: &auth::Caller, text: &str) -> Result<Prepared, QueryError> {
+        check_length(text)?;
         if let Some(command) = Command::parse(text) {
             return Ok(Prepared::Command(command));
         }
@@ -327,6 +447,15 @@ impl Session {
             Command::Begin => Response::TransactionStart(tag),
             Command::Commit | Command::Rollback => Response::TransactionEnd(tag),
             Command::Set { name, value } => {
+                let new = !settings.contains_key(name);
+                if value.len() > MAX_SETTING_BYTES || (new && settings.len() >= MAX_SETTINGS) {
+                    return Err(user_error(
+                        "54000",
+                        format!(
+                            "a session keeps at most {MAX_SETTINGS} settings of {MAX_SETTING_BYTES} bytes each"
+                        ),
+                    ));
+                }
                 settings.insert(name.clone(), value.clone());
                 Response::Execution(tag)
             }
@@ -390,24 +519,40 @@ impl Session {
                 Some(self.shared.max_rows),
             )
             .await;
-        let outcome = match &result {
-            Ok(answer) => format!("{} rows", answer.num_rows()),
-            Err(e) => sqlstate(e).to_string(),
+        let (code, rows) = match &result {
+            Ok(answer) => ("00000", answer.num_rows()),
+            Err(e) => (sqlstate(e), 0),
         };
         tracing::info!(
             token = caller.name(),
-            outcome,
+            sqlstate = code,
+            rows,
             ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             sql = %text.chars().take(200).collect::<String>(),
             "postgres"
         );
+        crate::metrics::postgres_query(caller.name(), code, started.elapsed());
         let answer = result.map_err(query_error)?;
         let fields = Arc::new(wire::fields(&answer.schema, format));
         let rows = wire::rows(&answer.batches, &fields)?;
-        Ok(Response::Query(QueryResponse::new(
-            fields,
-            futures::stream::iter(rows.into_iter().map(Ok)),
-        )))
+        drop(answer);
+        let bytes: usize = rows.iter().map(|row| row.data.len()).sum();
+        let held = self.held.fetch_add(bytes, Ordering::Relaxed);
+        let rows = HeldRows {
+            rows: rows.into_iter(),
+            held: self.held.clone(),
+            bytes,
+        };
+        if held + bytes > self.shared.memory_limit {
+            return Err(user_error(
+                "53200",
+                format!(
+                    "this answer ({bytes} bytes) and those waiting in this session's open portals ({held} bytes) are more than sql.memory_limit ({} bytes): fetch those to their end or close them",
+                    self.shared.memory_limit
+                ),
+            ));
+        }
+        Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 }
 
@@ -443,6 +588,15 @@ fn text_rows(fields: Arc<Vec<FieldInfo>>, values: Vec<Vec<String>>) -> PgWireRes
     )))
 }
 
+/// Refuses statement text longer than `POST /sql` takes: SQL, not data. (The protocol has
+/// already carried it, up to its own 1 GiB limit, but it is neither parsed nor kept.)
+fn check_length(text: &str) -> Result<(), QueryError> {
+    match text.len() as u64 > MAX_STATEMENT_BYTES {
+        true => Err(QueryError::TooLong(MAX_STATEMENT_BYTES)),
+        false => Ok(()),
+    }
+}
+
 /// The one statement of `text`, parsed as PostgreSQL.
 fn one_statement(text: &str) -> Result<Statement, QueryError> {
     let mut statements = DFParserBuilder::new(text)
@@ -459,10 +613,17 @@ fn one_statement(text: &str) -> Result<Statement, QueryError> {
 /// The SQLSTATE PostgreSQL clients are told for each way a query can fail.
 fn sqlstate(error: &QueryError) -> &'static str {
     match error {
+        // DataFusion folds `1 / 0` while planning, so either kind may divide by zero.
+        QueryError::Invalid(e) | QueryError::Failed(e)
+            if e.to_string().contains("Divide by zero") =>
+        {
+            "22012"
+        }
         QueryError::Invalid(_) => "42000",
         QueryError::Failed(_) => "22000",
         QueryError::Refused(_) => "25006",
         QueryError::NotOneStatement(_) => "42601",
+        QueryError::TooLong(_) => "54000",
         QueryError::Timeout(_) => "57014",
         QueryError::MemoryLimit { .. } => "53200",
         QueryError::TooManyRows(_) => "54000",
@@ -479,12 +640,28 @@ fn user_error(code: &str, message: String) -> PgWireError {
     )))
 }
 
+fn error_info(error: &QueryError) -> ErrorInfo {
+    ErrorInfo::new("ERROR".into(), sqlstate(error).into(), error.to_string())
+}
+
 fn query_error(error: QueryError) -> PgWireError {
-    user_error(sqlstate(&error), error.to_string())
+    PgWireError::UserError(Box::new(error_info(&error)))
 }
 
 #[async_trait]
 impl SimpleQueryHandler for Session {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Busy until the answer is written, so a client that stops reading is seen as stuck.
+        let _busy = self.activity.busy();
+        self._on_query(client, query).await
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -492,8 +669,10 @@ impl SimpleQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let _busy = self.activity.busy();
         let caller = self.caller(client)?;
+        if let Err(e) = check_length(query) {
+            return Ok(vec![Response::Error(Box::new(error_info(&e)))]);
+        }
         let mut responses = Vec::new();
         // As in PostgreSQL, the statements of one simple query run until the first error.
         for piece in commands::split(query) {
@@ -576,6 +755,29 @@ impl ExtendedQueryHandler for Session {
         Arc::new(self.clone())
     }
 
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Each fetch from a portal counts as activity, and its rows are written while busy.
+        let _busy = self.activity.busy();
+        self._on_execute(client, message).await
+    }
+
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let _busy = self.activity.busy();
+        self._on_describe(client, message).await
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -588,7 +790,6 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let _busy = self.activity.busy();
         let caller = self.caller(client)?;
         let StoredStatement {
             statement,

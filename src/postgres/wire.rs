@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use datafusion::common::ScalarValue;
 use pgwire::api::Type;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::results::{DataRowEncoder, FieldInfo};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 
@@ -65,9 +65,13 @@ fn label(name: &str) -> &str {
         }
         (depth == 0).then_some(open + i)
     });
-    match plain && closes_at == Some(name.len() - 1) {
-        true => function.rsplit('.').next().unwrap_or(function),
-        false => name,
+    if closes_at != Some(name.len() - 1) || !plain {
+        return name;
+    }
+    // DataFusion names a literal by its type, `Int64(1)`; PostgreSQL names it `?column?`.
+    match function.starts_with(|c: char| c.is_ascii_uppercase()) {
+        true => "?column?",
+        false => function.rsplit('.').next().unwrap_or(function),
     }
 }
 
@@ -92,7 +96,13 @@ enum Column {
 
 impl Column {
     fn of(array: &ArrayRef, wire: &Type) -> PgWireResult<Column> {
-        let cast = |to: &DataType| arrow::compute::cast(array, to).map_err(failed);
+        // A value that does not fit its wire type is an error, never a silent NULL.
+        let strict = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let cast =
+            |to: &DataType| arrow::compute::cast_with_options(array, to, &strict).map_err(failed);
         let list_of = |item: DataType| {
             DataType::List(Arc::new(arrow::datatypes::Field::new_list_field(
                 item, true,
@@ -148,7 +158,12 @@ impl Column {
         })
     }
 
-    fn encode(&self, row: usize, encoder: &mut DataRowEncoder) -> PgWireResult<()> {
+    fn encode(
+        &self,
+        row: usize,
+        field: &FieldInfo,
+        encoder: &mut DataRowEncoder,
+    ) -> PgWireResult<()> {
         fn value<'a, A: Array, T>(
             array: &'a A,
             row: usize,
@@ -161,17 +176,31 @@ impl Column {
             Column::Int2(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
             Column::Int4(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
             Column::Int8(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
-            Column::Float4(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
-            Column::Float8(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
+            Column::Float4(a) => match value(a, row, |a, i| a.value(i)) {
+                Some(v) if !v.is_finite() => encode_non_finite(f64::from(v), field, encoder),
+                v => encoder.encode_field(&v),
+            },
+            Column::Float8(a) => match value(a, row, |a, i| a.value(i)) {
+                Some(v) if !v.is_finite() => encode_non_finite(v, field, encoder),
+                v => encoder.encode_field(&v),
+            },
             Column::Text(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
             Column::Bytes(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
-            Column::Date(a) => encoder.encode_field(&value(a, row, |a, i| date(a.value(i)))),
-            Column::Timestamp(a, true) => encoder.encode_field(&value(a, row, |a, i| {
-                DateTime::from_timestamp_micros(a.value(i))
-            })),
-            Column::Timestamp(a, false) => encoder.encode_field(&value(a, row, |a, i| {
-                DateTime::from_timestamp_micros(a.value(i)).map(|t| t.naive_utc())
-            })),
+            Column::Date(a) => match value(a, row, |a, i| a.value(i)) {
+                None => encoder.encode_field(&None::<NaiveDate>),
+                Some(days) => encoder.encode_field(&date(days)?),
+            },
+            Column::Timestamp(a, instant) => match value(a, row, |a, i| a.value(i)) {
+                None => encoder.encode_field(&None::<NaiveDateTime>),
+                Some(micros) => {
+                    let at = DateTime::from_timestamp_micros(micros)
+                        .ok_or_else(|| out_of_range(format!("{micros} microseconds from 1970")))?;
+                    match instant {
+                        true => encoder.encode_field(&at),
+                        false => encoder.encode_field(&at.naive_utc()),
+                    }
+                }
+            },
             Column::TextArray(a) => encoder.encode_field(&value(a, row, |a, i| {
                 a.value(i)
                     .as_string::<i32>()
@@ -198,8 +227,47 @@ impl Column {
     }
 }
 
-fn date(days: i32) -> NaiveDate {
-    NaiveDate::default() + chrono::Duration::days(i64::from(days))
+fn date(days: i32) -> PgWireResult<NaiveDate> {
+    NaiveDate::default()
+        .checked_add_signed(chrono::Duration::days(i64::from(days)))
+        .ok_or_else(|| out_of_range(format!("{days} days from 1970")))
+}
+
+/// A value the wire cannot carry: an error for the query, not a failed session.
+fn out_of_range(what: String) -> PgWireError {
+    PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+        "ERROR".into(),
+        "22008".into(),
+        format!("{what} is out of the range PostgreSQL clients read"),
+    )))
+}
+
+/// Infinity and NaN as PostgreSQL writes them in text (`Infinity`, not Rust's `inf`, which
+/// drivers such as pgjdbc cannot parse); binary floats carry them as they are.
+fn encode_non_finite(
+    value: f64,
+    field: &FieldInfo,
+    encoder: &mut DataRowEncoder,
+) -> PgWireResult<()> {
+    match field.format() {
+        FieldFormat::Binary => match *field.datatype() {
+            Type::FLOAT4 => encoder.encode_field(&(value as f32)),
+            _ => encoder.encode_field(&value),
+        },
+        FieldFormat::Text => {
+            let text = match value {
+                v if v.is_nan() => "NaN",
+                v if v > 0.0 => "Infinity",
+                _ => "-Infinity",
+            };
+            encoder.encode_field_with_type_and_format(
+                &text,
+                &Type::TEXT,
+                FieldFormat::Text,
+                field.format_options(),
+            )
+        }
+    }
 }
 
 /// A column of any type as the text it displays as (decimals, intervals, structs...).
@@ -226,8 +294,8 @@ pub fn rows(batches: &[RecordBatch], fields: &Arc<Vec<FieldInfo>>) -> PgWireResu
             .map(|(array, field)| Column::of(array, field.datatype()))
             .collect::<PgWireResult<Vec<_>>>()?;
         for row in 0..batch.num_rows() {
-            for column in &columns {
-                column.encode(row, &mut encoder)?;
+            for (column, field) in columns.iter().zip(fields.iter()) {
+                column.encode(row, field, &mut encoder)?;
             }
             rows.push(encoder.take_row());
         }
@@ -345,5 +413,7 @@ mod tests {
         assert_eq!(label("institution"), "institution");
         assert_eq!(label("count(*) + Int64(1)"), "count(*) + Int64(1)");
         assert_eq!(label("(a)"), "(a)");
+        assert_eq!(label("Int64(1)"), "?column?");
+        assert_eq!(label("Utf8(\"x\")"), "?column?");
     }
 }

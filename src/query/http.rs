@@ -191,6 +191,7 @@ fn status_of(error: &QueryError) -> StatusCode {
         QueryError::Invalid(_) | QueryError::Failed(_) | QueryError::NotOneStatement(_) => {
             StatusCode::BAD_REQUEST
         }
+        QueryError::TooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
         QueryError::Refused(_) => StatusCode::FORBIDDEN,
         QueryError::Timeout(_) | QueryError::MemoryLimit { .. } | QueryError::TooManyRows(_) => {
             StatusCode::UNPROCESSABLE_ENTITY

@@ -51,6 +51,8 @@ pub enum QueryError {
     Refused(String),
     #[error("send exactly one SQL statement (this text has {0})")]
     NotOneStatement(usize),
+    #[error("the statement is longer than {0} bytes: SQL, not data, is sent here")]
+    TooLong(u64),
     #[error("the query ran past its time limit of {} (sql.timeout) and was cancelled", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error(
@@ -100,6 +102,9 @@ pub enum Visibility<'a> {
 /// are missing for the instant between the commit and their rename. A query that fails
 /// while either happened is run again on the latest commit, this many times at most.
 const RETRIES_WHEN_FILES_MOVED: u32 = 5;
+
+/// Parameters one statement may take: what the PostgreSQL protocol can bind (a 16-bit count).
+pub const MAX_PARAMETERS: usize = 65_535;
 
 /// The live files of one commit, by table.
 struct Snapshot {
@@ -209,12 +214,19 @@ impl QueryEngine {
         let planning = self.runtime.spawn(async move {
             let plan = read_only_plan(&session, statement).await?;
             let mut found = plan.get_parameter_types().map_err(QueryError::Invalid)?;
-            // Placeholders are `$1`, `$2`...: the highest number says how many there are.
+            // Placeholders are `$1`, `$2`...: the highest number says how many there are,
+            // up to what the protocol can bind (an absurd `$4294967295` would otherwise ask
+            // for a slot per number).
             let count = found
                 .keys()
                 .filter_map(|id| id.strip_prefix('$')?.parse::<usize>().ok())
                 .max()
                 .unwrap_or(0);
+            if count > MAX_PARAMETERS {
+                return Err(QueryError::Invalid(DataFusionError::Plan(format!(
+                    "${count} is past the {MAX_PARAMETERS} parameters a statement may take"
+                ))));
+            }
             let parameters = (1..=count)
                 .map(|n| found.remove(&format!("${n}")).flatten())
                 .collect();
@@ -421,7 +433,11 @@ async fn execute(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(QueryError::Failed)?;
         rows += batch.num_rows();
-        bytes += batch.get_array_memory_size();
+        bytes += batch
+            .columns()
+            .iter()
+            .map(|column| answer_bytes(column.as_ref()))
+            .sum::<usize>();
         if let Some(max) = max_rows.filter(|&max| rows > max) {
             return Err(QueryError::TooManyRows(max));
         }
@@ -434,6 +450,38 @@ async fn execute(
         batches.push(batch);
     }
     Ok(Answer { schema, batches })
+}
+
+/// The bytes a column takes once written out: its memory, or for a dictionary (which holds
+/// each value once however many rows repeat it) every row's value.
+fn answer_bytes(column: &dyn arrow::array::Array) -> usize {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    let DataType::Dictionary(_, _) = column.data_type() else {
+        return column.get_array_memory_size();
+    };
+    let Some(dictionary) = column.as_any_dictionary_opt() else {
+        return column.get_array_memory_size();
+    };
+    let values = dictionary.values();
+    let per_value: Vec<usize> = match arrow::compute::cast(values, &DataType::LargeBinary) {
+        // Text and bytes: each value's own length.
+        Ok(bytes) => bytes
+            .as_binary::<i64>()
+            .iter()
+            .map(|v| v.map_or(0, <[u8]>::len) + 8)
+            .collect(),
+        // Fixed-width and nested values: their average size.
+        Err(_) => {
+            let average = values.get_array_memory_size() / values.len().max(1);
+            vec![average; values.len()]
+        }
+    };
+    dictionary
+        .normalized_keys()
+        .iter()
+        .map(|&key| per_value.get(key).copied().unwrap_or(0))
+        .sum()
 }
 
 /// A multi-threaded Tokio runtime of its own, shut down without waiting when dropped (a

@@ -1197,8 +1197,9 @@ fn functions() -> Vec<SessionFunction> {
     let mut all = vec![
         function("version", nullary(), DataType::Utf8, |_| {
             utf8(&format!(
-                "PostgreSQL {SERVER_VERSION} (datx {}, Apache DataFusion)",
-                env!("CARGO_PKG_VERSION")
+                "PostgreSQL {SERVER_VERSION} (datx {}, Apache DataFusion {})",
+                env!("CARGO_PKG_VERSION"),
+                datafusion::DATAFUSION_VERSION
             ))
         }),
         function("current_schema", nullary(), DataType::Utf8, |_| {
@@ -1457,9 +1458,15 @@ impl ScalarUDFImpl for ToRegclass {
             .as_string::<i32>()
             .iter()
             .map(|name| {
+                // Quoted parts keep their case, as in PostgreSQL.
                 let name: String = name?
                     .split('.')
-                    .map(|part| part.trim_matches('"').to_ascii_lowercase())
+                    .map(
+                        |part| match part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                            Some(quoted) => quoted.to_string(),
+                            None => part.to_ascii_lowercase(),
+                        },
+                    )
                     .collect::<Vec<_>>()
                     .join(".");
                 self.oids.get(&name).copied()
@@ -1485,17 +1492,28 @@ fn started_at() -> i64 {
 /// it does, leaving everything else as it was.
 pub fn rewrite(statement: &mut Statement) {
     if let Statement::Statement(inner) = statement {
-        let _ = inner.visit(&mut PostgresSpellings);
+        let _ = inner.visit(&mut PostgresSpellings::default());
     }
 }
 
-struct PostgresSpellings;
+#[derive(Default)]
+struct PostgresSpellings {
+    /// The names of the statement's common table expressions, which a bare name means.
+    ctes: Vec<String>,
+}
 
 impl VisitorMut for PostgresSpellings {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &mut ast::Query) -> ControlFlow<()> {
-        drop_repeated_columns(&mut query.body);
+        alias_repeated_columns(&mut query.body);
+        if let Some(with) = &query.with {
+            self.ctes.extend(
+                with.cte_tables
+                    .iter()
+                    .map(|cte| cte.alias.name.value.to_ascii_lowercase()),
+            );
+        }
         ControlFlow::Continue(())
     }
 
@@ -1508,8 +1526,11 @@ impl VisitorMut for PostgresSpellings {
             {
                 name.0[0] = ObjectNamePart::Identifier(Ident::new(PG_INFORMATION_SCHEMA));
             }
-            // A bare `pg_class` is found through the search path, as in PostgreSQL.
-            [table] if CATALOG_OIDS.iter().any(|(n, _)| n == table) => {
+            // A bare `pg_class` is found through the search path, as in PostgreSQL, unless
+            // the query names a table of its own so.
+            [table]
+                if CATALOG_OIDS.iter().any(|(n, _)| n == table) && !self.ctes.contains(table) =>
+            {
                 name.0
                     .insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
             }
@@ -1555,9 +1576,11 @@ impl VisitorMut for PostgresSpellings {
     }
 }
 
-/// `SELECT n.oid, n.* ...` names `oid` twice, which PostgreSQL allows and DataFusion does
-/// not: a column listed beside its table's `*` is dropped, as the `*` brings it anyway.
-fn drop_repeated_columns(body: &mut ast::SetExpr) {
+/// `SELECT n.oid, n.* ...` names `n.oid` twice, which PostgreSQL allows and DataFusion
+/// does not (not even under an alias `oid`, which it finds ambiguous): a column listed
+/// beside its table's `*` is renamed `oid_1`. Every column stays in its place, so
+/// `ORDER BY 1` still means it, and a client reading `oid` by name gets the `*`'s.
+fn alias_repeated_columns(body: &mut ast::SetExpr) {
     match body {
         ast::SetExpr::Select(select) => {
             let starred: Vec<String> = select
@@ -1571,24 +1594,33 @@ fn drop_repeated_columns(body: &mut ast::SetExpr) {
                     _ => None,
                 })
                 .collect();
-            select.projection.retain(|item| match item {
-                ast::SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
-                    let (_column, table) = parts.split_last().expect("a compound has parts");
-                    let table = table
-                        .iter()
-                        .map(|p| p.value.to_ascii_lowercase())
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    !starred.contains(&table)
+            if starred.is_empty() {
+                return;
+            }
+            for item in &mut select.projection {
+                if let ast::SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) = item
+                    && let Some((column, table)) = parts.split_last()
+                    && starred.contains(
+                        &table
+                            .iter()
+                            .map(|p| p.value.to_ascii_lowercase())
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    )
+                {
+                    let alias = Ident::new(format!("{}_1", column.value));
+                    *item = ast::SelectItem::ExprWithAlias {
+                        expr: Expr::CompoundIdentifier(parts.clone()),
+                        alias,
+                    };
                 }
-                _ => true,
-            });
+            }
         }
         ast::SetExpr::SetOperation { left, right, .. } => {
-            drop_repeated_columns(left);
-            drop_repeated_columns(right);
+            alias_repeated_columns(left);
+            alias_repeated_columns(right);
         }
-        ast::SetExpr::Query(query) => drop_repeated_columns(&mut query.body),
+        ast::SetExpr::Query(query) => alias_repeated_columns(&mut query.body),
         _ => {}
     }
 }
@@ -1634,6 +1666,7 @@ fn recast(inner: &Expr, data_type: &ast::DataType, kind: &CastKind) -> Option<Ex
     let type_name = match data_type {
         ast::DataType::Regclass => "regclass".to_string(),
         ast::DataType::Custom(name, _) => idents(name).join("."),
+        // The elements as text, cast to the array's own type.
         ast::DataType::Array(_) => {
             let Expr::Value(value) = inner else {
                 return None;
@@ -1641,7 +1674,13 @@ fn recast(inner: &Expr, data_type: &ast::DataType, kind: &CastKind) -> Option<Ex
             let Value::SingleQuotedString(literal) = &value.value else {
                 return None;
             };
-            return Some(array_literal(literal));
+            return Some(Expr::Cast {
+                kind: kind.clone(),
+                expr: Box::new(array_literal(literal)),
+                data_type: data_type.clone(),
+                array: false,
+                format: None,
+            });
         }
         _ => return None,
     };
@@ -1750,7 +1789,7 @@ mod tests {
         );
         assert_eq!(
             rewritten("SELECT n.oid, n.*, d.description FROM pg_namespace n, d"),
-            "SELECT n.*, d.description FROM pg_catalog.pg_namespace n, d"
+            "SELECT n.oid AS oid_1, n.*, d.description FROM pg_catalog.pg_namespace n, d"
         );
         assert_eq!(
             rewritten(
@@ -1764,11 +1803,15 @@ mod tests {
         );
         assert_eq!(
             rewritten(r#"SELECT 1 WHERE w <> ALL ('{a,"b c",NULL}'::text[])"#),
-            "SELECT 1 WHERE w <> ALL(ARRAY['a', 'b c', NULL])"
+            "SELECT 1 WHERE w <> ALL(ARRAY['a', 'b c', NULL]::TEXT[])"
         );
         assert_eq!(
             rewritten("SELECT * FROM pg_catalog.pg_get_keywords()"),
             "SELECT * FROM pg_get_keywords()"
+        );
+        assert_eq!(
+            rewritten("WITH pg_tables AS (SELECT 1 AS x) SELECT * FROM pg_tables"),
+            "WITH pg_tables AS (SELECT 1 AS x) SELECT * FROM pg_tables"
         );
         // Ordinary queries are left alone.
         let plain = "SELECT institution, count(*) FROM orders GROUP BY institution";
