@@ -83,6 +83,21 @@ fn psql(address: SocketAddr, user: &str, password: &str, args: &[&str]) -> Outpu
         .expect("psql runs (Debian's postgresql-client, installed by .ci/run)")
 }
 
+/// `psql` as `datx` with a connection string asking for `sslmode`, running `args`.
+fn psql_ssl(address: SocketAddr, sslmode: &str, args: &[&str]) -> Output {
+    Command::new("psql")
+        .arg("-X")
+        .args(args)
+        .arg(format!(
+            "host={} port={} user=datx dbname=datx sslmode={sslmode} connect_timeout=10",
+            address.ip(),
+            address.port()
+        ))
+        .env("PGPASSWORD", ADMIN_TOKEN)
+        .output()
+        .expect("psql runs")
+}
+
 /// The rows `psql --csv` printed, header first.
 fn csv_rows(output: &Output) -> Vec<Vec<String>> {
     csv_reader(&common::succeeded(output.clone()).stdout)
@@ -377,6 +392,13 @@ async fn a_scoped_user_sees_only_its_institutions_and_strangers_are_refused() {
     }
     // A prepared statement asking for beta by parameter finds nothing; nor does a file
     // named by its path; the plan names alpha's files only.
+    let user = csv_rows(&psql(
+        address,
+        "alpha_analyst",
+        ALPHA_TOKEN,
+        &["-c", "SELECT current_user AS u, session_user AS s"],
+    ));
+    assert_eq!(user[1], ["alpha_analyst", "alpha_analyst"]);
     let by_parameter = psycopg(
         address,
         "alpha_analyst",
@@ -660,16 +682,7 @@ async fn tls_only_when_a_certificate_is_configured() {
     let address = server.postgres_address();
     let plain = psql(address, "datx", ADMIN_TOKEN, &["-c", "SELECT 1 AS one"]);
     assert_eq!(csv_rows(&plain)[1], ["1"]);
-    let required = Command::new("psql")
-        .args(["-X", "-c", "SELECT 1"])
-        .arg(format!(
-            "host={} port={} user=datx dbname=datx sslmode=require connect_timeout=10",
-            address.ip(),
-            address.port()
-        ))
-        .env("PGPASSWORD", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let required = psql_ssl(address, "require", &["-c", "SELECT 1"]);
     assert_eq!(required.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&required.stderr).contains("SSL"),
@@ -706,16 +719,11 @@ async fn tls_only_when_a_certificate_is_configured() {
     let workspace = Workspace::new(&config("", &tls));
     let server = workspace.serve();
     let address = server.postgres_address();
-    let output = Command::new("psql")
-        .args(["-X", "-c", "\\conninfo", "-c", "SELECT 2 AS two"])
-        .arg(format!(
-            "host={} port={} user=datx dbname=datx sslmode=require connect_timeout=10",
-            address.ip(),
-            address.port()
-        ))
-        .env("PGPASSWORD", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let output = psql_ssl(
+        address,
+        "require",
+        &["-c", "\\conninfo", "-c", "SELECT 2 AS two"],
+    );
     let printed = String::from_utf8_lossy(&common::succeeded(output).stdout).into_owned();
     assert!(
         printed.contains("SSL connection (protocol: TLSv1.3"),
@@ -724,16 +732,7 @@ async fn tls_only_when_a_certificate_is_configured() {
     assert!(printed.contains(" 2\n"), "{printed}");
     // With a certificate, a client that does not use TLS is refused before it sends its
     // password.
-    let plain = Command::new("psql")
-        .args(["-X", "-c", "SELECT 1"])
-        .arg(format!(
-            "host={} port={} user=datx dbname=datx sslmode=disable connect_timeout=10",
-            address.ip(),
-            address.port()
-        ))
-        .env("PGPASSWORD", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let plain = psql_ssl(address, "disable", &["-c", "SELECT 1"]);
     assert_eq!(plain.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&plain.stderr).contains("TLS connections only"),
@@ -759,7 +758,7 @@ fn run_recorded(address: SocketAddr, tool: &str) -> Value {
         .join(format!("tests/postgres_clients/{tool}.sql"));
     let script = r#"
 import struct
-text = open(os.environ['STATEMENTS']).read()
+text = open(STATEMENTS).read()
 blocks = text.split('-- statement: ')[1:]
 OIDS = {'int4': 23, 'int8': 20, 'varchar': 1043, 'bool': 16}
 failures, ran = [], 0
@@ -795,21 +794,8 @@ with psycopg.connect(DSN, autocommit=True) as c:
                 failures.append([name, result_format, res.error_message.decode(errors='replace').strip()])
 print(json.dumps({'ran': ran, 'failures': failures}))
 "#;
-    let python = common::python_with(&[PSYCOPG]);
-    let dsn = format!(
-        "host={} port={} dbname=datx user=datx password={ADMIN_TOKEN} connect_timeout=10",
-        address.ip(),
-        address.port()
-    );
-    let prelude = "import json, os, psycopg\nDSN = os.environ['DSN']\n";
-    let output = Command::new(python)
-        .args(["-c", &format!("{prelude}{script}")])
-        .env("DSN", dsn)
-        .env("STATEMENTS", path)
-        .output()
-        .expect("python runs");
-    let output = common::succeeded(output);
-    serde_json::from_slice(&output.stdout).unwrap()
+    let script = format!("STATEMENTS = {:?}\n{script}", path.display().to_string());
+    psycopg(address, "datx", ADMIN_TOKEN, &script)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,11 @@ impl Caller {
         &self.name
     }
 
+    /// The PostgreSQL user name the client signed in with.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     pub fn visibility(&self) -> Visibility<'_> {
         match &self.institutions {
             None => Visibility::All,

@@ -426,7 +426,8 @@ impl Session {
         if let Some(command) = Command::parse(text) {
             return Ok(Prepared::Command(command));
         }
-        let statement = one_statement(text)?;
+        let mut statement = one_statement(text)?;
+        name_the_user(&mut statement, caller.user());
         let described = self
             .shared
             .engine
@@ -597,6 +598,24 @@ fn check_length(text: &str) -> Result<(), QueryError> {
     }
 }
 
+/// `current_user`, `session_user` and `user` name the signed-in user, whom the engine's
+/// sessions do not know: they become that name, as a literal.
+fn name_the_user(statement: &mut Statement, user: &str) {
+    use datafusion::sql::sqlparser::ast::{Expr, FunctionArguments, Value, visit_expressions_mut};
+    if let Statement::Statement(inner) = statement {
+        let _ = visit_expressions_mut(inner.as_mut(), |expr| {
+            if let Expr::Function(function) = expr
+                && matches!(function.args, FunctionArguments::None)
+                && ["current_user", "session_user", "user", "current_role"]
+                    .contains(&function.name.to_string().to_ascii_lowercase().as_str())
+            {
+                *expr = Expr::value(Value::SingleQuotedString(user.to_string()));
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+}
+
 /// The one statement of `text`, parsed as PostgreSQL.
 fn one_statement(text: &str) -> Result<Statement, QueryError> {
     let mut statements = DFParserBuilder::new(text)
@@ -679,7 +698,8 @@ impl SimpleQueryHandler for Session {
             let answered = match Command::parse(piece) {
                 Some(command) => self.command(&command, &Format::UnifiedText),
                 None => match one_statement(piece) {
-                    Ok(statement) => {
+                    Ok(mut statement) => {
+                        name_the_user(&mut statement, caller.user());
                         self.query(caller, statement, vec![], &Format::UnifiedText)
                             .await
                     }

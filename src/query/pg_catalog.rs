@@ -417,39 +417,31 @@ fn column(name: &'static str, data_type: DataType, values: Vec<ScalarValue>) -> 
     }
 }
 
+fn scalars<T>(
+    values: impl IntoIterator<Item = T>,
+    scalar: impl Fn(Option<T>) -> ScalarValue,
+) -> Vec<ScalarValue> {
+    values.into_iter().map(|v| scalar(Some(v))).collect()
+}
+
 fn text<S: ToString>(values: impl IntoIterator<Item = S>) -> Vec<ScalarValue> {
-    values
-        .into_iter()
-        .map(|v| ScalarValue::Utf8(Some(v.to_string())))
-        .collect()
+    scalars(values.into_iter().map(|v| v.to_string()), ScalarValue::Utf8)
 }
 
 fn int8(values: impl IntoIterator<Item = i64>) -> Vec<ScalarValue> {
-    values
-        .into_iter()
-        .map(|v| ScalarValue::Int64(Some(v)))
-        .collect()
+    scalars(values, ScalarValue::Int64)
 }
 
 fn int4(values: impl IntoIterator<Item = i32>) -> Vec<ScalarValue> {
-    values
-        .into_iter()
-        .map(|v| ScalarValue::Int32(Some(v)))
-        .collect()
+    scalars(values, ScalarValue::Int32)
 }
 
 fn int2(values: impl IntoIterator<Item = i16>) -> Vec<ScalarValue> {
-    values
-        .into_iter()
-        .map(|v| ScalarValue::Int16(Some(v)))
-        .collect()
+    scalars(values, ScalarValue::Int16)
 }
 
 fn boolean(values: impl IntoIterator<Item = bool>) -> Vec<ScalarValue> {
-    values
-        .into_iter()
-        .map(|v| ScalarValue::Boolean(Some(v)))
-        .collect()
+    scalars(values, ScalarValue::Boolean)
 }
 
 /// `rows` copies of one value.
