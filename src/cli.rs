@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,6 +19,7 @@ use crate::eventlog::{EventFilter, EventLog};
 use crate::query::output::Format;
 use crate::query::{QueryEngine, Visibility};
 use crate::replay::{ReplayError, ReplayOptions, TargetAuth};
+use crate::simulate::SimulateOptions;
 use crate::store::Store;
 use crate::stream::Stream;
 use crate::tables::Table;
@@ -89,6 +91,20 @@ enum Command {
         again, which datx, deduplicating by body, absorbs."
     )]
     Replay(ReplayArgs),
+    /// Send realistic S-360 traffic for the institutions of datx.toml (no S-360 needed)
+    #[command(
+        long_about = "Send realistic S-360 traffic for the institutions of datx.toml, with \
+        their configured credentials, so that a datx (this one, by default) receives what a \
+        venue would send: contacts (sent again when they change), orders with operations and \
+        movements (sales, reservations, refunds), and gate checks of sold tickets at \
+        performances on the hour in the venue's zone.\n\n\
+        Like S-360, it pushes each stream every --every in bodies of at most 50 records, and \
+        sends a refused body again at the next push (12 times, then gives it up). Each push \
+        carries 15 minutes of a venue's activity, whatever --every is, so a demo with \
+        --every 5s shows a busy venue. --backfill-since first sends the history from that \
+        day, as a first-time synchronisation does. The same --seed gives the same records."
+    )]
+    Simulate(SimulateArgs),
     /// The key that signs the digests of sealed event-log days
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -100,6 +116,40 @@ enum AuditCommand {
     PublicKey,
     /// Print a new signing key (base64 PKCS#8), to put in the variable signing_key_env names
     NewKey,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The target: http://host:port/s360, or a URL with {stream} and {institution} in it
+    /// [default: http://LISTEN/s360, LISTEN from datx.toml]
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// Time between two pushes of each stream (S-360 pushes every 15 minutes)
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_every)]
+    every: Duration,
+    /// Seed of the simulated world: the same seed gives the same records
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// First send the history from this day (YYYY-MM-DD), as a first-time synchronisation
+    #[arg(long, value_name = "DATE")]
+    backfill_since: Option<NaiveDate>,
+    /// End the history at this instant (RFC 3339) instead of now, for a repeatable run
+    #[arg(long, value_name = "INSTANT", requires = "backfill_since")]
+    backfill_until: Option<DateTime<Utc>>,
+    /// Stop after this many pushes [default: run until stopped]
+    #[arg(long, value_name = "N")]
+    pushes: Option<u64>,
+    /// Simulate only this institution (repeat for more) [default: all of datx.toml]
+    #[arg(long = "institution", value_name = "CODE")]
+    institutions: Vec<String>,
+}
+
+fn parse_every(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(every) if every >= Duration::from_millis(100) => Ok(every),
+        Ok(_) => Err("must be at least 100ms".into()),
+        Err(e) => Err(format!("{text:?} is not a duration such as 15m or 5s: {e}")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +376,27 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                     verify(&log, &filter.into_filter(), &public_key).await
                 }
             }
+        }
+        Command::Simulate(args) => {
+            let options = SimulateOptions {
+                to: args
+                    .to
+                    .unwrap_or_else(|| format!("http://{}/s360", config.listen)),
+                every: args.every,
+                seed: args.seed,
+                backfill_since: args.backfill_since,
+                backfill_until: args.backfill_until,
+                pushes: args.pushes,
+                institutions: args.institutions,
+            };
+            let summary = crate::simulate::simulate(&config, &options)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "sent {} bodies ({} records); {} refusals, {} bodies given up",
+                summary.bodies, summary.records, summary.refused, summary.given_up
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Replay(args) => {
             let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;

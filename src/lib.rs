@@ -19,6 +19,7 @@ pub mod receive;
 pub mod replay;
 pub mod secret;
 pub mod serve;
+pub mod simulate;
 pub mod store;
 pub mod stream;
 pub mod tables;

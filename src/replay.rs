@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::eventlog::{EventFilter, EventKey, EventLog, EventLogError};
+use crate::stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -144,18 +145,18 @@ impl ReplayOptions {
     }
 
     fn url(&self, key: &EventKey) -> String {
-        if self.to.contains("{stream}") || self.to.contains("{institution}") {
-            self.to
-                .replace("{stream}", key.stream.as_str())
-                .replace("{institution}", &key.institution)
-        } else {
-            format!(
-                "{}/{}/{}",
-                self.to.trim_end_matches('/'),
-                key.stream,
-                key.institution
-            )
-        }
+        target_url(&self.to, key.stream, &key.institution)
+    }
+}
+
+/// Where a body of `stream` for `institution` goes: `to/{stream}/{institution}`, or `to`
+/// with its `{stream}` and `{institution}` replaced (as `--to` of replay and simulate).
+pub fn target_url(to: &str, stream: Stream, institution: &str) -> String {
+    if to.contains("{stream}") || to.contains("{institution}") {
+        to.replace("{stream}", stream.as_str())
+            .replace("{institution}", institution)
+    } else {
+        format!("{}/{stream}/{institution}", to.trim_end_matches('/'))
     }
 }
 
