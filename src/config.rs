@@ -160,6 +160,9 @@ impl std::fmt::Debug for SqlToken {
 pub struct Institution {
     pub timezone: chrono_tz::Tz,
     pub auth: Auth,
+    /// How often S-360 pushes each stream: a stream quiet for 2 of these is late, for 3
+    /// silent. `None` (`expect_every = "off"`) for a venue that pushes rarely.
+    pub expect_every: Option<Duration>,
 }
 
 /// How S-360 proves it speaks for an institution. Secrets are resolved values, never the
@@ -292,6 +295,8 @@ struct RawSqlToken {
 struct RawInstitution {
     #[serde(default = "default_timezone")]
     timezone: String,
+    #[serde(default = "default_expect_every")]
+    expect_every: String,
     /// Required: `auth = "none"` must be written out for a venue to be open.
     auth: Option<String>,
     user: Option<String>,
@@ -352,6 +357,9 @@ fn default_body_timeout() -> String {
 }
 fn default_max_connections() -> u64 {
     1024
+}
+fn default_expect_every() -> String {
+    "15m".into()
 }
 fn default_timezone() -> String {
     "UTC".into()
@@ -634,7 +642,20 @@ impl RawInstitution {
                 ));
             }
         };
-        Ok(Institution { timezone, auth })
+        let expect_every = match self.expect_every.trim() {
+            "off" => None,
+            every => Some(positive_duration(every).map_err(|p| {
+                (
+                    "expect_every",
+                    format!("{p}; write \"off\" for a venue that pushes rarely"),
+                )
+            })?),
+        };
+        Ok(Institution {
+            timezone,
+            auth,
+            expect_every,
+        })
     }
 
     /// Keys that belong to another auth mode are refused rather than ignored: a password
@@ -980,6 +1001,15 @@ mod tests {
                 "`institutions.v.auth`: is missing",
             ),
             ("[sql]\ntimeout = \"0s\"", "`sql.timeout`"),
+            (
+                "[institutions.v]\nauth = \"none\"\nexpect_every = \"often\"",
+                "`institutions.v.expect_every`",
+            ),
+            ("[postgres]\nlisten = \"127.0.0.1:0\"", "`postgres.listen`"),
+            (
+                "[sql]\ntoken = \"t\"\n[postgres]\nlisten = \"127.0.0.1:0\"\ntls_required = true",
+                "`postgres.tls_required`",
+            ),
             ("[sql]\nmax_concurrent = 0", "`sql.max_concurrent`"),
             ("header_timeout = \"0s\"", "`header_timeout`"),
             ("body_idle_timeout = \"soon\"", "`body_idle_timeout`"),

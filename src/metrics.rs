@@ -21,6 +21,8 @@ const COMPACTION_FAILING_SINCE: &str = "datx_compaction_failing_since_seconds";
 const COMPACTION_FAILED_PASSES: &str = "datx_compaction_failed_passes";
 const SQL_QUERIES: &str = "datx_sql_queries_total";
 const SQL_SECONDS: &str = "datx_sql_seconds";
+const LAST_BODY_AGE: &str = "datx_last_body_age_seconds";
+const STREAM_STATE: &str = "datx_stream_state";
 const POSTGRES_QUERIES: &str = "datx_postgres_queries_total";
 const POSTGRES_SECONDS: &str = "datx_postgres_seconds";
 const POSTGRES_SESSIONS: &str = "datx_postgres_sessions";
@@ -74,6 +76,14 @@ pub fn install() -> PrometheusHandle {
             );
             describe_counter!(SQL_QUERIES, "POST /sql requests by token and HTTP code");
             describe_histogram!(SQL_SECONDS, "Time to answer POST /sql, by token");
+            describe_gauge!(
+                LAST_BODY_AGE,
+                "Seconds since the stream of the institution last had a body accepted (absent until one is, in the last 2 days)"
+            );
+            describe_gauge!(
+                STREAM_STATE,
+                "0 ok, 1 late (no body for 2 x expect_every), 2 silent (3 x), -1 not watched (expect_every = off)"
+            );
             describe_counter!(
                 POSTGRES_QUERIES,
                 "Queries from PostgreSQL clients by token and SQLSTATE (00000 when answered)"
@@ -151,4 +161,16 @@ pub fn postgres_sessions(change: f64) {
 
 pub fn postgres_sign_in_refused() {
     counter!(POSTGRES_SIGN_INS_REFUSED).increment(1);
+}
+
+/// One stream's freshness, as of the scrape.
+pub fn freshness(source: &crate::freshness::SourceStatus) {
+    let labels = [
+        ("stream", source.stream.as_str().to_string()),
+        ("institution", source.institution.clone()),
+    ];
+    gauge!(STREAM_STATE, &labels).set(source.state.gauge());
+    if let Some(age) = source.last_body_age_seconds {
+        gauge!(LAST_BODY_AGE, &labels).set(age);
+    }
 }

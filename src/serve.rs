@@ -21,6 +21,7 @@ use crate::commit::CommitError;
 use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::eventlog::EventLog;
+use crate::freshness::Freshness;
 use crate::lease::LeaseError;
 use crate::postgres::PostgresServer;
 use crate::query::QueryEngine;
@@ -65,7 +66,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = crate::metrics::install();
-    let receiver = Arc::new(Receiver::new(EventLog::new(store.clone()), &config));
+    let log = EventLog::new(store.clone());
+    let freshness = Arc::new(Freshness::new(&config, chrono::Utc::now()));
+    // From the log's listing before serving, so that the first scrape already knows; on S3
+    // that is a few LISTs per source, and a store that does not answer delays the start by
+    // SEEDING_DEADLINE at most.
+    match tokio::time::timeout(SEEDING_DEADLINE, freshness.seed(&log, chrono::Utc::now())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the event log's recent days: freshness starts from now")
+        }
+        Err(_) => tracing::warn!(
+            "the event log's recent days took too long to list: freshness starts from now"
+        ),
+    }
+    let receiver = Arc::new(Receiver::new(log, &config, freshness.clone()));
     let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
     let postgres = match &config.postgres {
         Some(postgres) => Some(PostgresServer::bind(postgres, &config.sql, engine.clone()).await?),
@@ -82,7 +97,11 @@ pub async fn run(
         .unify()
         .or(healthz(store.clone(), health.clone()))
         .unify()
-        .or(metrics_route(metrics, config.metrics_token.as_deref()))
+        .or(metrics_route(
+            metrics,
+            freshness,
+            config.metrics_token.as_deref(),
+        ))
         .unify()
         .recover(refuse_unrouted);
     let address = listener
@@ -138,6 +157,9 @@ pub async fn run(
     tracing::info!("datx stopped");
     Ok(())
 }
+
+/// How long `serve` waits, at start, to read when each stream last delivered.
+const SEEDING_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Whether background compaction is failing, and since when: for `/healthz` and the logs.
 #[derive(Debug, Default)]
@@ -321,6 +343,7 @@ fn healthz(
 /// `GET /metrics`: Prometheus text format; behind a bearer token when `[metrics]` sets one.
 fn metrics_route(
     handle: PrometheusHandle,
+    freshness: Arc<Freshness>,
     token: Option<&str>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     let token = token.map(|token| SecretDigest::of(token.as_bytes()));
@@ -334,6 +357,7 @@ fn metrics_route(
             {
                 return crate::query::http::unauthorized("datx metrics");
             }
+            freshness.publish(chrono::Utc::now());
             warp::reply::with_header(
                 handle.render(),
                 "content-type",

@@ -102,6 +102,7 @@ struct Contact {
 
 #[derive(Clone)]
 struct Ticket {
+    sold: DateTime<Utc>,
     movement: i64,
     ticket: i64,
     barcode: String,
@@ -197,10 +198,9 @@ impl Venue {
         self.next_id
     }
 
-    /// The start of the performance on the hour after `at`, in the venue's zone, some days
+    /// The start of the performance on the hour after `at`, in the venue's zone, `days`
     /// ahead: performances run every hour, so the gates are busy whenever a demo runs.
-    fn performance_after(&mut self, at: DateTime<Utc>) -> (i64, DateTime<Utc>) {
-        let days = self.rng.below(10) as i64;
+    fn performance_after(&self, at: DateTime<Utc>, days: i64) -> (i64, DateTime<Utc>) {
         let local = at.with_timezone(&self.zone) + Span::days(days) + Span::hours(1);
         let hour = local
             .date_naive()
@@ -259,7 +259,12 @@ impl Venue {
 
     fn sale(&mut self, created: DateTime<Utc>) -> Value {
         let reservation = self.rng.chance(10);
-        let (performance, start) = self.performance_after(created);
+        // A third are bought at the box office for the coming hour, the rest days ahead.
+        let days = match self.rng.chance(30) {
+            true => 0,
+            false => 1 + self.rng.below(9) as i64,
+        };
+        let (performance, start) = self.performance_after(created, days);
         // Each performance is of one product.
         let (product, code, price) = PRODUCTS[performance as usize % PRODUCTS.len()];
         let quantity = 1 + self.rng.below(3) as i64;
@@ -267,6 +272,7 @@ impl Venue {
         let mut movements = Vec::new();
         for _ in 0..quantity {
             let ticket = Ticket {
+                sold: created,
                 movement: self.id(),
                 ticket: self.id(),
                 barcode: format!("{:024}", self.rng.next() % 10u64.pow(18)),
@@ -328,12 +334,13 @@ impl Venue {
         }})
     }
 
-    /// Gate checks of the tickets whose performance starts within the next 30 minutes of
-    /// `from`: most pass once, a few try twice, and now and then a barcode is unknown.
+    /// Gate checks, within the stretch from `from`, of the tickets whose performance starts
+    /// in the next 75 minutes (the gates open an hour and a quarter before): most pass
+    /// once, a few try again and are refused.
     fn gate(&mut self, from: DateTime<Utc>) -> Vec<Value> {
         let due: Vec<DateTime<Utc>> = self
             .tickets
-            .range(..from + Span::minutes(30))
+            .range(..from + Span::minutes(75))
             .map(|(start, _)| *start)
             .collect();
         let mut checks = Vec::new();
@@ -344,7 +351,10 @@ impl Venue {
                     continue; // a no-show
                 }
                 let minutes_before = self.rng.below(45) as i64;
-                let at = (start - Span::minutes(minutes_before)).max(from);
+                // At the gate before the start, within this stretch, after the sale.
+                let at = (start - Span::minutes(minutes_before))
+                    .clamp(from, from + Span::minutes(PUSH_SPAN_MINUTES - 3))
+                    .max(ticket.sold + Span::minutes(1));
                 checks.push(self.check(&ticket, at, "OK", "NO_FAIL"));
                 if self.rng.chance(5) {
                     let again = at + Span::minutes(2);

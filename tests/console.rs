@@ -181,3 +181,113 @@ async fn refused_bodies_are_sent_again_at_the_next_push_then_given_up() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nowhere"));
 }
+
+/// One push of the zoo's three streams.
+fn push_zoo(workspace: &Workspace, server: &common::Server) {
+    let to = server.url("/s360");
+    let args = [
+        "simulate",
+        "--to",
+        &to,
+        "--institution",
+        "zoo",
+        "--pushes",
+        "1",
+    ];
+    succeeded(workspace.run(&args));
+}
+
+/// The freshness gauges `/metrics` shows for `institution`, by stream: `(state, age)`.
+async fn freshness(
+    server: &common::Server,
+    institution: &str,
+) -> BTreeMap<String, (i64, Option<f64>)> {
+    let metrics = common::get_text(server, "/metrics").await;
+    let mut found = BTreeMap::new();
+    for line in metrics.lines() {
+        let label = format!("institution=\"{institution}\"");
+        if !line.contains(&label) {
+            continue;
+        }
+        let stream = line
+            .split("stream=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        let (Some(stream), Some(value)) = (stream, value) else {
+            continue;
+        };
+        let entry = found.entry(stream.to_string()).or_insert((i64::MIN, None));
+        if line.starts_with("datx_stream_state") {
+            entry.0 = value as i64;
+        } else if line.starts_with("datx_last_body_age_seconds") {
+            entry.1 = Some(value);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_goes_quiet_turns_late_then_silent_and_back() {
+    // The zoo is expected every second; the opera pushes rarely and is not watched.
+    let config = VENUES
+        .replace(
+            "auth = \"basic\"",
+            "auth = \"basic\"\nexpect_every = \"1s\"",
+        )
+        .replace(
+            "auth = \"api_key\"",
+            "auth = \"api_key\"\nexpect_every = \"off\"",
+        );
+    let workspace = Workspace::new(&config);
+    let server = workspace.serve();
+    push_zoo(&workspace, &server);
+    let fresh = freshness(&server, "zoo").await;
+    assert_eq!(fresh.len(), 3, "{fresh:?}");
+    for (stream, (state, age)) in &fresh {
+        assert_eq!(*state, 0, "{stream}");
+        assert!(age.is_some_and(|a| a < 60.0), "{stream}: {age:?}");
+    }
+    let states = |fresh: &BTreeMap<String, (i64, Option<f64>)>| {
+        fresh
+            .values()
+            .map(|(state, _)| *state)
+            .collect::<BTreeSet<i64>>()
+    };
+    assert_eq!(
+        states(&freshness(&server, "opera").await),
+        BTreeSet::from([-1])
+    );
+    // Quiet for 2 intervals: late; for 3: silent.
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    let late = states(&freshness(&server, "zoo").await);
+    assert!(
+        late == BTreeSet::from([1]) || late == BTreeSet::from([2]),
+        "{late:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(
+        states(&freshness(&server, "zoo").await),
+        BTreeSet::from([2])
+    );
+    // A restart reads the last bodies from the log: still silent, not reset to ok.
+    drop(server);
+    let server = workspace.serve();
+    let after_restart = freshness(&server, "zoo").await;
+    assert_eq!(
+        states(&after_restart),
+        BTreeSet::from([2]),
+        "{after_restart:?}"
+    );
+    assert!(
+        after_restart
+            .values()
+            .all(|(_, age)| age.is_some_and(|a| a >= 3.0))
+    );
+    // Pushing again makes it ok.
+    push_zoo(&workspace, &server);
+    assert_eq!(
+        states(&freshness(&server, "zoo").await),
+        BTreeSet::from([0])
+    );
+}

@@ -24,6 +24,7 @@ pub use auth::{AuthError, Gate};
 use crate::batch::{self, BatchError};
 use crate::config::Config;
 use crate::eventlog::{Appended, EventLog, EventLogError};
+use crate::freshness::Freshness;
 use crate::metrics;
 use crate::stream::{InvalidInstitution, Stream, UnknownStream, check_institution};
 
@@ -125,10 +126,12 @@ pub struct Receiver {
     log: EventLog,
     gates: HashMap<String, Gate>,
     max_body_bytes: usize,
+    /// Told of every accepted body: the freshness of each stream follows from it.
+    freshness: Arc<Freshness>,
 }
 
 impl Receiver {
-    pub fn new(log: EventLog, config: &Config) -> Receiver {
+    pub fn new(log: EventLog, config: &Config, freshness: Arc<Freshness>) -> Receiver {
         let gates = config
             .institutions
             .iter()
@@ -138,6 +141,7 @@ impl Receiver {
             log,
             gates,
             max_body_bytes: config.max_body_bytes,
+            freshness,
         }
     }
 
@@ -176,7 +180,9 @@ impl Receiver {
             metrics::UNKNOWN
         };
         match result {
-            Ok((appended, bytes)) => {
+            Ok((stream, appended, bytes)) => {
+                self.freshness
+                    .accepted(stream, institution, chrono::Utc::now());
                 metrics::request(stream_label, institution_label, 200);
                 metrics::accepted(
                     stream_label,
@@ -239,7 +245,7 @@ impl Receiver {
         institution: &str,
         headers: &HeaderMap,
         body: impl FutureStream<Item = Result<B, warp::Error>>,
-    ) -> Result<(Appended, usize), Refusal> {
+    ) -> Result<(Stream, Appended, usize), Refusal> {
         let stream = stream_name.parse::<Stream>()?;
         check_institution(institution)?;
         let gate = self
@@ -264,7 +270,7 @@ impl Receiver {
         .await
         .map_err(|_| Refusal::StorageTooSlow)??;
         metrics::append_latency(started.elapsed());
-        Ok((appended, bytes))
+        Ok((stream, appended, bytes))
     }
 }
 
