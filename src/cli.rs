@@ -105,6 +105,20 @@ enum Command {
         day, as a first-time synchronisation does. The same --seed gives the same records."
     )]
     Simulate(SimulateArgs),
+    /// Whether each stream of each institution is still arriving: its last body and state
+    #[command(
+        long_about = "Whether each stream of each institution is still arriving.\n\n\
+        For every stream of every institution of datx.toml: when a body was last received (from \
+        the event log's last two days), how long ago, and the state against the \
+        institution's expect_every: ok, late (no body for 2 intervals), silent (3) or \
+        unwatched (expect_every = \"off\"). Exits with status 1 when a stream is late or \
+        silent, for scripts. A running serve gives the same on /metrics \
+        (datx_last_body_age_seconds, datx_stream_state)."
+    )]
+    Status {
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
+    },
     /// The key that signs the digests of sealed event-log days
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -256,6 +270,14 @@ impl FilterArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    /// Aligned columns for reading
+    Table,
+    /// One JSON object per stream and institution, a line each, for scripts
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum ListFormat {
     /// Aligned columns for reading
     Table,
@@ -364,6 +386,10 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
             let engine = QueryEngine::new(store, config.sql).map_err(|e| e.to_string())?;
             sql(&engine, &text, format).await
         }
+        Command::Status { format } => {
+            let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
+            status(&config, &EventLog::new(store), format).await
+        }
         Command::Events(events) => {
             let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
             let log = EventLog::new(store);
@@ -414,6 +440,71 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
             None => Err("no signing key: set [audit] signing_key_env in the configuration".into()),
         },
     }
+}
+
+async fn status(config: &Config, log: &EventLog, format: StatusFormat) -> Result<ExitCode, String> {
+    use crate::freshness::{Freshness, SEEDED_DAYS, State};
+    let now = chrono::Utc::now();
+    // A stream with no body in the days read has been quiet at least that long.
+    let freshness = Freshness::new(config, now - chrono::Duration::days(SEEDED_DAYS));
+    freshness.seed(log, now).await.map_err(|e| e.to_string())?;
+    let sources = freshness.status(now);
+    let state_name = |state: State| match state {
+        State::Ok => "ok",
+        State::Late => "late",
+        State::Silent => "silent",
+        State::Unwatched => "unwatched",
+    };
+    let mut out = std::io::stdout().lock();
+    match format {
+        StatusFormat::Json => {
+            for source in &sources {
+                let line = serde_json::json!({
+                    "institution": source.institution,
+                    "stream": source.stream.as_str(),
+                    "last_body": source.last_body.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    "last_body_age_seconds": source.last_body_age_seconds,
+                    "state": state_name(source.state),
+                });
+                writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            }
+        }
+        StatusFormat::Table => {
+            writeln!(
+                out,
+                "{:<20} {:<13} {:<25} {:>12}  state",
+                "institution", "stream", "last body", "age"
+            )
+            .map_err(|e| e.to_string())?;
+            for source in &sources {
+                let (last, age) = match (source.last_body, source.last_body_age_seconds) {
+                    (Some(at), Some(age)) => (
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
+                    ),
+                    _ => (format!("none in {SEEDED_DAYS} days"), "-".to_string()),
+                };
+                writeln!(
+                    out,
+                    "{:<20} {:<13} {:<25} {:>12}  {}",
+                    source.institution,
+                    source.stream.as_str(),
+                    last,
+                    age,
+                    state_name(source.state)
+                )
+                .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let quiet = sources
+        .iter()
+        .any(|s| matches!(s.state, State::Late | State::Silent));
+    Ok(if quiet {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn replay(log: &EventLog, args: ReplayArgs) -> Result<ExitCode, String> {

@@ -19,7 +19,7 @@ use crate::eventlog::{EventFilter, EventKey, EventLog, EventLogError};
 use crate::stream::Stream;
 
 /// How far back the log is read at start: a stream quiet for longer is silent anyway.
-const SEEDED_DAYS: i64 = 2;
+pub const SEEDED_DAYS: i64 = 2;
 
 /// A stream's state against its expected interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -284,10 +284,50 @@ async fn a_stream_that_goes_quiet_turns_late_then_silent_and_back() {
             .values()
             .all(|(_, age)| age.is_some_and(|a| a >= 3.0))
     );
+    // datx status reads the same from the lake: the zoo silent, the opera not watched,
+    // the museum (nothing in two days, expected every 15 minutes) silent; exit status 1.
+    let (code, now) = status(&workspace);
+    assert_eq!(code, Some(1));
+    assert_eq!(now.len(), 9, "{now:?}");
+    for ((institution, stream), state) in &now {
+        let expected = match institution.as_str() {
+            "opera" => "unwatched",
+            _ => "silent",
+        };
+        assert_eq!(state, expected, "{institution}/{stream}");
+    }
     // Pushing again makes it ok.
     push_zoo(&workspace, &server);
     assert_eq!(
         states(&freshness(&server, "zoo").await),
         BTreeSet::from([0])
     );
+    let (_, now) = status(&workspace);
+    let zoo: Vec<&String> = now
+        .iter()
+        .filter(|((institution, _), _)| institution == "zoo")
+        .map(|(_, state)| state)
+        .collect();
+    assert_eq!(zoo, ["ok", "ok", "ok"]);
+    let table = String::from_utf8(workspace.run(&["status"]).stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("zoo") && l.ends_with("ok")),
+        "{table}"
+    );
+}
+
+/// `datx status --format json`: its exit status and each source's state.
+fn status(workspace: &Workspace) -> (Option<i32>, BTreeMap<(String, String), String>) {
+    let output = workspace.run(&["status", "--format", "json"]);
+    let states = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .map(|v| {
+            let text = |key: &str| v[key].as_str().unwrap().to_string();
+            ((text("institution"), text("stream")), text("state"))
+        })
+        .collect();
+    (output.status.code(), states)
 }
