@@ -99,10 +99,13 @@ enum Command {
         movements (sales, reservations, refunds), and gate checks of sold tickets at \
         performances on the hour in the venue's zone.\n\n\
         Like S-360, it pushes each stream every --every in bodies of at most 50 records, and \
-        sends a refused body again at the next push (12 times, then gives it up). Each push \
+        sends a refused body again at the next push (12 times, then gives it up); it exits \
+        with status 1 when a body was given up or still waits at the end. Each push \
         carries 15 minutes of a venue's activity, whatever --every is, so a demo with \
         --every 5s shows a busy venue. --backfill-since first sends the history from that \
-        day, as a first-time synchronisation does. The same --seed gives the same records."
+        day, as a first-time synchronisation does. The same --seed gives the same history \
+        (with --backfill-until fixing its end); live pushes take ids from the clock, so a \
+        run started again never reuses one."
     )]
     Simulate(SimulateArgs),
     /// Whether each stream of each institution is still arriving: its last body and state
@@ -419,10 +422,14 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
-                "sent {} bodies ({} records); {} refusals, {} bodies given up",
-                summary.bodies, summary.records, summary.refused, summary.given_up
+                "sent {} bodies ({} records); {} refusals, {} bodies given up, {} still waiting",
+                summary.bodies, summary.records, summary.refused, summary.given_up, summary.waiting
             );
-            Ok(ExitCode::SUCCESS)
+            // Bodies that never arrived are a failed delivery, as they would be for S-360.
+            Ok(match summary.given_up + summary.waiting {
+                0 => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            })
         }
         Command::Replay(args) => {
             let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;

@@ -61,14 +61,13 @@ pub struct Freshness {
     expected: BTreeMap<String, Option<Duration>>,
     /// When each source last had a body accepted.
     last_body: Mutex<BTreeMap<(Stream, String), DateTime<Utc>>>,
-    /// When this process started: a stream with no body yet is judged from then, so that
-    /// a fresh start does not report every stream silent at once.
-    started: DateTime<Utc>,
+    /// Since when a stream with no body known has been quiet: the start of the days read.
+    quiet_since: DateTime<Utc>,
 }
 
 impl Freshness {
-    /// Empty: every source judged from `started` until a body arrives.
-    pub fn new(config: &Config, started: DateTime<Utc>) -> Freshness {
+    /// Empty: every source judged quiet since `quiet_since` until a body is known.
+    pub fn new(config: &Config, quiet_since: DateTime<Utc>) -> Freshness {
         Freshness {
             expected: config
                 .institutions
@@ -76,7 +75,7 @@ impl Freshness {
                 .map(|(code, institution)| (code.clone(), institution.expect_every))
                 .collect(),
             last_body: Mutex::new(BTreeMap::new()),
-            started,
+            quiet_since,
         }
     }
 
@@ -113,7 +112,7 @@ impl Freshness {
         for (institution, expected) in &self.expected {
             for stream in Stream::ALL {
                 let last_body = last.get(&(stream, institution.clone())).copied();
-                let quiet = (now - last_body.unwrap_or(self.started))
+                let quiet = (now - last_body.unwrap_or(self.quiet_since))
                     .to_std()
                     .unwrap_or_default();
                 let state = match expected {

@@ -67,7 +67,10 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = crate::metrics::install();
     let log = EventLog::new(store.clone());
-    let freshness = Arc::new(Freshness::new(&config, chrono::Utc::now()));
+    // A stream with no body in the days read has been quiet at least that long: a restart
+    // must not turn a silent stream ok.
+    let horizon = chrono::Utc::now() - chrono::Duration::days(crate::freshness::SEEDED_DAYS);
+    let freshness = Arc::new(Freshness::new(&config, horizon));
     // From the log's listing before serving, so that the first scrape already knows; on S3
     // that is a few LISTs per source, and a store that does not answer delays the start by
     // SEEDING_DEADLINE at most.

@@ -62,6 +62,8 @@ pub struct SimulateSummary {
     pub refused: u64,
     /// Bodies given up after 12 refusals.
     pub given_up: u64,
+    /// Bodies refused and still waiting for a next push when the run ended (not sent).
+    pub waiting: u64,
 }
 
 /// One institution's world.
@@ -70,8 +72,11 @@ struct Venue {
     zone: Tz,
     auth: Auth,
     rng: Rng,
+    /// Which of 1,000 id ranges the venue draws from, so venues' ids do not meet.
+    space: i64,
     /// Ids are drawn from one counter per venue, so each is new.
     next_id: i64,
+    next_contact: i64,
     contacts: Vec<Contact>,
     /// Sold tickets not yet at the gate, by performance start.
     tickets: BTreeMap<DateTime<Utc>, Vec<Ticket>>,
@@ -103,6 +108,7 @@ struct Contact {
 #[derive(Clone)]
 struct Ticket {
     sold: DateTime<Utc>,
+    buyer: Option<String>,
     movement: i64,
     ticket: i64,
     barcode: String,
@@ -179,13 +185,22 @@ fn instant(at: DateTime<Utc>) -> String {
 }
 
 impl Venue {
-    fn new(code: &str, zone: Tz, auth: Auth, seed: u64, index: u64) -> Venue {
+    fn new(code: &str, zone: Tz, auth: Auth, seed: u64) -> Venue {
+        // Everything a venue draws follows from the seed and its own code, so adding an
+        // institution to datx.toml changes no other venue's records.
+        let venue = code.bytes().fold(0xCBF2_9CE4_8422_2325u64, |hash, b| {
+            (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+        });
+        let mut rng = Rng(seed ^ venue);
+        let space = (rng.next() % 1_000) as i64;
         Venue {
+            space,
             code: code.to_string(),
             zone,
             auth,
-            rng: Rng(seed ^ (index + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
-            next_id: 10_000_000_000 + index as i64 * 1_000_000_000,
+            rng,
+            next_id: 10_000_000_000_000 + space * 1_000_000_000,
+            next_contact: 3_000_000 + space * 10_000_000,
             contacts: Vec::new(),
             tickets: BTreeMap::new(),
             refundable: Vec::new(),
@@ -196,6 +211,14 @@ impl Venue {
     fn id(&mut self) -> i64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Live records take ids from the wall clock on: a run started again (with any seed)
+    /// never sends an id or a contact number an earlier run sent for another record.
+    fn go_live(&mut self, now: DateTime<Utc>) {
+        let run = now.timestamp() * 1_000 + self.space;
+        self.next_id = self.next_id.max(run * 1_000_000);
+        self.next_contact = self.next_contact.max(run * 1_000);
     }
 
     /// The start of the performance on the hour after `at`, in the venue's zone, `days`
@@ -221,9 +244,13 @@ impl Venue {
         let at =
             |rng: &mut Rng| from + Span::seconds(rng.below(PUSH_SPAN_MINUTES as u64 * 60) as i64);
         for _ in 0..1 + self.rng.below(2) {
-            let created = at(&mut self.rng);
+            // Contacts are kept in the order they were created.
+            let created = at(&mut self.rng).max(self.contacts.last().map_or(from, |c| c.created));
             let contact = Contact {
-                number: format!("{}", 3_000_000 + self.contacts.len()),
+                number: {
+                    self.next_contact += 1;
+                    self.next_contact.to_string()
+                },
                 id: self.id(),
                 first: self.rng.pick(&FIRST_NAMES),
                 last: self.rng.pick(&LAST_NAMES),
@@ -238,9 +265,8 @@ impl Venue {
             let i = self.rng.below(self.contacts.len() as u64) as usize;
             self.contacts[i].newsletter = !self.contacts[i].newsletter;
             let contact = self.contacts[i].clone();
-            activity
-                .contacts
-                .push(contact_record(&contact, at(&mut self.rng)));
+            let updated = at(&mut self.rng).max(contact.created + Span::minutes(1));
+            activity.contacts.push(contact_record(&contact, updated));
         }
         for _ in 0..1 + self.rng.below(4) {
             let created = at(&mut self.rng);
@@ -250,7 +276,7 @@ impl Venue {
         if !self.refundable.is_empty() && self.rng.chance(15) {
             let i = self.rng.below(self.refundable.len() as u64) as usize;
             let ticket = self.refundable.swap_remove(i);
-            let created = at(&mut self.rng);
+            let created = at(&mut self.rng).max(ticket.sold + Span::minutes(1));
             activity.orders.push(self.refund(&ticket, created));
         }
         activity.checks = self.gate(from);
@@ -269,10 +295,18 @@ impl Venue {
         let (product, code, price) = PRODUCTS[performance as usize % PRODUCTS.len()];
         let quantity = 1 + self.rng.below(3) as i64;
         let kind = if reservation { "RESERVATION" } else { "SALE" };
+        // A buyer among the contacts that existed by then.
+        let known = self.contacts.partition_point(|c| c.created <= created);
+        let contact = (known > 0).then(|| {
+            self.contacts[self.rng.below(known as u64) as usize]
+                .number
+                .clone()
+        });
         let mut movements = Vec::new();
         for _ in 0..quantity {
             let ticket = Ticket {
                 sold: created,
+                buyer: contact.clone(),
                 movement: self.id(),
                 ticket: self.id(),
                 barcode: format!("{:024}", self.rng.next() % 10u64.pow(18)),
@@ -288,7 +322,6 @@ impl Venue {
             }
         }
         let total = price * quantity;
-        let contact = self.contacts.last().map(|c| c.number.clone());
         let (order_id, operation_id) = (self.id(), self.id());
         json!({"orderDetailsData": {
             "orderId": order_id,
@@ -319,18 +352,24 @@ impl Venue {
         if let Some(tickets) = self.tickets.get_mut(&ticket.start) {
             tickets.retain(|t| t.movement != ticket.movement);
         }
-        let (order_id, operation_id, movement) = (self.id(), self.id(), self.id());
+        let (order_id, operation_id, movement, payment) =
+            (self.id(), self.id(), self.id(), self.id());
+        let (_, code, _) = PRODUCTS[ticket.performance as usize % PRODUCTS.len()];
         json!({"orderDetailsData": {
             "orderId": order_id, "orderType": "REFUND_CLIENT", "orderState": "CLOSED",
             "creationDateTime": instant(created), "referenceDate": instant(created),
             "saleAmount": -ticket.amount, "preSaleAmount": 0, "reservationAmount": 0,
             "optionAmount": 0, "waitingAccountBalanceAmount": 0,
+            "contactNumber": ticket.buyer,
             "operationDatas": [{"operationId": operation_id, "kind": "SINGLE_ENTRY", "type": "REFUND",
                 "quantity": -1, "unitPrice": ticket.amount, "totalAmount": -ticket.amount,
-                "performanceId": ticket.performance,
+                "productId": 10_228_231_108_000 + ticket.amount, "productCode": code,
+                "performanceId": ticket.performance, "eventId": 10_228_231_100_000i64,
                 "movementDatas": [{"movementId": movement, "type": "REFUND",
                     "refundedMovementId": ticket.movement, "ticketId": ticket.ticket,
                     "amount": -ticket.amount}]}],
+            "paymentDatas": [{"paymentId": payment, "method": "CREDIT_CARD", "state": "PAID",
+                "amount": -ticket.amount, "currencyCode": "CHF", "paymentDate": instant(created)}],
         }})
     }
 
@@ -345,9 +384,12 @@ impl Venue {
             .collect();
         let mut checks = Vec::new();
         for start in due {
-            for ticket in self.tickets.remove(&start).unwrap_or_default() {
+            let tickets = self.tickets.remove(&start).unwrap_or_default();
+            // Performances long past when the simulation resumes had their gates then.
+            let past = start < from - Span::minutes(75);
+            for ticket in tickets {
                 self.refundable.retain(|t| t.movement != ticket.movement);
-                if self.rng.chance(8) {
+                if past || self.rng.chance(8) {
                     continue; // a no-show
                 }
                 let minutes_before = self.rng.below(45) as i64;
@@ -408,17 +450,13 @@ pub async fn simulate(
     let mut venues: Vec<Venue> = config
         .institutions
         .iter()
-        .enumerate()
-        .filter(|(_, (code, _))| {
-            options.institutions.is_empty() || options.institutions.contains(code)
-        })
-        .map(|(i, (code, institution))| {
+        .filter(|(code, _)| options.institutions.is_empty() || options.institutions.contains(code))
+        .map(|(code, institution)| {
             Venue::new(
                 code,
                 institution.timezone,
                 institution.auth.clone(),
                 options.seed,
-                i as u64,
             )
         })
         .collect();
@@ -452,7 +490,12 @@ pub async fn simulate(
                     activity.extend(venue.stretch(from));
                     from += Span::minutes(PUSH_SPAN_MINUTES);
                 }
+                let refused = sent.refused;
                 sender.push(venue, activity, &mut sent).await;
+                // What was refused goes again at the next run of S-360, --every later.
+                if sent.refused > refused {
+                    tokio::time::sleep(options.every).await;
+                }
                 day += Span::days(1);
             }
             tracing::info!(
@@ -465,6 +508,9 @@ pub async fn simulate(
             );
             summary.add(&sent);
         }
+    }
+    for venue in &mut venues {
+        venue.go_live(Utc::now());
     }
     let mut ticker = tokio::time::interval(options.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -489,6 +535,7 @@ pub async fn simulate(
             summary.add(&sent);
         }
     }
+    summary.waiting = venues.iter().map(|v| v.retries.len() as u64).sum();
     Ok(summary)
 }
 

@@ -44,9 +44,10 @@ fn simulate(workspace: &Workspace, to: &str, extra: &[&str]) -> String {
         "2026-03-01",
         "--backfill-until",
         "2026-03-04T00:00:00Z",
-        "--seed",
-        "7",
     ];
+    if !extra.contains(&"--seed") {
+        args.extend_from_slice(&["--seed", "7"]);
+    }
     args.extend_from_slice(extra);
     let output = succeeded(workspace.run(&args));
     String::from_utf8(output.stdout).unwrap()
@@ -67,7 +68,9 @@ async fn simulated_traffic_is_accepted_consistent_and_repeatable() {
     let records: u64 = listed.iter().map(|e| e["records"].as_u64().unwrap()).sum();
     assert_eq!(
         printed.trim(),
-        format!("sent {bodies} bodies ({records} records); 0 refusals, 0 bodies given up")
+        format!(
+            "sent {bodies} bodies ({records} records); 0 refusals, 0 bodies given up, 0 still waiting"
+        )
     );
     assert!(listed.iter().all(|e| e["records"].as_u64().unwrap() <= 50));
     let sources: BTreeSet<(String, String)> = listed
@@ -133,6 +136,20 @@ async fn simulated_traffic_is_accepted_consistent_and_repeatable() {
     );
     assert!(late[0]["n"].as_i64().unwrap() > 0);
 
+    // Another seed over the same days, into the same lake, reuses no id: every order and
+    // check stays one row (a repeated id would replace a row).
+    simulate(&workspace, &to, &["--seed", "8", "--pushes", "0"]);
+    compact(&workspace, "compact");
+    let ids = sql_rows(
+        &workspace,
+        "SELECT (SELECT count(*) FROM orders) - (SELECT count(DISTINCT order_id) FROM orders) AS orders,
+                (SELECT count(*) FROM ticket_checks) - (SELECT count(DISTINCT ticket_check_id) FROM ticket_checks) AS checks",
+    );
+    assert_eq!(
+        (ids[0]["orders"].as_i64(), ids[0]["checks"].as_i64()),
+        (Some(0), Some(0))
+    );
+
     // The same seed and history give the same bodies, byte for byte.
     let history = |workspace: &Workspace| -> Vec<String> {
         let mut digests: Vec<String> = events(workspace)
@@ -157,7 +174,7 @@ async fn refused_bodies_are_sent_again_at_the_next_push_then_given_up() {
     let target = Workspace::new(&VENUES.replace("zoo-password", "another-password"));
     let server = target.serve();
     let sender = Workspace::new(VENUES);
-    let output = succeeded(sender.run(&[
+    let output = sender.run(&[
         "simulate",
         "--to",
         &server.url("/s360"),
@@ -167,13 +184,15 @@ async fn refused_bodies_are_sent_again_at_the_next_push_then_given_up() {
         "13",
         "--every",
         "100ms",
-    ]));
+    ]);
     let printed = String::from_utf8_lossy(&output.stdout);
     let log = String::from_utf8_lossy(&output.stderr);
     // The first push's bodies are tried at each of the 13 pushes and given up after the
-    // 12th refusal; the last pushes' bodies are still waiting.
-    assert!(printed.contains("0 bodies (0 records)"), "{printed}");
+    // 12th refusal; the later pushes' bodies still wait at the end: a failed delivery.
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(printed.contains("sent 0 bodies (0 records)"), "{printed}");
     assert!(!printed.contains(" 0 bodies given up"), "{printed}");
+    assert!(!printed.contains(" 0 still waiting"), "{printed}");
     assert!(log.contains("is given up, as S-360 gives it up"), "{log}");
     assert!(events(&target).is_empty());
     // An unknown institution or target is refused before anything is sent.
