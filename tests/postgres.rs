@@ -12,29 +12,13 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use common::{Server, Workspace, compact, post, post_samples, sql_rows};
 use serde_json::{Value, json};
 
-const ADMIN_TOKEN: &str = "every-venue-token";
-const ALPHA_TOKEN: &str = "alpha-only-token";
+use common::{ALPHA_TOKEN, SQL_TOKEN};
 const PSYCOPG: (&str, &str) = ("psycopg", "psycopg[binary]==3.3.9");
 
 fn config(sql: &str, postgres: &str) -> String {
-    format!(
-        r#"
-[institutions.alpha]
-timezone = "Europe/Zurich"
-auth = "none"
-[institutions.beta]
-timezone = "America/New_York"
-auth = "none"
-[sql]
-token = "{ADMIN_TOKEN}"
-{sql}
-[sql.tokens.alpha_analyst]
-token = "{ALPHA_TOKEN}"
-institutions = ["alpha"]
-[postgres]
-listen = "127.0.0.1:0"
-{postgres}
-"#
+    common::scoped_sql_config(
+        sql,
+        &format!("[postgres]\nlisten = \"127.0.0.1:0\"\n{postgres}"),
     )
 }
 
@@ -93,7 +77,7 @@ fn psql_ssl(address: SocketAddr, sslmode: &str, args: &[&str]) -> Output {
             address.ip(),
             address.port()
         ))
-        .env("PGPASSWORD", ADMIN_TOKEN)
+        .env("PGPASSWORD", SQL_TOKEN)
         .output()
         .expect("psql runs")
 }
@@ -245,13 +229,13 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
     for name in SAVED_QUERIES {
         let text = saved_query(name);
         let expected = saved_query_rows(&workspace, name);
-        let by_psql = csv_rows(&psql(address, "datx", ADMIN_TOKEN, &["-c", &text]));
+        let by_psql = csv_rows(&psql(address, "datx", SQL_TOKEN, &["-c", &text]));
         assert_same_rows(&format!("psql {name}"), &by_psql, &expected);
         // psycopg: the extended protocol, values decoded to Python types.
         let by_psycopg = psycopg(
             address,
             "datx",
-            ADMIN_TOKEN,
+            SQL_TOKEN,
             &format!(
                 "with psycopg.connect(DSN) as c:\n    cur = c.execute({text:?})\n    rows = [[d.name for d in cur.description]] + [[str(v) for v in r] for r in cur.fetchall()]\nprint(json.dumps(rows))"
             ),
@@ -264,7 +248,7 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
     let types = psycopg(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         "with psycopg.connect(DSN) as c:\n    cur = c.execute('SELECT ticket_check_id, institution, access_time, date, _position, CAST(1.5 AS DOUBLE) AS ratio, true AS yes FROM ticket_checks LIMIT 1')\n    row = cur.fetchone()\n    print(json.dumps({d.name: [d.type_code, type(v).__name__] for d, v in zip(cur.description, row)}))",
     );
     assert_eq!(
@@ -295,7 +279,7 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
     let counts = psycopg(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         "q = 'SELECT count(*) FROM ticket_checks WHERE institution = %s AND access_time >= %s AND ticket_check_id > %s'\nwith psycopg.connect(DSN) as c:\n    since = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)\n    a = c.execute(q, ('alpha', since, 90010), prepare=True).fetchone()[0]\n    b = c.execute(q, ('beta', since, 0), prepare=True).fetchone()[0]\n    never = c.execute(q, ('beta', datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc), 0), prepare=True).fetchone()[0]\n    print(json.dumps([a, b, never]))",
     );
     assert_eq!(
@@ -316,7 +300,7 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
     let output = psql(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         &[
             "-c",
             "BEGIN; SET application_name = 'report'; SHOW application_name; SHOW TRANSACTION ISOLATION LEVEL; SELECT count(*) AS n FROM contacts; COMMIT",
@@ -324,7 +308,7 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
     );
     let printed = String::from_utf8_lossy(&common::succeeded(output).stdout).into_owned();
     // DataFusion's own SHOW TABLES still works; infinities are spelled as PostgreSQL does.
-    let shown = csv_rows(&psql(address, "datx", ADMIN_TOKEN, &["-c", "SHOW TABLES"]));
+    let shown = csv_rows(&psql(address, "datx", SQL_TOKEN, &["-c", "SHOW TABLES"]));
     assert!(
         shown
             .iter()
@@ -334,7 +318,7 @@ async fn psql_and_psycopg_read_what_datx_sql_reads() {
     let infinite = csv_rows(&psql(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         &[
             "-c",
             "SELECT CAST('inf' AS DOUBLE) AS up, CAST('-inf' AS DOUBLE) AS down, 1 AS one",
@@ -383,7 +367,7 @@ async fn a_scoped_user_sees_only_its_institutions_and_strangers_are_refused() {
         "contacts_by_week",
     ] {
         let text = saved_query(name);
-        let full = csv_rows(&psql(address, "datx", ADMIN_TOKEN, &["-c", &text]));
+        let full = csv_rows(&psql(address, "datx", SQL_TOKEN, &["-c", &text]));
         let scoped = csv_rows(&psql(address, "alpha_analyst", ALPHA_TOKEN, &["-c", &text]));
         let column = full[0].iter().position(|c| c == "institution").unwrap();
         assert!(full.iter().any(|r| r[column] == "beta"), "{name}");
@@ -441,9 +425,9 @@ async fn a_scoped_user_sees_only_its_institutions_and_strangers_are_refused() {
     // PostgreSQL refuses (FATAL 28P01), and the connection is closed.
     for (user, password) in [
         ("alpha_analyst", "wrong"),
-        ("alpha_analyst", ADMIN_TOKEN),
+        ("alpha_analyst", SQL_TOKEN),
         ("datx", ALPHA_TOKEN),
-        ("nobody", ADMIN_TOKEN),
+        ("nobody", SQL_TOKEN),
     ] {
         let output = psql(address, user, password, &["-c", "SELECT 1"]);
         assert_eq!(
@@ -489,7 +473,7 @@ async fn writes_are_refused_and_limits_hold_with_the_session_still_usable() {
     let outcomes = psycopg(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         r#"
 statements = [
     "CREATE TABLE copy AS SELECT * FROM ticket_checks",
@@ -573,7 +557,7 @@ print(json.dumps(outcomes))
     let portals = psycopg(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         &format!(
             r#"
 import socket, struct
@@ -602,7 +586,7 @@ startup = b'user\0datx\0database\0datx\0\0'
 s.sendall(struct.pack('!ii', len(startup) + 8, 196608) + startup)
 assert exactly(1) == b'R'
 exactly(8)
-send(b'p', b'{ADMIN_TOKEN}\0')
+send(b'p', b'{SQL_TOKEN}\0')
 until_ready()
 send(b'P', b's\0' + b"SELECT repeat('x', 1000000) || CAST(value AS VARCHAR) AS big FROM range(3)\0" + struct.pack('!h', 0))
 send(b'S', b'')
@@ -629,7 +613,7 @@ print(json.dumps(outcomes))
     let output = psql(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         &["-v", "VERBOSITY=verbose", "-c", "DELETE FROM orders"],
     );
     assert_eq!(output.status.code(), Some(1));
@@ -649,7 +633,7 @@ async fn a_cancel_request_stops_a_long_query() {
     let outcome = psycopg(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         r#"
 import threading, time
 with psycopg.connect(DSN, autocommit=True) as c:
@@ -680,7 +664,7 @@ async fn tls_only_when_a_certificate_is_configured() {
     // requires it is told no.
     let (_workspace, server) = lake("", "").await;
     let address = server.postgres_address();
-    let plain = psql(address, "datx", ADMIN_TOKEN, &["-c", "SELECT 1 AS one"]);
+    let plain = psql(address, "datx", SQL_TOKEN, &["-c", "SELECT 1 AS one"]);
     assert_eq!(csv_rows(&plain)[1], ["1"]);
     let required = psql_ssl(address, "require", &["-c", "SELECT 1"]);
     assert_eq!(required.status.code(), Some(2));
@@ -795,7 +779,7 @@ with psycopg.connect(DSN, autocommit=True) as c:
 print(json.dumps({'ran': ran, 'failures': failures}))
 "#;
     let script = format!("STATEMENTS = {:?}\n{script}", path.display().to_string());
-    psycopg(address, "datx", ADMIN_TOKEN, &script)
+    psycopg(address, "datx", SQL_TOKEN, &script)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -812,7 +796,7 @@ async fn what_metabase_and_dbeaver_send_on_connect_is_answered() {
     let tables = csv_rows(&psql(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         &[
             "-c",
             "SELECT c.relname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON c.relnamespace = n.oid WHERE n.nspname = 'public' ORDER BY 1",
@@ -828,7 +812,7 @@ async fn what_metabase_and_dbeaver_send_on_connect_is_answered() {
     let columns = csv_rows(&psql(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         &[
             "-c",
             "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON a.attrelid = c.oid WHERE c.relname = 'ticket_checks' ORDER BY a.attnum",
@@ -876,7 +860,7 @@ async fn stalled_and_idle_sessions_are_cut_off_and_serve_keeps_receiving() {
     let outcome = psycopg(
         address,
         "datx",
-        ADMIN_TOKEN,
+        SQL_TOKEN,
         r#"
 import time
 with psycopg.connect(DSN, autocommit=True) as c:

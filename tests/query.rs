@@ -19,26 +19,10 @@ use serde_json::{Map, Value, json};
 
 type Row = Map<String, Value>;
 
-const SQL_TOKEN: &str = "every-venue-token";
-const ALPHA_TOKEN: &str = "alpha-only-token";
+use common::{ALPHA_TOKEN, SQL_TOKEN};
 
 fn config(extra: &str) -> String {
-    format!(
-        r#"
-[institutions.alpha]
-timezone = "Europe/Zurich"
-auth = "none"
-[institutions.beta]
-timezone = "America/New_York"
-auth = "none"
-[sql]
-token = "{SQL_TOKEN}"
-{extra}
-[sql.tokens.alpha_analyst]
-token = "{ALPHA_TOKEN}"
-institutions = ["alpha"]
-"#
-    )
+    common::scoped_sql_config(extra, "")
 }
 
 fn saved_query(name: &str) -> PathBuf {

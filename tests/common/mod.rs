@@ -46,6 +46,33 @@ pub const TABLES: [&str; 5] = [
     "rejects",
 ];
 
+/// The token that sees every institution, in `scoped_sql_config`.
+pub const SQL_TOKEN: &str = "every-venue-token";
+/// The token of `alpha_analyst`, who sees only `alpha`.
+pub const ALPHA_TOKEN: &str = "alpha-only-token";
+
+/// Two venues, `alpha` and `beta`, an `[sql]` token for both (with `sql` as more keys of
+/// that table) and `alpha_analyst`'s token for alpha only; `more` is appended.
+pub fn scoped_sql_config(sql: &str, more: &str) -> String {
+    format!(
+        r#"
+[institutions.alpha]
+timezone = "Europe/Zurich"
+auth = "none"
+[institutions.beta]
+timezone = "America/New_York"
+auth = "none"
+[sql]
+token = "{SQL_TOKEN}"
+{sql}
+[sql.tokens.alpha_analyst]
+token = "{ALPHA_TOKEN}"
+institutions = ["alpha"]
+{more}
+"#
+    )
+}
+
 /// Queries a token scoped to `alpha` runs to try to reach another venue's rows: plain,
 /// filtered on purpose, a join, a subquery, UNION across tables, the views, a CTE. Each
 /// answers a column `institution`, which must only ever be `alpha`.
