@@ -390,21 +390,8 @@ async fn a_scoped_user_sees_only_its_institutions_and_strangers_are_refused() {
         "with psycopg.connect(DSN) as c:\n    print(json.dumps(c.execute('SELECT count(*) FROM ticket_checks WHERE institution = %s', ('beta',), prepare=True).fetchone()[0]))",
     );
     assert_eq!(by_parameter, json!(0));
-    let beta_file = common::walk(
-        &workspace
-            .lake()
-            .join("tables/ticket_checks/institution=beta"),
-    )[0]
-    .clone();
-    let output = psql(
-        address,
-        "alpha_analyst",
-        ALPHA_TOKEN,
-        &[
-            "-c",
-            &format!("SELECT count(*) FROM '{}'", beta_file.display()),
-        ],
-    );
+    let by_path = common::beta_file_query(&workspace);
+    let output = psql(address, "alpha_analyst", ALPHA_TOKEN, &["-c", &by_path]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let plan = String::from_utf8_lossy(
         &common::succeeded(psql(

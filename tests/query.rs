@@ -807,13 +807,7 @@ async fn a_scoped_token_sees_only_its_institutions_whatever_the_sql(backend: Bac
         }
     }
     // Nor can a file be named directly: the session knows no table but the lake's.
-    let beta_file = common::walk(
-        &workspace
-            .lake()
-            .join("tables/ticket_checks/institution=beta"),
-    )[0]
-    .clone();
-    let by_path = format!("SELECT count(*) FROM '{}'", beta_file.display());
+    let by_path = common::beta_file_query(&workspace);
     let (status, body) = http_sql(&server, ALPHA_TOKEN, &by_path, "application/json").await;
     assert_eq!(status, 400, "{body}");
     let count = "SELECT count(*) AS n FROM ticket_checks";

@@ -87,6 +87,14 @@ pub const SCOPE_PROBES: [&str; 8] = [
     "WITH everything AS (SELECT institution, ticket_check_id FROM ticket_checks) SELECT DISTINCT institution FROM everything",
 ];
 
+/// A query naming one of beta's ticket-check files by its path, which a session scoped
+/// to alpha must refuse (its session knows no table but the lake's).
+pub fn beta_file_query(workspace: &Workspace) -> String {
+    let lake = workspace.lake();
+    let beta_file = &walk(&lake.join("tables/ticket_checks/institution=beta"))[0];
+    format!("SELECT count(*) FROM '{}'", beta_file.display())
+}
+
 /// Where a workspace keeps its lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
