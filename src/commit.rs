@@ -83,6 +83,18 @@ pub struct Commit {
     /// one's) is written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub digested: BTreeMap<String, NaiveDate>,
+    /// By `{stream}/{institution}`: rows this commit added to `rejects`. Kept in the commit
+    /// because a rejects file mixes the streams of its institution and date, and the status
+    /// page counts them per stream without reading a file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// The last commit that consumed events of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMark {
+    pub version: u64,
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 /// The tables as of a version: the live files and what has been consumed.
@@ -98,6 +110,13 @@ pub struct LakeState {
     pub sealed: BTreeMap<String, NaiveDate>,
     #[serde(default)]
     pub digested: BTreeMap<String, NaiveDate>,
+    /// By `{stream}/{institution}`: rows in `rejects` (counted since commits recorded them;
+    /// a rebuild counts them all).
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
+    /// By `{stream}/{institution}`: the last commit that consumed its events.
+    #[serde(default)]
+    pub last_consumed_by: BTreeMap<String, CommitMark>,
 }
 
 impl LakeState {
@@ -124,6 +143,24 @@ impl LakeState {
         }
         for (source, day) in &commit.digested {
             self.digested.insert(source.clone(), *day);
+        }
+        for (source, rows) in &commit.rejected {
+            *self.rejected.entry(source.clone()).or_default() += rows;
+        }
+        let mark = CommitMark {
+            version: commit.version,
+            committed_at: commit.committed_at,
+        };
+        let sources = commit
+            .consumed
+            .keys()
+            .filter_map(|day_dir| day_dir.rsplit_once('/').map(|(source, _)| source));
+        // A rebuild consumes old days by sealing them, without naming their events.
+        let rebuilt = commit
+            .reset
+            .then(|| commit.sealed.keys().map(String::as_str));
+        for source in sources.chain(rebuilt.into_iter().flatten()) {
+            self.last_consumed_by.insert(source.to_string(), mark);
         }
         let sealed = &self.sealed;
         self.consumed

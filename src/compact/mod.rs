@@ -836,6 +836,7 @@ const MAX_BODY_ROW_BYTES: usize = 64 << 20;
 struct InFlight {
     files: tokio::task::JoinHandle<Result<Vec<DataFile>, CompactError>>,
     consumed: BTreeMap<String, Vec<Uuid>>,
+    rejected: BTreeMap<String, u64>,
     removed: Vec<String>,
 }
 
@@ -855,12 +856,15 @@ struct Work<'a> {
     repaired: HashSet<String>,
     /// Events whose rows are in `partitions`.
     consumed: BTreeMap<String, Vec<Uuid>>,
+    /// Rejects in `partitions`, by `{stream}/{institution}`.
+    rejected: BTreeMap<String, u64>,
     /// The chunk being encoded and written in the background.
     in_flight: Option<InFlight>,
     /// Files written and retired, and the events they consumed, not yet committed.
     files: Vec<DataFile>,
     removed: Vec<String>,
     landed: BTreeMap<String, Vec<Uuid>>,
+    landed_rejected: BTreeMap<String, u64>,
     /// Sealing advances in the pass's last commit only: an earlier one may not yet hold
     /// every event of the days it seals.
     sealed: BTreeMap<String, NaiveDate>,
@@ -890,10 +894,12 @@ impl<'a> Work<'a> {
             keys: UniqueKeys::new(view.files.values()),
             repaired: HashSet::new(),
             consumed: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             in_flight: None,
             files: Vec::new(),
             removed: Vec::new(),
             landed: BTreeMap::new(),
+            landed_rejected: BTreeMap::new(),
             sealed: BTreeMap::new(),
             digested: BTreeMap::new(),
             oldest_received_micros: None,
@@ -971,6 +977,10 @@ impl<'a> Work<'a> {
                 }
             }
             *self.summary.rows.entry(row.table.name()).or_default() += 1;
+            if row.table == Table::Rejects {
+                let source = format!("{}/{institution}", event.key.stream);
+                *self.rejected.entry(source).or_default() += 1;
+            }
             builder.push(row, &event_id, event.received_at_micros);
         }
     }
@@ -1002,6 +1012,7 @@ impl<'a> Work<'a> {
     async fn write_chunk(&mut self, state: &mut LakeState) -> Result<(), CompactError> {
         let partitions = std::mem::take(&mut self.partitions);
         let consumed = std::mem::take(&mut self.consumed);
+        let rejected = std::mem::take(&mut self.rejected);
         self.buffered_bytes = 0;
         self.open_partitions = 0;
         let mut plan = self.keys.end_chunk(files::new_file_key);
@@ -1043,6 +1054,7 @@ impl<'a> Work<'a> {
         let previous = self.in_flight.replace(InFlight {
             files,
             consumed,
+            rejected,
             removed,
         });
         self.land(previous, state).await
@@ -1058,6 +1070,7 @@ impl<'a> Work<'a> {
         let Some(InFlight {
             files,
             consumed,
+            rejected,
             removed,
         }) = chunk
         else {
@@ -1082,6 +1095,9 @@ impl<'a> Work<'a> {
         for (day_dir, ids) in consumed {
             self.landed.entry(day_dir).or_default().extend(ids);
         }
+        for (source, rows) in rejected {
+            *self.landed_rejected.entry(source).or_default() += rows;
+        }
         if self.mode == Mode::Incremental {
             self.commit(state, false).await?;
         }
@@ -1105,6 +1121,7 @@ impl<'a> Work<'a> {
             .into(),
             reset: self.mode == Mode::Rebuild,
             consumed: std::mem::take(&mut self.landed),
+            rejected: std::mem::take(&mut self.landed_rejected),
             added: std::mem::take(&mut self.files),
             removed: match self.mode {
                 Mode::Incremental => std::mem::take(&mut self.removed),
