@@ -108,19 +108,26 @@ enum Command {
         run started again never reuses one."
     )]
     Simulate(SimulateArgs),
-    /// Whether each stream of each institution is still arriving: its last body and state
-    #[command(
-        long_about = "Whether each stream of each institution is still arriving.\n\n\
-        For every stream of every institution of datx.toml: when a body was last received (from \
-        the event log's last two days), how long ago, and the state against the \
-        institution's expect_every: ok, late (no body for 2 intervals), silent (3) or \
-        unwatched (expect_every = \"off\"). Exits with status 1 when a stream is late or \
-        silent, for scripts. A running serve gives the same on /metrics \
-        (datx_last_body_age_seconds, datx_stream_state)."
-    )]
+    /// The status page's figures: each stream of each institution, arriving or not
+    #[command(long_about = "The status page's figures on the command line.\n\n\
+        For every stream of every institution of datx.toml: when a body was last received and \
+        the state against the institution's expect_every (ok, late: no body for 2 intervals, \
+        silent: 3, or unwatched: expect_every = \"off\"); bodies and records of the last 24 \
+        hours; pushes refused by HTTP status; rows in rejects; events not yet in the tables \
+        and the oldest of them; the last commit that took the stream's events.\n\n\
+        The figures come from the running datx serve at this configuration's listen address \
+        (or --from URL), with the [metrics] token when one is set. When none answers, they \
+        are read from the lake, without refusals: only a running serve counts those. Exits \
+        with status 1 when a stream is late or silent, for scripts.")]
     Status {
         #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
         format: StatusFormat,
+        /// The status page of a running datx serve [default: http://LISTEN/ of datx.toml]
+        #[arg(long, value_name = "URL", conflicts_with = "lake")]
+        from: Option<String>,
+        /// Read the lake, even when a datx serve is running (refusals are then unknown)
+        #[arg(long)]
+        lake: bool,
     },
     /// The key that signs the digests of sealed event-log days
     #[command(subcommand)]
@@ -389,9 +396,23 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
             let engine = QueryEngine::new(store, config.sql).map_err(|e| e.to_string())?;
             sql(&engine, &text, format).await
         }
-        Command::Status { format } => {
-            let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
-            status(&config, &EventLog::new(store), format).await
+        Command::Status { format, from, lake } => {
+            let overview = match lake {
+                true => None,
+                false => {
+                    let page =
+                        from.unwrap_or_else(|| format!("http://{}/", local_address(config.listen)));
+                    asked_of_serve(&page, config.metrics_token.as_deref()).await?
+                }
+            };
+            let overview = match overview {
+                Some(overview) => overview,
+                None => {
+                    let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
+                    read_from_lake(&config, store).await?
+                }
+            };
+            print_status(&overview, format)
         }
         Command::Events(events) => {
             let store = Store::open_existing(&config.lake).map_err(|e| e.to_string())?;
@@ -449,62 +470,158 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
     }
 }
 
-async fn status(config: &Config, log: &EventLog, format: StatusFormat) -> Result<ExitCode, String> {
-    use crate::freshness::{Freshness, SEEDED_DAYS, State};
-    let now = chrono::Utc::now();
-    // A stream with no body in the days read has been quiet at least that long.
-    let freshness = Freshness::new(config, now - chrono::Duration::days(SEEDED_DAYS));
-    freshness.seed(log, now).await.map_err(|e| e.to_string())?;
-    let sources = freshness.status(now);
-    let state_name = |state: State| match state {
-        State::Ok => "ok",
-        State::Late => "late",
-        State::Silent => "silent",
-        State::Unwatched => "unwatched",
+/// The address to reach this configuration's `serve` at: its own, or the loopback one
+/// when it listens on every interface.
+fn local_address(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            (std::net::Ipv4Addr::LOCALHOST, listen.port()).into()
+        }
+        ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+/// The overview a running `serve` gives at `page`; `None` when nothing listens there.
+async fn asked_of_serve(
+    page: &str,
+    token: Option<&str>,
+) -> Result<Option<crate::status::Overview>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = client.get(page).header("accept", "application/json");
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = match request.send().await {
+        Ok(answer) => answer,
+        Err(e) if e.is_connect() => {
+            eprintln!(
+                "datx: no datx serve answers at {page}: figures read from the lake; refusals are counted by a running serve only"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("{page}: {e}")),
     };
+    let status = answer.status();
+    let body = answer.bytes().await.map_err(|e| format!("{page}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{page} answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| format!("{page} did not answer with datx status figures: {e}"))
+}
+
+/// The overview from the lake alone: the commit state and the log's recent days.
+async fn read_from_lake(config: &Config, store: Store) -> Result<crate::status::Overview, String> {
+    use crate::status::{SEEDED_DAYS, StatusBoard};
+    let now = chrono::Utc::now();
+    let log = EventLog::new(store.clone());
+    // A stream with no body in the days read has been quiet at least that long.
+    let board = StatusBoard::new(config, now - chrono::Duration::days(SEEDED_DAYS), None);
+    let commits = crate::commit::CommitLog::new(store);
+    let charted = board
+        .seed(&log, &commits, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    board
+        .count_records(&log, charted)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(board.overview(now))
+}
+
+fn print_status(
+    overview: &crate::status::Overview,
+    format: StatusFormat,
+) -> Result<ExitCode, String> {
+    use crate::status::State;
+    use crate::status::page::ago;
     let mut out = std::io::stdout().lock();
+    let age = |seconds: Option<f64>| seconds.map_or_else(|| "-".to_string(), |s| ago(s as i64));
     match format {
         StatusFormat::Json => {
-            for source in &sources {
-                let line = serde_json::json!({
-                    "institution": source.institution,
-                    "stream": source.stream.as_str(),
-                    "last_body": source.last_body.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                    "last_body_age_seconds": source.last_body_age_seconds,
-                    "state": state_name(source.state),
-                });
+            for source in &overview.sources {
+                let line = serde_json::to_string(source).expect("a status serialises");
                 writeln!(out, "{line}").map_err(|e| e.to_string())?;
             }
         }
         StatusFormat::Table => {
+            let refusals_known = overview.refusals_since.is_some();
             writeln!(
                 out,
-                "{:<20} {:<13} {:<25} {:>12}  state",
-                "institution", "stream", "last body", "age"
+                "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>17} {:>15}",
+                "institution",
+                "stream",
+                "state",
+                "last body",
+                "bodies",
+                "records",
+                "refused",
+                "rejects",
+                "not in tables",
+                "last commit"
             )
             .map_err(|e| e.to_string())?;
-            for source in &sources {
-                let (last, age) = match (source.last_body, source.last_body_age_seconds) {
-                    (Some(at), Some(age)) => (
-                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        humantime::format_duration(Duration::from_secs(age as u64)).to_string(),
-                    ),
-                    _ => (format!("none in {SEEDED_DAYS} days"), "-".to_string()),
+            for source in &overview.sources {
+                let refused = match refusals_known {
+                    true => source.refusals_24h.values().sum::<u64>().to_string(),
+                    false => "?".to_string(),
                 };
+                let pending = match source.pending_events {
+                    0 => "0".to_string(),
+                    events => format!("{events}, {}", age(source.oldest_pending_age_seconds)),
+                };
+                let commit = source.last_commit.map_or_else(
+                    || "-".to_string(),
+                    |c| match c.committed_at {
+                        Some(at) => format!(
+                            "#{}, {}",
+                            c.version,
+                            ago((overview.generated_at - at).num_seconds())
+                        ),
+                        None => format!("#{}", c.version),
+                    },
+                );
                 writeln!(
                     out,
-                    "{:<20} {:<13} {:<25} {:>12}  {}",
+                    "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>17} {:>15}",
                     source.institution,
                     source.stream.as_str(),
-                    last,
-                    age,
-                    state_name(source.state)
+                    source.state.name(),
+                    age(source.last_body_age_seconds),
+                    source.bodies_24h,
+                    source.records_24h,
+                    refused,
+                    source.rejects,
+                    pending,
+                    commit
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            writeln!(
+                out,
+                "\nbodies, records and refused: this hour and the 23 before (UTC); not in tables: events not yet committed, and the oldest's age"
+            )
+            .map_err(|e| e.to_string())?;
+            if !refusals_known {
+                writeln!(
+                    out,
+                    "refused: ? when read from the lake; a running datx serve counts them"
                 )
                 .map_err(|e| e.to_string())?;
             }
         }
     }
-    let quiet = sources
+    let quiet = overview
+        .sources
         .iter()
         .any(|s| matches!(s.state, State::Late | State::Silent));
     Ok(if quiet {

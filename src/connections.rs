@@ -23,6 +23,11 @@ use warp::http::Request;
 
 use crate::config::Connections;
 
+/// The address a request came from, in its extensions (warp's own is private to warp's
+/// server): routes that only this machine may read check it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// A failed `accept` (out of file descriptors, say) is retried after this pause rather than
 /// in a busy loop.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -69,7 +74,9 @@ pub async fn serve<S>(
         let service = service.clone();
         let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut service = service.clone();
-            service.call(request.map(|body| IdleBody::new(body, idle, whole)))
+            let mut request = request.map(|body| IdleBody::new(body, idle, whole));
+            request.extensions_mut().insert(Peer(peer));
+            service.call(request)
         });
         let io = StallingWrites::new(TokioIo::new(stream), limits.body_idle_timeout);
         let connection = hyper::server::conn::http1::Builder::new()

@@ -23,6 +23,7 @@ const SQL_QUERIES: &str = "datx_sql_queries_total";
 const SQL_SECONDS: &str = "datx_sql_seconds";
 const LAST_BODY_AGE: &str = "datx_last_body_age_seconds";
 const STREAM_STATE: &str = "datx_stream_state";
+const OLDEST_PENDING_AGE: &str = "datx_oldest_pending_event_age_seconds";
 const POSTGRES_QUERIES: &str = "datx_postgres_queries_total";
 const POSTGRES_SECONDS: &str = "datx_postgres_seconds";
 const POSTGRES_SESSIONS: &str = "datx_postgres_sessions";
@@ -83,6 +84,10 @@ pub fn install() -> PrometheusHandle {
             describe_gauge!(
                 STREAM_STATE,
                 "0 ok, 1 late (no body for 2 x expect_every), 2 silent (3 x), -1 not watched (expect_every = off)"
+            );
+            describe_gauge!(
+                OLDEST_PENDING_AGE,
+                "Seconds the oldest event of the stream not yet in a commit has waited; 0 when none waits"
             );
             describe_counter!(
                 POSTGRES_QUERIES,
@@ -163,8 +168,8 @@ pub fn postgres_sign_in_refused() {
     counter!(POSTGRES_SIGN_INS_REFUSED).increment(1);
 }
 
-/// One stream's freshness, as of the scrape.
-pub fn freshness(source: &crate::freshness::SourceStatus) {
+/// One stream's freshness and lag, as of the scrape.
+pub fn source_status(source: &crate::status::SourceStatus) {
     let labels = [
         ("stream", source.stream.as_str().to_string()),
         ("institution", source.institution.clone()),
@@ -173,4 +178,5 @@ pub fn freshness(source: &crate::freshness::SourceStatus) {
     if let Some(age) = source.last_body_age_seconds {
         gauge!(LAST_BODY_AGE, &labels).set(age);
     }
+    gauge!(OLDEST_PENDING_AGE, &labels).set(source.oldest_pending_age_seconds.unwrap_or(0.0));
 }

@@ -1,5 +1,6 @@
-//! `datx serve`: one HTTP server for the receive routes, `POST /sql`, `/healthz` and
-//! `/metrics`, and the PostgreSQL listener when `[postgres]` is configured.
+//! `datx serve`: one HTTP server for the receive routes, `POST /sql`, `/healthz`, the
+//! status page at `/` and `/metrics`, and the PostgreSQL listener when `[postgres]` is
+//! configured.
 //!
 //! Owns the listener, the joining of routes and a graceful stop (in-flight pushes finish
 //! and get their answer before the process exits). It must never answer for a route it
@@ -17,17 +18,18 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::commit::CommitError;
+use crate::commit::{CommitError, CommitLog};
 use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
+use crate::connections::Peer;
 use crate::eventlog::EventLog;
-use crate::freshness::Freshness;
 use crate::lease::LeaseError;
 use crate::postgres::PostgresServer;
 use crate::query::QueryEngine;
 use crate::query::http::SqlService;
 use crate::receive::{ErrorBody, Receiver};
 use crate::secret::SecretDigest;
+use crate::status::StatusBoard;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,23 +69,35 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = crate::metrics::install();
     let log = EventLog::new(store.clone());
+    let commits = CommitLog::new(store.clone());
+    let started = chrono::Utc::now();
     // A stream with no body in the days read has been quiet at least that long: a restart
     // must not turn a silent stream ok.
-    let horizon = chrono::Utc::now() - chrono::Duration::days(crate::freshness::SEEDED_DAYS);
-    let freshness = Arc::new(Freshness::new(&config, horizon));
-    // From the log's listing before serving, so that the first scrape already knows; on S3
-    // that is a few LISTs per source, and a store that does not answer delays the start by
-    // SEEDING_DEADLINE at most.
-    match tokio::time::timeout(SEEDING_DEADLINE, freshness.seed(&log, chrono::Utc::now())).await {
-        Ok(Ok(())) => {}
+    let horizon = started - chrono::Duration::days(crate::status::SEEDED_DAYS);
+    let board = Arc::new(StatusBoard::new(&config, horizon, Some(started)));
+    // From the commits and the log's listing before serving, so that the first page and
+    // scrape already know; on S3 that is a few LISTs per source, and a store that does not
+    // answer delays the start by SEEDING_DEADLINE at most.
+    let seeded = tokio::time::timeout(SEEDING_DEADLINE, board.seed(&log, &commits, started)).await;
+    match seeded {
+        Ok(Ok(charted)) => {
+            // The records of the charted bodies are in their envelopes: read after the
+            // start, while receiving, so a large log does not delay it.
+            let (board, log) = (board.clone(), log.clone());
+            tokio::spawn(async move {
+                if let Err(e) = board.count_records(&log, charted).await {
+                    tracing::warn!(error = %e, "cannot count the records of the last 48 h: the status page's record figures stay low");
+                }
+            });
+        }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot read the event log's recent days: freshness starts from now")
+            tracing::warn!(error = %e, "cannot read the lake's recent days: the status page starts from now")
         }
         Err(_) => tracing::warn!(
-            "the event log's recent days took too long to list: freshness starts from now"
+            "the lake's recent days took too long to list: the status page starts from now"
         ),
     }
-    let receiver = Arc::new(Receiver::new(log, &config, freshness.clone()));
+    let receiver = Arc::new(Receiver::new(log, &config, board.clone()));
     let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
     let postgres = match &config.postgres {
         Some(postgres) => Some(PostgresServer::bind(postgres, &config.sql, engine.clone()).await?),
@@ -94,17 +108,16 @@ pub async fn run(
     }
     let sql = Arc::new(SqlService::new(engine, &config.sql));
     let health = Arc::new(CompactionHealth::default());
+    let operators = OperatorGate::new(config.metrics_token.as_deref());
     let routes = receiver
         .routes()
         .or(sql.routes())
         .unify()
         .or(healthz(store.clone(), health.clone()))
         .unify()
-        .or(metrics_route(
-            metrics,
-            freshness,
-            config.metrics_token.as_deref(),
-        ))
+        .or(metrics_route(metrics, board.clone(), operators.clone()))
+        .unify()
+        .or(status_route(board.clone(), health.clone(), operators))
         .unify()
         .recover(refuse_unrouted);
     let address = listener
@@ -124,6 +137,9 @@ pub async fn run(
             let _ = stopped.wait_for(|stop| *stop).await;
         }))
     });
+    // Whoever compacts (this process, another replica, `datx compact`), the page learns of
+    // the new commits here.
+    let following = tokio::spawn(follow_commits(board, commits));
     let compaction = config.compact_every.map(|every| {
         let compactor = Arc::new(Compactor::new(store.clone(), &config));
         let task = tokio::spawn(compact_in_background(
@@ -141,6 +157,7 @@ pub async fn run(
     )
     .await;
     let _ = stopping.send(true);
+    following.abort();
     if let Some(postgres) = postgres {
         let _ = postgres.await;
     }
@@ -163,6 +180,30 @@ pub async fn run(
 
 /// How long `serve` waits, at start, to read when each stream last delivered.
 const SEEDING_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often the status board reads the commit log for new commits (one read, a 404 on
+/// S3, when there is none).
+const FOLLOW_COMMITS_EVERY: Duration = Duration::from_secs(2);
+
+async fn follow_commits(board: Arc<StatusBoard>, commits: CommitLog) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(FOLLOW_COMMITS_EVERY).await;
+        match board.catch_up(&commits).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the status page follows the commit log again");
+            }
+            Ok(()) => {}
+            // Once per run of failures: compaction and /healthz report the store itself.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "the status page cannot read the commit log: its lag figures are as of the last read");
+            }
+            Err(_) => {}
+        }
+    }
+}
 
 /// Whether background compaction is failing, and since when: for `/healthz` and the logs.
 #[derive(Debug, Default)]
@@ -343,24 +384,83 @@ fn healthz(
     })
 }
 
-/// `GET /metrics`: Prometheus text format; behind a bearer token when `[metrics]` sets one.
+/// Who may read `/` and `/metrics`, which name every institution and its traffic: with
+/// `[metrics] token`, whoever presents it (as a bearer token, or as the password of
+/// Basic credentials so that a browser can ask for it); without, only this machine.
+#[derive(Clone)]
+struct OperatorGate {
+    token: Option<Arc<SecretDigest>>,
+}
+
+impl OperatorGate {
+    fn new(token: Option<&str>) -> OperatorGate {
+        OperatorGate {
+            token: token.map(|token| Arc::new(SecretDigest::of(token.as_bytes()))),
+        }
+    }
+
+    /// The refusal to send instead of the page, if any.
+    fn refusal(&self, peer: Option<Peer>, authorization: Option<&str>) -> Option<Response> {
+        let Some(token) = &self.token else {
+            return match peer.is_some_and(|Peer(address)| address.ip().is_loopback()) {
+                true => None,
+                false => Some(error_reply(
+                    StatusCode::FORBIDDEN,
+                    "this page is open to this machine only: set [metrics] token to open it to others".into(),
+                )),
+            };
+        };
+        let given = crate::secret::bearer(authorization).map(|t| t.as_bytes().to_vec());
+        let given = given.or_else(|| basic_password(authorization?));
+        if given.is_some_and(|given| token.matches(&given)) {
+            return None;
+        }
+        let mut refused = error_reply(
+            StatusCode::UNAUTHORIZED,
+            "the [metrics] token is required, as a bearer token or a Basic password".into(),
+        );
+        refused.headers_mut().insert(
+            warp::http::header::WWW_AUTHENTICATE,
+            warp::http::HeaderValue::from_static("Basic realm=\"datx status\", charset=\"UTF-8\""),
+        );
+        Some(refused)
+    }
+
+    /// The caller's peer address and `Authorization` header, for `refusal`.
+    fn caller() -> impl Filter<Extract = (Option<Peer>, Option<String>), Error = Rejection> + Clone
+    {
+        warp::ext::optional::<Peer>().and(warp::header::optional::<String>("authorization"))
+    }
+}
+
+/// The password of `Basic` credentials, whatever the user.
+fn basic_password(authorization: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let (scheme, encoded) = authorization.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+/// `GET /metrics`: Prometheus text format, for the callers `OperatorGate` lets in.
 fn metrics_route(
     handle: PrometheusHandle,
-    freshness: Arc<Freshness>,
-    token: Option<&str>,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
-    let token = token.map(|token| SecretDigest::of(token.as_bytes()));
+    board: Arc<StatusBoard>,
+    operators: OperatorGate,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
         .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
-        .map(move |authorization: Option<String>| {
-            let given = crate::secret::bearer(authorization.as_deref());
-            if let Some(token) = &token
-                && !given.is_some_and(|given| token.matches(given.as_bytes()))
-            {
-                return crate::query::http::unauthorized("datx metrics");
+        .and(OperatorGate::caller())
+        .map(move |peer: Option<Peer>, authorization: Option<String>| {
+            if let Some(refusal) = operators.refusal(peer, authorization.as_deref()) {
+                return refusal;
             }
-            freshness.publish(chrono::Utc::now());
+            board.publish(chrono::Utc::now());
             warp::reply::with_header(
                 handle.render(),
                 "content-type",
@@ -368,6 +468,42 @@ fn metrics_route(
             )
             .into_response()
         })
+}
+
+/// `GET /`: the status page, or its figures as JSON for a client that accepts
+/// `application/json` (`datx status`); for the callers `OperatorGate` lets in.
+fn status_route(
+    board: Arc<StatusBoard>,
+    health: Arc<CompactionHealth>,
+    operators: OperatorGate,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end()
+        .and(warp::get())
+        .and(OperatorGate::caller())
+        .and(warp::header::optional::<String>("accept"))
+        .map(
+            move |peer: Option<Peer>, authorization: Option<String>, accept: Option<String>| {
+                if let Some(refusal) = operators.refusal(peer, authorization.as_deref()) {
+                    return refusal;
+                }
+                let mut overview = board.overview(chrono::Utc::now());
+                overview.compaction_failing = health.current().map(|failing| failing.error);
+                let wants_json = accept.is_some_and(|accept| {
+                    accept.contains("application/json") && !accept.contains("text/html")
+                });
+                let mut reply = match wants_json {
+                    true => warp::reply::json(&overview).into_response(),
+                    false => {
+                        warp::reply::html(crate::status::page::render(&overview)).into_response()
+                    }
+                };
+                reply.headers_mut().insert(
+                    warp::http::header::CACHE_CONTROL,
+                    warp::http::HeaderValue::from_static("no-store"),
+                );
+                reply
+            },
+        )
 }
 
 fn error_reply(status: StatusCode, error: String) -> Response {
@@ -401,4 +537,41 @@ async fn shutdown_signal() {
         _ = terminate.recv() => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_token_only_this_machine_may_read_the_operator_pages() {
+        let open = OperatorGate::new(None);
+        let peer = |address: &str| Some(Peer(address.parse().unwrap()));
+        assert!(open.refusal(peer("127.0.0.1:50000"), None).is_none());
+        assert!(open.refusal(peer("[::1]:50000"), None).is_none());
+        for outside in ["10.1.2.3:50000", "[2001:db8::1]:50000"] {
+            let refused = open.refusal(peer(outside), None).expect(outside);
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        }
+        // No peer known is no proof of being local.
+        assert!(open.refusal(None, None).is_some());
+        // With a token, where the caller is no longer matters; the token does.
+        let closed = OperatorGate::new(Some("t0ken"));
+        assert!(closed.refusal(peer("127.0.0.1:1"), None).is_some());
+        assert!(
+            closed
+                .refusal(peer("10.1.2.3:1"), Some("Bearer t0ken"))
+                .is_none()
+        );
+        assert!(
+            closed
+                .refusal(peer("10.1.2.3:1"), Some("Basic b3A6dDBrZW4="))
+                .is_none()
+        );
+        assert!(
+            closed
+                .refusal(peer("10.1.2.3:1"), Some("Basic b3A6d3Jvbmc="))
+                .is_some()
+        );
+    }
 }

@@ -7,7 +7,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A webhook stream, as it appears in `/s360/{stream}/{institution}` and in the event log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Stream {
     Contacts,
     Orders,

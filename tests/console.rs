@@ -303,7 +303,7 @@ async fn a_stream_that_goes_quiet_turns_late_then_silent_and_back() {
             .values()
             .all(|(_, age)| age.is_some_and(|a| a >= 3.0))
     );
-    // datx status reads the same from the lake: the zoo silent, the opera not watched,
+    // datx status --lake reads the same from the lake: the zoo silent, the opera not watched,
     // the museum (nothing in two days, expected every 15 minutes) silent; exit status 1.
     let (code, now) = status(&workspace);
     assert_eq!(code, Some(1));
@@ -328,18 +328,20 @@ async fn a_stream_that_goes_quiet_turns_late_then_silent_and_back() {
         .map(|(_, state)| state)
         .collect();
     assert_eq!(zoo, ["ok", "ok", "ok"]);
-    let table = String::from_utf8(workspace.run(&["status"]).stdout).unwrap();
+    let table = String::from_utf8(workspace.run(&["status", "--lake"]).stdout).unwrap();
+    let zoo_rows: Vec<&str> = table.lines().filter(|l| l.starts_with("zoo ")).collect();
+    assert_eq!(zoo_rows.len(), 3, "{table}");
     assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("zoo") && l.ends_with("ok")),
+        zoo_rows
+            .iter()
+            .all(|l| l.split_whitespace().nth(2) == Some("ok")),
         "{table}"
     );
 }
 
-/// `datx status --format json`: its exit status and each source's state.
+/// `datx status --lake --format json`: its exit status and each source's state.
 fn status(workspace: &Workspace) -> (Option<i32>, BTreeMap<(String, String), String>) {
-    let output = workspace.run(&["status", "--format", "json"]);
+    let output = workspace.run(&["status", "--lake", "--format", "json"]);
     let states = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap())
@@ -349,4 +351,278 @@ fn status(workspace: &Workspace) -> (Option<i32>, BTreeMap<(String, String), Str
         })
         .collect();
     (output.status.code(), states)
+}
+
+/// Headless Chromium (Debian's `chromium`, installed by `.ci/run` where missing) with a
+/// profile of its own, asked for `what` of `url`.
+fn chromium(profile: &std::path::Path, what: &[&str], url: &str) -> std::process::Output {
+    std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(what)
+        .arg(url)
+        .output()
+        .expect("chromium runs (Debian's chromium, installed by .ci/run)")
+}
+
+/// One row of the status page, as the browser's DOM has it.
+#[derive(Debug)]
+struct PageRow {
+    state: String,
+    /// `data-value` of each cell that has one, by the cell's first class.
+    values: BTreeMap<String, String>,
+    /// The refusals cell's `data-statuses`, e.g. `"401:2"`.
+    refusals: String,
+    /// The chart's records per hour.
+    chart: Vec<u64>,
+}
+
+/// The value of `attribute="..."` in `tag`.
+fn attribute(tag: &str, attribute: &str) -> Option<String> {
+    let start = tag.find(&format!(" {attribute}=\""))? + attribute.len() + 3;
+    let end = tag[start..].find('"')? + start;
+    Some(tag[start..end].to_string())
+}
+
+/// The page's rows by (institution, stream), read from the DOM Chromium dumped.
+fn page_rows(dom: &str) -> BTreeMap<(String, String), PageRow> {
+    let mut rows = BTreeMap::new();
+    for row in dom.split("<tr class=\"source\"").skip(1) {
+        let row = &row[..row.find("</tr>").expect("rows are closed")];
+        let head = &row[..row.find('>').unwrap()];
+        let key = (
+            attribute(head, "data-institution").unwrap(),
+            attribute(head, "data-stream").unwrap(),
+        );
+        let mut values = BTreeMap::new();
+        let mut refusals = String::new();
+        for cell in row.split("<td").skip(1) {
+            let tag = &cell[..cell.find('>').unwrap()];
+            let class = attribute(tag, "class").unwrap_or_default();
+            let class = class.split(' ').next().unwrap_or_default().to_string();
+            if let Some(value) = attribute(tag, "data-value") {
+                values.insert(class.clone(), value);
+            }
+            if class == "refusals" {
+                refusals = attribute(tag, "data-statuses").unwrap_or_default();
+            }
+        }
+        let svg = &row[row.find("<svg").expect("every row has its chart")..];
+        let chart = attribute(&svg[..svg.find('>').unwrap()], "data-values")
+            .unwrap()
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        rows.insert(
+            key,
+            PageRow {
+                state: attribute(head, "data-state").unwrap(),
+                values,
+                refusals,
+                chart,
+            },
+        );
+    }
+    rows
+}
+
+/// The page's JSON figures, as `datx status` reads them.
+async fn overview(server: &common::Server) -> Value {
+    reqwest::Client::new()
+        .get(server.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (at most 30 s) until every stream of `institution` is in `state` by the page's
+/// JSON figures.
+async fn wait_for_state(server: &common::Server, institution: &str, state: &str) {
+    for _ in 0..300 {
+        let figures = overview(server).await;
+        let states: Vec<&str> = figures["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["institution"] == institution)
+            .map(|s| s["state"].as_str().unwrap())
+            .collect();
+        if states.len() == 3 && states.iter().all(|s| *s == state) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{institution} never turned {state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_in_a_browser_shows_what_the_lake_holds() {
+    // The zoo is expected every 5 s: stopped on purpose, it is late after 10 s and silent
+    // after 15 s.
+    let config = VENUES.replace(
+        "auth = \"basic\"",
+        "auth = \"basic\"\nexpect_every = \"5s\"",
+    );
+    let workspace = Workspace::new(&config);
+    let server = workspace.serve();
+    let page = server.url("/");
+    let profile = tempfile::tempdir().unwrap();
+    let dom = || {
+        let output = chromium(profile.path(), &["--dump-dom"], &page);
+        assert!(output.status.success(), "{output:?}");
+        page_rows(&String::from_utf8(output.stdout).unwrap())
+    };
+
+    // Three days of history as a first-time synchronisation sends it, then a live push;
+    // and what a venue can get wrong: a wrong password twice, a body that is not JSON,
+    // and a record that is JSON but no S-360 order.
+    simulate(
+        &workspace,
+        &server.url("/s360"),
+        &["--pushes", "1", "--every", "100ms"],
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let refused = client
+            .post(server.url("/s360/orders/zoo"))
+            .basic_auth("s360", Some("wrong"))
+            .body("[]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+    }
+    let not_json = client
+        .post(server.url("/s360/contacts/museum"))
+        .body("[{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    common::post(
+        &server,
+        "orders",
+        "museum",
+        br#"[{"no": "order"}]"#.to_vec(),
+    )
+    .await;
+
+    // Before compaction: every figure of every row is what the event log holds, and every
+    // event is still to reach the tables.
+    let mut expected: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for event in events(&workspace) {
+        let key = (
+            event["institution"].as_str().unwrap().to_string(),
+            event["stream"].as_str().unwrap().to_string(),
+        );
+        let entry = expected.entry(key).or_default();
+        entry.0 += 1;
+        entry.1 += event["records"].as_u64().unwrap();
+    }
+    assert_eq!(expected.len(), 9);
+    let rows = dom();
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    for (key, (bodies, records)) in &expected {
+        let row = &rows[key];
+        let value = |name: &str| row.values[name].clone();
+        assert_eq!(row.state, "ok", "{key:?}");
+        assert_eq!(value("bodies"), bodies.to_string(), "{key:?}");
+        assert_eq!(value("records"), records.to_string(), "{key:?}");
+        assert_eq!(value("pending"), bodies.to_string(), "{key:?}");
+        assert_eq!(value("rejects"), "0", "{key:?}");
+        assert_eq!(value("last-commit"), "", "{key:?}");
+        // Every body arrived within the hour: the chart's hours add up to the 24 h figure.
+        assert_eq!(row.chart.len(), 48);
+        assert_eq!(row.chart.iter().sum::<u64>(), *records, "{key:?}");
+        let refusals = match (key.0.as_str(), key.1.as_str()) {
+            ("zoo", "orders") => "401:2",
+            ("museum", "contacts") => "400:1",
+            _ => "",
+        };
+        assert_eq!(row.refusals, refusals, "{key:?}");
+    }
+
+    // After a compaction (by another process: the page follows the commit log), nothing
+    // waits, and the rejects are the lake's.
+    compact(&workspace, "compact");
+    for _ in 0..100 {
+        if overview(&server).await["lake_version"].as_u64() > Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let rejects: BTreeMap<(String, String), String> = sql_rows(
+        &workspace,
+        "SELECT institution, stream, count(*) AS n FROM rejects GROUP BY 1, 2",
+    )
+    .into_iter()
+    .map(|r| {
+        let text = |k: &str| r[k].as_str().unwrap().to_string();
+        ((text("institution"), text("stream")), r["n"].to_string())
+    })
+    .collect();
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    let rows = dom();
+    for (key, row) in &rows {
+        assert_eq!(row.values["pending"], "0", "{key:?}");
+        assert!(
+            row.values["last-commit"].parse::<u64>().unwrap() > 0,
+            "{key:?}"
+        );
+        let lake_rejects = rejects.get(key).map_or("0", String::as_str);
+        assert_eq!(row.values["rejects"], lake_rejects, "{key:?}");
+    }
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    for (name, size) in [
+        ("status-page", "1400,1000"),
+        ("status-page-phone", "390,1800"),
+    ] {
+        let file = artifacts.join(format!("{name}.png"));
+        let screenshot = format!("--screenshot={}", file.display());
+        let window = format!("--window-size={size}");
+        let output = chromium(profile.path(), &[&screenshot, &window], &page);
+        assert!(output.status.success(), "{output:?}");
+        assert!(std::fs::metadata(&file).unwrap().len() > 10_000);
+        eprintln!("status page screenshot: {}", file.display());
+    }
+
+    // The zoo stopped on purpose: late, then silent; sending again makes it ok.
+    for state in ["late", "silent"] {
+        wait_for_state(&server, "zoo", state).await;
+        let rows = dom();
+        for stream in ["contacts", "orders", "ticketchecks"] {
+            assert_eq!(rows[&("zoo".to_string(), stream.to_string())].state, state);
+        }
+    }
+    push_zoo(&workspace, &server);
+    let rows = dom();
+    for stream in ["contacts", "orders", "ticketchecks"] {
+        assert_eq!(rows[&("zoo".to_string(), stream.to_string())].state, "ok");
+    }
+
+    // datx status gives the running serve's figures, refusals included.
+    let output = succeeded(workspace.run(&["status", "--from", &page, "--format", "json"]));
+    let zoo_orders = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|s| s["institution"] == "zoo" && s["stream"] == "orders")
+        .unwrap();
+    assert_eq!(zoo_orders["refusals_24h"]["401"], 2);
+    assert_eq!(zoo_orders["state"], "ok");
 }

@@ -168,33 +168,47 @@ fn read_only_commands_on_a_missing_lake_fail_and_create_nothing() {
 }
 
 #[tokio::test]
-async fn metrics_take_a_token_when_one_is_configured() {
+async fn metrics_and_the_status_page_take_a_token_when_one_is_configured() {
     let workspace = Workspace::new(&format!("[metrics]\ntoken = \"metrics-secret\"\n{VENUE}"));
     let server = workspace.serve();
     post(&server, "contacts", "myvenue", sample("contacts.json")).await;
     let client = reqwest::Client::new();
-    let get = |token: Option<&str>| {
-        let mut request = client.get(server.url("/metrics"));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+    for (path, shows) in [("/metrics", "datx_requests_total"), ("/", "myvenue")] {
+        let get = |token: Option<&str>| {
+            let mut request = client.get(server.url(path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send()
+        };
+        for token in [None, Some("wrong")] {
+            let refused = get(token).await.unwrap();
+            assert_eq!(refused.status(), 401, "{path}");
+            // A browser asks for the token as a password.
+            assert_eq!(
+                refused.headers()["www-authenticate"],
+                "Basic realm=\"datx status\", charset=\"UTF-8\""
+            );
+            let body: Value = refused.json().await.unwrap();
+            assert_eq!(
+                body,
+                json!({"error": "the [metrics] token is required, as a bearer token or a Basic password"})
+            );
         }
-        request.send()
-    };
-    for token in [None, Some("wrong")] {
-        let refused = get(token).await.unwrap();
-        assert_eq!(refused.status(), 401);
-        let body: Value = refused.json().await.unwrap();
-        assert_eq!(body, json!({"error": "a valid bearer token is required"}));
+        let allowed = get(Some("metrics-secret")).await.unwrap();
+        assert_eq!(allowed.status(), 200, "{path}");
+        assert!(allowed.text().await.unwrap().contains(shows), "{path}");
+        // As a browser sends it: Basic credentials whose password is the token.
+        for (password, status) in [("metrics-secret", 200), ("wrong", 401)] {
+            let basic = client
+                .get(server.url(path))
+                .basic_auth("operator", Some(password))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(basic.status(), status, "{path} with {password}");
+        }
     }
-    let allowed = get(Some("metrics-secret")).await.unwrap();
-    assert_eq!(allowed.status(), 200);
-    assert!(
-        allowed
-            .text()
-            .await
-            .unwrap()
-            .contains("datx_requests_total")
-    );
 }
 
 const SQL_TOKEN: &str = "hostile-sql-token";

@@ -24,8 +24,8 @@ pub use auth::{AuthError, Gate};
 use crate::batch::{self, BatchError};
 use crate::config::Config;
 use crate::eventlog::{Appended, EventLog, EventLogError};
-use crate::freshness::Freshness;
 use crate::metrics;
+use crate::status::StatusBoard;
 use crate::stream::{InvalidInstitution, Stream, UnknownStream, check_institution};
 
 /// Seconds S-360 (or any client) is asked to wait before retrying after a storage failure.
@@ -126,12 +126,12 @@ pub struct Receiver {
     log: EventLog,
     gates: HashMap<String, Gate>,
     max_body_bytes: usize,
-    /// Told of every accepted body: the freshness of each stream follows from it.
-    freshness: Arc<Freshness>,
+    /// Told of every body accepted or refused: the status page and freshness follow.
+    board: Arc<StatusBoard>,
 }
 
 impl Receiver {
-    pub fn new(log: EventLog, config: &Config, freshness: Arc<Freshness>) -> Receiver {
+    pub fn new(log: EventLog, config: &Config, board: Arc<StatusBoard>) -> Receiver {
         let gates = config
             .institutions
             .iter()
@@ -141,7 +141,7 @@ impl Receiver {
             log,
             gates,
             max_body_bytes: config.max_body_bytes,
-            freshness,
+            board,
         }
     }
 
@@ -171,9 +171,8 @@ impl Receiver {
         let result = self.receive(stream_name, institution, headers, body).await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Label values are bounded to what the configuration declares.
-        let stream_label = stream_name
-            .parse::<Stream>()
-            .map_or(metrics::UNKNOWN, Stream::as_str);
+        let known_stream = stream_name.parse::<Stream>().ok();
+        let stream_label = known_stream.map_or(metrics::UNKNOWN, Stream::as_str);
         let institution_label = if self.gates.contains_key(institution) {
             institution
         } else {
@@ -181,8 +180,14 @@ impl Receiver {
         };
         match result {
             Ok((stream, appended, bytes)) => {
-                self.freshness
-                    .accepted(stream, institution, chrono::Utc::now());
+                self.board.accepted(
+                    stream,
+                    institution,
+                    chrono::Utc::now(),
+                    appended.event_id,
+                    appended.records,
+                    appended.duplicate,
+                );
                 metrics::request(stream_label, institution_label, 200);
                 metrics::accepted(
                     stream_label,
@@ -213,6 +218,10 @@ impl Receiver {
             Err(refusal) => {
                 let status = refusal.status().as_u16();
                 metrics::request(stream_label, institution_label, status);
+                if let Some(stream) = known_stream {
+                    self.board
+                        .refused(stream, institution, status, chrono::Utc::now());
+                }
                 // One line per refusal: an error when storage failed, a warning otherwise.
                 macro_rules! log_refusal {
                     ($level:ident) => {
