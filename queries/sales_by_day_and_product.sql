@@ -3,6 +3,7 @@
 -- were sold and refunded, and for how much. Amounts are in minor units (40000 = 400.00).
 -- Only the latest version of each order counts, so an order S-360 sent twice (in two
 -- bodies, or twice in one) is not counted twice. A refund is a movement of type REFUND, usually in an order of its own.
+-- A reservation (RESERVATION) holds a ticket without selling it: it is in no amount here.
 SELECT
     m.institution,
     m.date,
@@ -12,7 +13,7 @@ SELECT
     count(*) FILTER (WHERE m.movement_type = 'REFUND') AS tickets_refunded,
     coalesce(sum(m.amount) FILTER (WHERE m.movement_type = 'SALE'), 0) AS sales_amount,
     coalesce(-sum(m.amount) FILTER (WHERE m.movement_type = 'REFUND'), 0) AS refunds_amount,
-    coalesce(sum(m.amount), 0) AS net_amount
+    coalesce(sum(m.amount) FILTER (WHERE m.movement_type IN ('SALE', 'REFUND')), 0) AS net_amount
 FROM order_movements AS m
 JOIN orders_current AS o
     ON o.institution = m.institution

@@ -486,7 +486,9 @@ pub async fn simulate(
             while day < until {
                 let mut activity = Activity::default();
                 let mut from = day;
-                while from < (day + Span::days(1)).min(until) {
+                // Whole stretches only: the history ends by `until`, never after it
+                // (live pushes then carry the 15 minutes before each push).
+                while from + Span::minutes(PUSH_SPAN_MINUTES) <= (day + Span::days(1)).min(until) {
                     activity.extend(venue.stretch(from));
                     from += Span::minutes(PUSH_SPAN_MINUTES);
                 }
