@@ -41,9 +41,8 @@ auth = "none"
 "#;
 
 fn config(dir: &Path) -> Config {
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\nlake = \"lake\"\ncompact_every = \"off\"\n{VENUES}"
-    );
+    let text =
+        format!("listen = \"127.0.0.1:0\"\nlake = \"lake\"\ncompact_every = \"off\"\n{VENUES}");
     std::fs::write(dir.join("datx.toml"), &text).unwrap();
     Config::parse(&text, &dir.join("datx.toml"), dir, &|_| None).unwrap()
 }
@@ -66,7 +65,12 @@ async fn time_pages(
     let mut size = 0;
     for _ in 0..count {
         let started = Instant::now();
-        let answer = client.get(url).header("accept", accept).send().await.unwrap();
+        let answer = client
+            .get(url)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status(), 200, "the status page refused the bench");
         size = answer.bytes().await.unwrap().len();
         times.push(started.elapsed());

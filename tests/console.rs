@@ -123,6 +123,22 @@ async fn simulated_traffic_is_accepted_consistent_and_repeatable() {
          WHERE r.movement_type = 'REFUND' AND s.movement_id IS NULL",
     );
     assert_eq!(refunds[0]["n"], 0);
+    // The saved sales query nets sales against refunds; reservations sell nothing.
+    let query = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/queries/sales_by_day_and_product.sql"
+    );
+    let output = succeeded(workspace.run(&["sql", "--format", "json", "-f", query]));
+    let sales: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(!sales.is_empty());
+    for row in &sales {
+        let amount = |key: &str| row[key].as_i64().unwrap();
+        assert_eq!(
+            amount("net_amount"),
+            amount("sales_amount") - amount("refunds_amount"),
+            "{row:?}"
+        );
+    }
     let changed = sql_rows(
         &workspace,
         "SELECT count(*) AS n FROM (SELECT contact_number FROM contacts
