@@ -24,21 +24,8 @@ use std::time::{Duration, Instant};
 use datx::config::Config;
 use datx::store::Store;
 
-const VENUES: &str = r#"
-[institutions.zoo]
-timezone = "Europe/Zurich"
-auth = "basic"
-user = "s360"
-password = "zoo-password"
-[institutions.opera]
-timezone = "America/New_York"
-auth = "api_key"
-header = "x-s360-key"
-key = "opera-key"
-[institutions.museum]
-timezone = "Asia/Tokyo"
-auth = "none"
-"#;
+/// The console tests' three venues, one per auth mode.
+const VENUES: &str = include_str!("../tests/three_venues.toml");
 
 fn config(dir: &Path) -> Config {
     let text =

@@ -127,7 +127,7 @@ pub async fn run(
         address = %address,
         lake = store.location(),
         institutions = ?config.institutions.keys().collect::<Vec<_>>(),
-        "datx listening on http://{address}"
+        "datx listening on http://{address} (status page: http://{address}/)"
     );
     // The PostgreSQL sessions stop with the HTTP server: one signal for both.
     let (stopping, stopped) = tokio::sync::watch::channel(false);

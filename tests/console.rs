@@ -9,21 +9,7 @@ use common::{Workspace, compact, sql_rows, succeeded};
 use serde_json::Value;
 
 /// Three venues, one per auth mode, in three zones.
-const VENUES: &str = r#"
-[institutions.zoo]
-timezone = "Europe/Zurich"
-auth = "basic"
-user = "s360"
-password = "zoo-password"
-[institutions.opera]
-timezone = "America/New_York"
-auth = "api_key"
-header = "x-s360-key"
-key = "opera-key"
-[institutions.museum]
-timezone = "Asia/Tokyo"
-auth = "none"
-"#;
+const VENUES: &str = include_str!("three_venues.toml");
 
 /// The events `events list` shows, as JSON objects.
 fn events(workspace: &Workspace) -> Vec<Value> {

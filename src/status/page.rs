@@ -178,18 +178,13 @@ fn source_row(html: &mut String, source: &SourceStatus, now: DateTime<Utc>) {
     number_cell(html, "bodies 24 h", "bodies", source.bodies_24h);
     number_cell(html, "records 24 h", "records", source.records_24h);
     let refused: u64 = source.refusals_24h.values().sum();
-    let by_status = source
+    // Read as "2 × 401, 1 × 503"; in the attribute as "401:2 503:1".
+    let (by_status, statuses): (Vec<String>, Vec<String>) = source
         .refusals_24h
         .iter()
-        .map(|(status, count)| format!("{count} × {status}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let statuses = source
-        .refusals_24h
-        .iter()
-        .map(|(status, count)| format!("{status}:{count}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+        .map(|(status, count)| (format!("{count} × {status}"), format!("{status}:{count}")))
+        .unzip();
+    let (by_status, statuses) = (by_status.join(", "), statuses.join(" "));
     let _ = write!(
         html,
         "<td data-label=\"refused 24 h\" class=\"refusals number\" data-value=\"{refused}\" data-statuses=\"{statuses}\">{}</td>",
