@@ -531,10 +531,7 @@ async fn read_from_lake(config: &Config, store: Store) -> Result<crate::status::
         .seed(&log, &commits, now)
         .await
         .map_err(|e| e.to_string())?;
-    board
-        .count_records(&log, charted)
-        .await
-        .map_err(|e| e.to_string())?;
+    board.count_records(&log, charted).await;
     Ok(board.overview(now))
 }
 
@@ -554,7 +551,6 @@ fn print_status(
             }
         }
         StatusFormat::Table => {
-            let refusals_known = overview.refusals_since.is_some();
             writeln!(
                 out,
                 "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>17} {:>15}",
@@ -571,10 +567,10 @@ fn print_status(
             )
             .map_err(|e| e.to_string())?;
             for source in &overview.sources {
-                let refused = match refusals_known {
-                    true => source.refusals_24h.values().sum::<u64>().to_string(),
-                    false => "?".to_string(),
-                };
+                let refused = source.refusals_24h.as_ref().map_or_else(
+                    || "?".to_string(),
+                    |by_status| by_status.values().sum::<u64>().to_string(),
+                );
                 let pending = match source.pending_events {
                     0 => "0".to_string(),
                     events => format!("{events}, {}", age(source.oldest_pending_age_seconds)),
@@ -611,7 +607,7 @@ fn print_status(
                 "\nbodies, records and refused: this hour and the 23 before (UTC); not in tables: events not yet committed, and the oldest's age"
             )
             .map_err(|e| e.to_string())?;
-            if !refusals_known {
+            if overview.refusals_since.is_none() {
                 writeln!(
                     out,
                     "refused: ? when read from the lake; a running datx serve counts them"

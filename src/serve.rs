@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -84,18 +84,21 @@ pub async fn run(
             // The records of the charted bodies are in their envelopes: read after the
             // start, while receiving, so a large log does not delay it.
             let (board, log) = (board.clone(), log.clone());
-            tokio::spawn(async move {
-                if let Err(e) = board.count_records(&log, charted).await {
-                    tracing::warn!(error = %e, "cannot count the records of the last 48 h: the status page's record figures stay low");
-                }
-            });
+            tokio::spawn(async move { board.count_records(&log, charted).await });
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot read the lake's recent days: the status page starts from now")
+            tracing::warn!(error = %e, "cannot read the lake's recent days: the status page starts from now");
+            board.seeding_failed(format!("the lake could not be read at start ({e})"));
         }
-        Err(_) => tracing::warn!(
-            "the lake's recent days took too long to list: the status page starts from now"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                "the lake's recent days took too long to list: the status page starts from now"
+            );
+            board.seeding_failed(format!(
+                "the lake's recent days took more than {} s to list at start",
+                SEEDING_DEADLINE.as_secs()
+            ));
+        }
     }
     let receiver = Arc::new(Receiver::new(log, &config, board.clone()));
     let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
@@ -402,7 +405,9 @@ impl OperatorGate {
     /// The refusal to send instead of the page, if any.
     fn refusal(&self, peer: Option<Peer>, authorization: Option<&str>) -> Option<Response> {
         let Some(token) = &self.token else {
-            return match peer.is_some_and(|Peer(address)| address.ip().is_loopback()) {
+            // Canonical: an IPv4 client of a dual-stack socket comes as ::ffff:127.0.0.1.
+            let local = peer.is_some_and(|Peer(address)| address.ip().to_canonical().is_loopback());
+            return match local {
                 true => None,
                 false => Some(error_reply(
                     StatusCode::FORBIDDEN,
@@ -426,11 +431,16 @@ impl OperatorGate {
         Some(refused)
     }
 
-    /// The caller's peer address and `Authorization` header, for `refusal`.
-    fn caller() -> impl Filter<Extract = (Option<Peer>, Option<String>), Error = Rejection> + Clone
-    {
-        warp::ext::optional::<Peer>().and(warp::header::optional::<String>("authorization"))
+    /// The caller's peer address and headers, for `refusal`. A header that is not text
+    /// reads as absent (warp's own header filters would answer such a request 404).
+    fn caller() -> impl Filter<Extract = (Option<Peer>, HeaderMap), Error = Infallible> + Clone {
+        warp::ext::optional::<Peer>().and(warp::header::headers_cloned())
     }
+}
+
+/// A header's value, when it is text.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
 }
 
 /// The password of `Basic` credentials, whatever the user.
@@ -456,8 +466,8 @@ fn metrics_route(
     warp::path!("metrics")
         .and(warp::get())
         .and(OperatorGate::caller())
-        .map(move |peer: Option<Peer>, authorization: Option<String>| {
-            if let Some(refusal) = operators.refusal(peer, authorization.as_deref()) {
+        .map(move |peer: Option<Peer>, headers: HeaderMap| {
+            if let Some(refusal) = operators.refusal(peer, header(&headers, "authorization")) {
                 return refusal;
             }
             board.publish(chrono::Utc::now());
@@ -480,30 +490,25 @@ fn status_route(
     warp::path::end()
         .and(warp::get())
         .and(OperatorGate::caller())
-        .and(warp::header::optional::<String>("accept"))
-        .map(
-            move |peer: Option<Peer>, authorization: Option<String>, accept: Option<String>| {
-                if let Some(refusal) = operators.refusal(peer, authorization.as_deref()) {
-                    return refusal;
-                }
-                let mut overview = board.overview(chrono::Utc::now());
-                overview.compaction_failing = health.current().map(|failing| failing.error);
-                let wants_json = accept.is_some_and(|accept| {
-                    accept.contains("application/json") && !accept.contains("text/html")
-                });
-                let mut reply = match wants_json {
-                    true => warp::reply::json(&overview).into_response(),
-                    false => {
-                        warp::reply::html(crate::status::page::render(&overview)).into_response()
-                    }
-                };
-                reply.headers_mut().insert(
-                    warp::http::header::CACHE_CONTROL,
-                    warp::http::HeaderValue::from_static("no-store"),
-                );
-                reply
-            },
-        )
+        .map(move |peer: Option<Peer>, headers: HeaderMap| {
+            if let Some(refusal) = operators.refusal(peer, header(&headers, "authorization")) {
+                return refusal;
+            }
+            let mut overview = board.overview(chrono::Utc::now());
+            overview.compaction_failing = health.current().map(|failing| failing.error);
+            let wants_json = header(&headers, "accept").is_some_and(|accept| {
+                accept.contains("application/json") && !accept.contains("text/html")
+            });
+            let mut reply = match wants_json {
+                true => warp::reply::json(&overview).into_response(),
+                false => warp::reply::html(crate::status::page::render(&overview)).into_response(),
+            };
+            reply.headers_mut().insert(
+                warp::http::header::CACHE_CONTROL,
+                warp::http::HeaderValue::from_static("no-store"),
+            );
+            reply
+        })
 }
 
 fn error_reply(status: StatusCode, error: String) -> Response {
@@ -549,6 +554,11 @@ mod tests {
         let peer = |address: &str| Some(Peer(address.parse().unwrap()));
         assert!(open.refusal(peer("127.0.0.1:50000"), None).is_none());
         assert!(open.refusal(peer("[::1]:50000"), None).is_none());
+        // An IPv4 client of a dual-stack socket.
+        assert!(
+            open.refusal(peer("[::ffff:127.0.0.1]:50000"), None)
+                .is_none()
+        );
         for outside in ["10.1.2.3:50000", "[2001:db8::1]:50000"] {
             let refused = open.refusal(peer(outside), None).expect(outside);
             assert_eq!(refused.status(), StatusCode::FORBIDDEN);

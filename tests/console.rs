@@ -628,3 +628,90 @@ async fn the_status_page_in_a_browser_shows_what_the_lake_holds() {
     assert_eq!(zoo_orders["refusals_24h"]["401"], 2);
     assert_eq!(zoo_orders["state"], "ok");
 }
+
+/// Sends a push over a raw connection and resets it as soon as the body is out, without
+/// waiting for the answer: a client that hangs up while its body is being stored.
+fn post_and_hang_up(server: &common::Server, path: &str, body: &[u8], wait: std::time::Duration) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let address = server.url("").trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).unwrap();
+    socket.write_all(body).unwrap();
+    std::thread::sleep(wait);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: sets SO_LINGER on a socket this function owns, from a value that outlives the
+    // call; with a zero linger, closing it sends a reset.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_body_counts_once_whatever_its_client_does() {
+    let workspace = Workspace::new(VENUES);
+    let server = workspace.serve();
+    // Clients that hang up while their body is stored, at different moments.
+    for i in 0..60u64 {
+        let body = common::ticket_checks(2, 1_000 + i as i64 * 10);
+        let wait = std::time::Duration::from_micros(i % 6 * 200);
+        post_and_hang_up(&server, "/s360/ticketchecks/museum", &body, wait);
+    }
+    // The same body sent four times at once, as racing resends: one event each.
+    let client = reqwest::Client::new();
+    for round in 0..20 {
+        let body = common::ticket_checks(3, 50_000 + round * 10);
+        let posts = (0..4).map(|_| {
+            client
+                .post(server.url("/s360/ticketchecks/opera"))
+                .header("x-s360-key", "opera-key")
+                .body(body.clone())
+                .send()
+        });
+        for answer in futures::future::join_all(posts).await {
+            assert_eq!(answer.unwrap().status(), 200);
+        }
+    }
+    // Every stored event is counted once on the page (the last hang-ups may still be
+    // storing: the figures must come to agree with the log).
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    for _ in 0..100 {
+        let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+        for event in events(&workspace) {
+            *stored
+                .entry(event["institution"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        let figures = overview(&server).await;
+        let counted: BTreeMap<String, u64> = figures["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["stream"] == "ticketchecks" && s["bodies_24h"] != 0)
+            .map(|s| {
+                let institution = s["institution"].as_str().unwrap().to_string();
+                (institution, s["bodies_24h"].as_u64().unwrap())
+            })
+            .collect();
+        if counted == stored {
+            assert_eq!(stored.get("opera"), Some(&20));
+            return;
+        }
+        last = (stored, counted);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("stored {:?}, counted {:?}", last.0, last.1);
+}

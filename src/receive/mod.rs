@@ -179,23 +179,8 @@ impl Receiver {
             metrics::UNKNOWN
         };
         match result {
-            Ok((stream, appended, bytes)) => {
-                self.board.accepted(
-                    stream,
-                    institution,
-                    chrono::Utc::now(),
-                    appended.event_id,
-                    appended.records,
-                    appended.duplicate,
-                );
+            Ok((appended, bytes)) => {
                 metrics::request(stream_label, institution_label, 200);
-                metrics::accepted(
-                    stream_label,
-                    institution_label,
-                    appended.records,
-                    bytes,
-                    appended.duplicate,
-                );
                 tracing::info!(
                     stream = stream_label,
                     institution = institution_label,
@@ -254,7 +239,7 @@ impl Receiver {
         institution: &str,
         headers: &HeaderMap,
         body: impl FutureStream<Item = Result<B, warp::Error>>,
-    ) -> Result<(Stream, Appended, usize), Refusal> {
+    ) -> Result<(Appended, usize), Refusal> {
         let stream = stream_name.parse::<Stream>()?;
         check_institution(institution)?;
         let gate = self
@@ -268,18 +253,44 @@ impl Receiver {
         let body = read_limited(headers, body, self.max_body_bytes).await?;
         let records = batch::count_records(&body)?;
         let bytes = body.len();
-        let started = Instant::now();
+        // The append, and what is counted once the body is stored, run as a task of their
+        // own: a client that disconnects must not cancel the count of a body that is
+        // stored, or its resend, answered as a duplicate, would never be counted.
+        let (log, board, institution) = (
+            self.log.clone(),
+            self.board.clone(),
+            institution.to_string(),
+        );
+        let append = tokio::spawn(async move {
+            let started = Instant::now();
+            let appended = log.append(stream, &institution, body, records).await?;
+            metrics::append_latency(started.elapsed());
+            board.accepted(
+                stream,
+                &institution,
+                chrono::Utc::now(),
+                appended.event_id,
+                appended.records,
+                appended.duplicate,
+            );
+            metrics::accepted(
+                stream.as_str(),
+                &institution,
+                appended.records,
+                bytes,
+                appended.duplicate,
+            );
+            Ok::<_, EventLogError>(appended)
+        });
         // A stalled store (S3 that accepts connections and never answers, a hung disk)
-        // gets a 503 rather than a push that waits for minutes. A write cut short here is
-        // a crash of this request: the resend completes or recognises it.
-        let appended = tokio::time::timeout(
-            STORAGE_DEADLINE,
-            self.log.append(stream, institution, body, records),
-        )
-        .await
-        .map_err(|_| Refusal::StorageTooSlow)??;
-        metrics::append_latency(started.elapsed());
-        Ok((stream, appended, bytes))
+        // gets a 503 rather than a push that waits for minutes. The write goes on and is
+        // counted if it lands; the resend recognises it.
+        let appended = match tokio::time::timeout(STORAGE_DEADLINE, append).await {
+            Err(_) => return Err(Refusal::StorageTooSlow),
+            Ok(Err(crashed)) => std::panic::resume_unwind(crashed.into_panic()),
+            Ok(Ok(appended)) => appended?,
+        };
+        Ok((appended, bytes))
     }
 }
 

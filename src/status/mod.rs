@@ -18,12 +18,12 @@ mod hours;
 pub mod page;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -102,8 +102,8 @@ pub struct SourceStatus {
     pub bodies_24h: u64,
     pub records_24h: u64,
     /// Pushes refused in the same hours, by HTTP status: known to a running `serve` only,
-    /// since it started.
-    pub refusals_24h: BTreeMap<u16, u64>,
+    /// since it started (`None` when read from the lake).
+    pub refusals_24h: Option<BTreeMap<u16, u64>>,
     /// Rows of this stream in the `rejects` table.
     pub rejects: u64,
     /// Events stored and not yet in any commit, and the oldest of them.
@@ -129,6 +129,9 @@ pub struct Overview {
     /// Why background compaction fails, while it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction_failing: Option<String>,
+    /// Why the figures from before the start are missing, when the lake could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseeded: Option<String>,
     pub sources: Vec<SourceStatus>,
 }
 
@@ -137,8 +140,11 @@ pub struct Overview {
 struct Source {
     last_body: Option<DateTime<Utc>>,
     hours: Hours,
-    /// Events stored and not yet consumed by a commit (UUIDv7s, so in arrival order).
-    pending: BTreeSet<Uuid>,
+    /// Events stored and not yet consumed by a commit, by received day (UUIDv7s, so each
+    /// day in arrival order).
+    pending: BTreeMap<NaiveDate, BTreeSet<Uuid>>,
+    /// Pending events added since they were last checked against the commit state.
+    unchecked: Vec<(NaiveDate, Uuid)>,
     rejects: u64,
     last_commit: Option<CommitMark>,
 }
@@ -149,11 +155,19 @@ pub struct StatusBoard {
     sources: Mutex<BTreeMap<(String, Stream), Source>>,
     /// The commit state the pending events are checked against, caught up by `catch_up`.
     lake: tokio::sync::Mutex<LakeState>,
-    lake_version: std::sync::atomic::AtomicU64,
+    /// The commit the pending events were last checked against in full.
+    checked_version: Mutex<Option<u64>>,
     /// Since when a source with no body known has been quiet: the start of the days read.
     quiet_since: DateTime<Utc>,
     refusals_since: Option<DateTime<Utc>>,
     records_counted: AtomicBool,
+    unseeded: Mutex<Option<String>>,
+}
+
+/// A lock that a panic elsewhere left poisoned still guards figures that are at worst off
+/// by one push: the receiving side must go on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl StatusBoard {
@@ -177,10 +191,11 @@ impl StatusBoard {
             expected,
             sources: Mutex::new(sources),
             lake: tokio::sync::Mutex::new(LakeState::default()),
-            lake_version: 0.into(),
+            checked_version: Mutex::new(None),
             quiet_since,
             refusals_since,
             records_counted: AtomicBool::new(false),
+            unseeded: Mutex::new(None),
         }
     }
 
@@ -205,14 +220,18 @@ impl StatusBoard {
                 for day in log.days_after(stream, institution, sealed).await? {
                     keys.extend(log.keys_of_day(stream, institution, day).await?);
                 }
-                let mut sources = self.sources.lock().expect("never poisoned");
+                let mut sources = lock(&self.sources);
                 let source = sources
                     .get_mut(&(institution.clone(), stream))
                     .expect("every configured source has a place");
                 for key in keys {
                     let at = key.received_at();
                     source.last_body = source.last_body.max(Some(at));
-                    source.pending.insert(key.event_id);
+                    source
+                        .pending
+                        .entry(key.day)
+                        .or_default()
+                        .insert(key.event_id);
                     if at >= charted_since
                         && let Some(hour) = source.hours.at(at)
                     {
@@ -227,25 +246,42 @@ impl StatusBoard {
     }
 
     /// Adds the records of `keys` (the bodies `seed` charted) from their envelopes, 16 at
-    /// a time; the page says when that is done.
-    pub async fn count_records(
-        &self,
-        log: &EventLog,
-        keys: Vec<EventKey>,
-    ) -> Result<(), StatusError> {
+    /// a time; the page says when that is done. An envelope that cannot be read counts
+    /// no record (and is logged) rather than stopping the count of the others.
+    pub async fn count_records(&self, log: &EventLog, keys: Vec<EventKey>) {
         let mut envelopes = futures::stream::iter(keys)
-            .map(|key| async move { log.read_envelope(&key).await.map(|e| (key, e)) })
+            .map(|key| async move { (log.read_envelope(&key).await, key) })
             .buffer_unordered(ENVELOPE_READS);
-        while let Some((key, envelope)) = envelopes.try_next().await? {
-            let mut sources = self.sources.lock().expect("never poisoned");
+        let mut unreadable = 0;
+        while let Some((envelope, key)) = envelopes.next().await {
+            let envelope = match envelope {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    tracing::warn!(event = %key, error = %e, "envelope unreadable: its records are not counted on the status page");
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            let mut sources = lock(&self.sources);
             if let Some(source) = sources.get_mut(&(key.institution.clone(), key.stream))
                 && let Some(hour) = source.hours.at(key.received_at())
             {
                 hour.records += envelope.records as u64;
             }
         }
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "the status page's record counts leave out bodies whose envelope is unreadable"
+            );
+        }
         self.records_counted.store(true, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// The lake could not be read at start: the page says so, rather than "counting".
+    pub fn seeding_failed(&self, reason: String) {
+        *lock(&self.unseeded) = Some(reason);
+        self.records_counted.store(true, Ordering::Relaxed);
     }
 
     /// Reads the commits made since the board last looked (one read when there are none)
@@ -257,22 +293,42 @@ impl StatusBoard {
         Ok(())
     }
 
+    /// Takes what `lake` consumed off the pending events: every one of them after a new
+    /// commit, else only those added since the last look (the receiver may tell of an
+    /// event a commit consumed an instant before).
     fn absorb(&self, lake: &LakeState) {
-        let mut sources = self.sources.lock().expect("never poisoned");
+        let mut checked = lock(&self.checked_version);
+        let new_commit = *checked != Some(lake.version);
+        let mut sources = lock(&self.sources);
         for ((institution, stream), source) in sources.iter_mut() {
             let name = source_name(*stream, institution);
-            source.rejects = lake.rejected.get(&name).copied().unwrap_or(0);
-            source.last_commit = lake.last_consumed_by.get(&name).copied();
             let sealed = lake.sealed_through(&name);
-            source.pending.retain(|id| {
-                let Some(day) = EventKey::day_of(*id) else {
-                    return false;
-                };
-                let day_dir = format!("{name}/{}", day.format("%Y-%m-%d"));
-                sealed.is_none_or(|sealed| day > sealed) && !lake.is_consumed(&day_dir, id)
-            });
+            let is_sealed = |day: NaiveDate| sealed.is_some_and(|sealed| day <= sealed);
+            let day_dir = |day: NaiveDate| format!("{name}/{}", day.format("%Y-%m-%d"));
+            let unchecked = std::mem::take(&mut source.unchecked);
+            if new_commit {
+                source.rejects = lake.rejected.get(&name).copied().unwrap_or(0);
+                source.last_commit = lake.last_consumed_by.get(&name).copied();
+                source.pending.retain(|&day, ids| {
+                    let day_dir = day_dir(day);
+                    ids.retain(|id| !is_sealed(day) && !lake.is_consumed(&day_dir, id));
+                    !ids.is_empty()
+                });
+                continue;
+            }
+            for (day, id) in unchecked {
+                if !is_sealed(day) && !lake.is_consumed(&day_dir(day), &id) {
+                    continue;
+                }
+                if let Some(ids) = source.pending.get_mut(&day) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        source.pending.remove(&day);
+                    }
+                }
+            }
         }
-        self.lake_version.store(lake.version, Ordering::Relaxed);
+        *checked = Some(lake.version);
     }
 
     /// A body was accepted: stored as `event_id` with `records` records, or recognised as
@@ -286,18 +342,23 @@ impl StatusBoard {
         records: usize,
         duplicate: bool,
     ) {
-        let mut sources = self.sources.lock().expect("never poisoned");
+        let mut sources = lock(&self.sources);
         let Some(source) = sources.get_mut(&(institution.to_string(), stream)) else {
             return;
         };
         source.last_body = source.last_body.max(Some(at));
-        if duplicate {
-            return;
-        }
-        source.pending.insert(event_id);
         // By the id's instant, as `seed` counts it: the same body lands in the same hour
         // whether it was counted live or from the log after a restart.
-        let stored_at = EventKey::received_at_of(event_id).unwrap_or(at);
+        let Some(stored_at) = EventKey::received_at_of(event_id) else {
+            return;
+        };
+        let day = stored_at.date_naive();
+        // Two resends of one body racing can both be told it is new, under one id: it
+        // counts once.
+        if duplicate || !source.pending.entry(day).or_default().insert(event_id) {
+            return;
+        }
+        source.unchecked.push((day, event_id));
         if let Some(hour) = source.hours.at(stored_at) {
             hour.bodies += 1;
             hour.records += records as u64;
@@ -306,7 +367,7 @@ impl StatusBoard {
 
     /// A push to a configured institution's stream was refused with `status`.
     pub fn refused(&self, stream: Stream, institution: &str, status: u16, at: DateTime<Utc>) {
-        let mut sources = self.sources.lock().expect("never poisoned");
+        let mut sources = lock(&self.sources);
         if let Some(hour) = sources
             .get_mut(&(institution.to_string(), stream))
             .and_then(|source| source.hours.at(at))
@@ -317,7 +378,7 @@ impl StatusBoard {
 
     /// Every stream of every configured institution, by institution then stream.
     pub fn overview(&self, now: DateTime<Utc>) -> Overview {
-        let sources = self.sources.lock().expect("never poisoned");
+        let sources = lock(&self.sources);
         let seconds_since = |at: DateTime<Utc>| (now - at).num_milliseconds().max(0) as f64 / 1e3;
         let statuses = sources
             .iter()
@@ -333,7 +394,9 @@ impl StatusBoard {
                 }
                 let oldest_pending = source
                     .pending
-                    .first()
+                    .values()
+                    .next()
+                    .and_then(|ids| ids.first())
                     .and_then(|id| EventKey::received_at_of(*id));
                 SourceStatus {
                     institution: institution.clone(),
@@ -344,9 +407,9 @@ impl StatusBoard {
                     last_body_age_seconds: source.last_body.map(seconds_since),
                     bodies_24h: summed.iter().map(|h| h.bodies).sum(),
                     records_24h: summed.iter().map(|h| h.records).sum(),
-                    refusals_24h: refusals,
+                    refusals_24h: self.refusals_since.map(|_| refusals),
                     rejects: source.rejects,
-                    pending_events: source.pending.len() as u64,
+                    pending_events: source.pending.values().map(|ids| ids.len() as u64).sum(),
                     oldest_pending,
                     oldest_pending_age_seconds: oldest_pending.map(seconds_since),
                     last_commit: source.last_commit,
@@ -358,8 +421,9 @@ impl StatusBoard {
             generated_at: now,
             refusals_since: self.refusals_since,
             records_counted: self.records_counted.load(Ordering::Relaxed),
-            lake_version: self.lake_version.load(Ordering::Relaxed),
+            lake_version: lock(&self.checked_version).unwrap_or(0),
             compaction_failing: None,
+            unseeded: lock(&self.unseeded).clone(),
             sources: statuses,
         }
     }
@@ -375,8 +439,8 @@ impl StatusBoard {
             .unwrap_or_default();
         match expected {
             None => State::Unwatched,
-            Some(every) if quiet >= 3 * every => State::Silent,
-            Some(every) if quiet >= 2 * every => State::Late,
+            Some(every) if quiet >= every.saturating_mul(3) => State::Silent,
+            Some(every) if quiet >= every.saturating_mul(2) => State::Late,
             Some(_) => State::Ok,
         }
     }
@@ -392,4 +456,56 @@ impl StatusBoard {
 /// How commits name a source: `{stream}/{institution}`.
 fn source_name(stream: Stream, institution: &str) -> String {
     format!("{stream}/{institution}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(institution: &str) -> StatusBoard {
+        let text = format!("[institutions.v]\nauth = \"none\"\n{institution}");
+        let config = Config::parse(
+            &text,
+            std::path::Path::new("datx.toml"),
+            std::path::Path::new("/srv"),
+            &|_| None,
+        )
+        .unwrap();
+        StatusBoard::new(&config, Utc::now(), Some(Utc::now()))
+    }
+
+    fn figures(board: &StatusBoard, stream: Stream) -> SourceStatus {
+        let overview = board.overview(Utc::now());
+        overview
+            .sources
+            .into_iter()
+            .find(|s| s.stream == stream)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_body_counts_once_however_often_it_is_told() {
+        let board = board("");
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        // Two racing resends, both told the body is new, under one id.
+        board.accepted(Stream::Orders, "v", now, id, 7, false);
+        board.accepted(Stream::Orders, "v", now, id, 7, false);
+        // A later resend, recognised.
+        board.accepted(Stream::Orders, "v", now, id, 7, true);
+        let orders = figures(&board, Stream::Orders);
+        assert_eq!((orders.bodies_24h, orders.records_24h), (1, 7));
+        assert_eq!(orders.pending_events, 1);
+        assert_eq!(orders.refusals_24h, Some(BTreeMap::new()));
+        // An institution that is not configured has no row, and leaves none.
+        board.accepted(Stream::Orders, "w", now, Uuid::now_v7(), 1, false);
+        board.refused(Stream::Orders, "w", 401, now);
+        assert_eq!(board.overview(now).sources.len(), 3);
+    }
+
+    #[test]
+    fn an_absurd_interval_is_judged_without_overflow() {
+        let board = board("expect_every = \"200000000000years\"");
+        assert_eq!(figures(&board, Stream::Contacts).state, State::Ok);
+    }
 }

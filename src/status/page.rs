@@ -101,6 +101,13 @@ pub fn render(overview: &Overview) -> String {
             escape(error)
         );
     }
+    if let Some(reason) = &overview.unseeded {
+        let _ = writeln!(
+            html,
+            "<p class=\"alert unseeded\">Figures from before this start are missing: {}. They are counted from now on.</p>",
+            escape(reason)
+        );
+    }
     if !overview.records_counted {
         html.push_str("<p class=\"note\">Still counting the records of the bodies received in the last 48 h before this start: record figures may be low.</p>\n");
     }
@@ -177,10 +184,10 @@ fn source_row(html: &mut String, source: &SourceStatus, now: DateTime<Utc>) {
     }
     number_cell(html, "bodies 24 h", "bodies", source.bodies_24h);
     number_cell(html, "records 24 h", "records", source.records_24h);
-    let refused: u64 = source.refusals_24h.values().sum();
+    let refusals = source.refusals_24h.clone().unwrap_or_default();
+    let refused: u64 = refusals.values().sum();
     // Read as "2 × 401, 1 × 503"; in the attribute as "401:2 503:1".
-    let (by_status, statuses): (Vec<String>, Vec<String>) = source
-        .refusals_24h
+    let (by_status, statuses): (Vec<String>, Vec<String>) = refusals
         .iter()
         .map(|(status, count)| (format!("{count} × {status}"), format!("{status}:{count}")))
         .unzip();
