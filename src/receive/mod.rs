@@ -261,7 +261,7 @@ impl Receiver {
             self.board.clone(),
             institution.to_string(),
         );
-        let append = tokio::spawn(async move {
+        let mut append = tokio::spawn(async move {
             let started = Instant::now();
             let appended = log.append(stream, &institution, body, records).await?;
             metrics::append_latency(started.elapsed());
@@ -283,10 +283,14 @@ impl Receiver {
             Ok::<_, EventLogError>(appended)
         });
         // A stalled store (S3 that accepts connections and never answers, a hung disk)
-        // gets a 503 rather than a push that waits for minutes. The write goes on and is
-        // counted if it lands; the resend recognises it.
-        let appended = match tokio::time::timeout(STORAGE_DEADLINE, append).await {
-            Err(_) => return Err(Refusal::StorageTooSlow),
+        // gets a 503 rather than a push that waits for minutes, and its write is stopped:
+        // a write cut short is a crash of this request, which the resend completes or
+        // recognises. (Only the deadline stops it; a client that hangs up does not.)
+        let appended = match tokio::time::timeout(STORAGE_DEADLINE, &mut append).await {
+            Err(_) => {
+                append.abort();
+                return Err(Refusal::StorageTooSlow);
+            }
             Ok(Err(crashed)) => std::panic::resume_unwind(crashed.into_panic()),
             Ok(Ok(appended)) => appended?,
         };
