@@ -20,6 +20,18 @@ impl SecretDigest {
     }
 }
 
+/// The decoded `user:password` of an `Authorization: Basic ...` header value.
+pub fn basic(authorization: Option<&str>) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let (scheme, encoded) = authorization?.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+}
+
 /// The token of an `Authorization: Bearer ...` header value.
 pub fn bearer(authorization: Option<&str>) -> Option<&str> {
     let (scheme, token) = authorization?.split_once(' ')?;

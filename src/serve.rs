@@ -416,7 +416,12 @@ impl OperatorGate {
             };
         };
         let given = crate::secret::bearer(authorization).map(|t| t.as_bytes().to_vec());
-        let given = given.or_else(|| basic_password(authorization?));
+        // Basic credentials: whatever the user, the password is the token.
+        let given = given.or_else(|| {
+            let credentials = crate::secret::basic(authorization)?;
+            let colon = credentials.iter().position(|&b| b == b':')?;
+            Some(credentials[colon + 1..].to_vec())
+        });
         if given.is_some_and(|given| token.matches(&given)) {
             return None;
         }
@@ -441,20 +446,6 @@ impl OperatorGate {
 /// A header's value, when it is text.
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
-}
-
-/// The password of `Basic` credentials, whatever the user.
-fn basic_password(authorization: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let (scheme, encoded) = authorization.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let colon = decoded.iter().position(|&b| b == b':')?;
-    Some(decoded[colon + 1..].to_vec())
 }
 
 /// `GET /metrics`: Prometheus text format, for the callers `OperatorGate` lets in.

@@ -173,7 +173,7 @@ impl SqlService {
 }
 
 /// 401 with the challenge of a bearer-token `realm`.
-pub fn unauthorized(realm: &str) -> Response {
+fn unauthorized(realm: &str) -> Response {
     let mut reply = error_reply(
         StatusCode::UNAUTHORIZED,
         "a valid bearer token is required".into(),

@@ -3,7 +3,6 @@
 //! Each institution has its own gate built from its own credentials, so a request for one
 //! venue can only ever be checked against that venue's secret, kept as a [`SecretDigest`].
 
-use base64::Engine;
 use warp::http::HeaderMap;
 use warp::http::header::AUTHORIZATION;
 
@@ -53,17 +52,7 @@ impl Gate {
             Gate::Open => return Ok(()),
             Gate::Basic { expected, .. } => {
                 let value = headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
-                let encoded = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| {
-                        let (scheme, rest) = v.split_once(' ')?;
-                        scheme.eq_ignore_ascii_case("basic").then_some(rest.trim())
-                    })
-                    .ok_or(AuthError::Wrong)?;
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .map_err(|_| AuthError::Wrong)?;
+                let decoded = crate::secret::basic(value.to_str().ok()).ok_or(AuthError::Wrong)?;
                 (decoded, expected)
             }
             Gate::ApiKey { header, expected } => {
@@ -109,6 +98,7 @@ mod tests {
                 password: "pw".into(),
             },
         );
+        use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let basic = |s: &str| format!("Basic {}", b64(s));
         assert_eq!(
