@@ -213,7 +213,7 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
     s3.pause();
     let outage = Instant::now();
     // Bodies sent while the server is stopped: each waits out the retry budget, then 503.
-    let (during, health) = tokio::join!(
+    let (during, health, page) = tokio::join!(
         async {
             let mut acknowledged = BTreeSet::new();
             let mut refused = 0;
@@ -225,9 +225,27 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
         async {
             let response = reqwest::get(server.url("/healthz")).await.unwrap();
             response.status().as_u16()
+        },
+        // The status page answers from memory: a stopped store does not hold it up (its
+        // follower's read of the commit log waits on the bucket meanwhile).
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let answer = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+                .get(server.url("/"))
+                .header("accept", "application/json")
+                .send()
+                .await
+                .expect("the status page answers while the bucket is stopped");
+            let status = answer.status().as_u16();
+            let figures: Value = answer.json().await.unwrap();
+            (status, figures["sources"].as_array().map(Vec::len))
         }
     );
     assert_eq!(health, 503, "/healthz did not see the stopped bucket");
+    assert_eq!(page, (200, Some(3)), "the status page during the outage");
     assert_eq!(
         during,
         (BTreeSet::new(), 2),
