@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use datx::config::Sql;
 use datx::eventlog::EventLog;
-use datx::query::{QueryEngine, Visibility, statements, views};
+use datx::query::{Batches, QueryEngine, Visibility, statements, views};
 use datx::store::Store;
 use datx::stream::Stream;
 use futures::StreamExt;
@@ -218,6 +218,7 @@ fn main() {
         tokens: Vec::new(),
         timeout: Duration::from_secs(600),
         memory_limit: 8 << 30,
+        answer_memory: 8 << 30,
         max_rows: usize::MAX,
         max_concurrent: 1,
     };
@@ -236,13 +237,18 @@ fn main() {
         for run in 0..=runs {
             let statement = statements(text).unwrap().remove(0);
             let started = Instant::now();
-            let answer = runtime
-                .block_on(engine.run(statement, vec![], Visibility::All, None))
+            let batches = runtime
+                .block_on(async {
+                    let answer = engine
+                        .run(statement, vec![], Visibility::All, None, Batches)
+                        .await?;
+                    answer.collect().await
+                })
                 .unwrap();
             if run > 0 {
                 times.push(started.elapsed());
             }
-            rows = answer.num_rows();
+            rows = batches.iter().map(|b| b.num_rows()).sum();
         }
         datx.push((median(times), rows));
     }

@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::compact::{Compactor, PassSummary};
 use crate::config::Config;
 use crate::eventlog::{EventFilter, EventLog};
-use crate::query::output::Format;
-use crate::query::{QueryEngine, Visibility};
+use crate::query::output::{Format, TextEncoder};
+use crate::query::{Batches, QueryEngine, Visibility};
 use crate::replay::{ReplayError, ReplayOptions, TargetAuth};
 use crate::simulate::SimulateOptions;
 use crate::store::Store;
@@ -692,26 +692,51 @@ async fn sql(engine: &QueryEngine, text: &str, format: Format) -> Result<ExitCod
         }
     };
     let mut out = std::io::stdout().lock();
+    let failed = |e: crate::query::QueryError| {
+        eprintln!("datx: {e}");
+        Ok(ExitCode::from(1))
+    };
+    let unwritable = |e: std::io::Error| format!("cannot write the answer: {e}");
     for statement in statements {
         let started = std::time::Instant::now();
-        let answer = match engine.run(statement, vec![], Visibility::All, None).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                eprintln!("datx: {e}");
-                return Ok(ExitCode::from(1));
-            }
-        };
-        crate::query::output::write(&answer, format, &mut out)
-            .map_err(|e| format!("cannot write the answer: {e}"))?;
-        if format == Format::Table {
-            out.flush()
-                .map_err(|e| format!("cannot write the answer: {e}"))?;
-            let rows = answer.num_rows();
+        // CSV and JSON go out as they are produced; a table waits for its widest value.
+        let Some(encoder) = TextEncoder::new(format) else {
+            let answer = match engine
+                .run(statement, vec![], Visibility::All, None, Batches)
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) => return failed(e),
+            };
+            let schema = answer.schema.clone();
+            let batches = match answer.collect().await {
+                Ok(batches) => batches,
+                Err(e) => return failed(e),
+            };
+            let table =
+                crate::query::output::table(&schema, &batches).map_err(|e| e.to_string())?;
+            writeln!(out, "{table}").map_err(unwritable)?;
+            out.flush().map_err(unwritable)?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             let seconds = started.elapsed().as_secs_f64();
             eprintln!(
                 "({rows} row{}, {seconds:.3} s)",
                 if rows == 1 { "" } else { "s" }
             );
+            continue;
+        };
+        let mut answer = match engine
+            .run(statement, vec![], Visibility::All, None, encoder)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => return failed(e),
+        };
+        while let Some(chunk) = answer.next().await {
+            match chunk {
+                Ok(held) => out.write_all(&held.chunk).map_err(unwritable)?,
+                Err(e) => return failed(e),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -849,8 +874,12 @@ async fn verify(
         false => format!("{} signatures verified", report.signatures),
         true => "signatures not checked (no --public-key)".to_string(),
     };
+    let late = match report.late_arrivals {
+        0 => String::new(),
+        n => format!(", {n} late arrivals recorded in sealed days"),
+    };
     println!(
-        "{} events ({} bytes) checked over {} days; {} sealed days checked against their digests and chain, {signatures}; {} mismatched",
+        "{} events ({} bytes) checked over {} days; {} sealed days checked against their digests and chain{late}, {signatures}; {} mismatched",
         report.events,
         report.bytes,
         report.days,

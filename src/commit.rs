@@ -88,6 +88,11 @@ pub struct Commit {
     /// page counts them per stream without reading a file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rejected: BTreeMap<String, u64>,
+    /// By `{stream}/{institution}`: events this commit consumed from days already sealed
+    /// (stored late, by a receiver whose clock was behind). Each has an addendum beside
+    /// its day's digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub late: BTreeMap<String, u64>,
 }
 
 /// The last commit that consumed events of a source.
@@ -117,7 +122,29 @@ pub struct LakeState {
     /// By `{stream}/{institution}`: the last commit that consumed its events.
     #[serde(default)]
     pub last_consumed_by: BTreeMap<String, CommitMark>,
+    /// The newest commit's time: the lake's time is at least this.
+    #[serde(default)]
+    pub last_committed_at: Option<DateTime<Utc>>,
+    /// By `{stream}/{institution}`: the first sealed day whose consumed ids are kept (for
+    /// `RECHECKED_SEALED_DAYS`). Days sealed before this version kept none, nor do those
+    /// a rebuild seals: they are not looked at again.
+    #[serde(default)]
+    pub kept_sealed_from: BTreeMap<String, NaiveDate>,
+    /// By `{stream}/{institution}`: events taken from days already sealed.
+    #[serde(default)]
+    pub late: BTreeMap<String, u64>,
 }
+
+/// `n` days before `day` (the earliest date for a day from a commit edited into the past).
+fn days_before(day: NaiveDate, n: i64) -> NaiveDate {
+    day.checked_sub_days(chrono::Days::new(n.unsigned_abs()))
+        .unwrap_or(NaiveDate::MIN)
+}
+
+/// Sealed days of each source whose consumed ids stay in the state, so that a pass can
+/// look at them again for an event stored after sealing (a receiver whose clock was
+/// behind, in the instant before it learnt of the seal) without reading their digests.
+pub const RECHECKED_SEALED_DAYS: i64 = 3;
 
 impl LakeState {
     fn apply(&mut self, commit: &Commit) {
@@ -139,6 +166,18 @@ impl LakeState {
                 .extend(ids.iter().copied());
         }
         for (source, day) in &commit.sealed {
+            // The days this commit seals have their ids in the state (consumed while they
+            // were open), unless the commit is a rebuild, which seals old days unnamed.
+            let kept_from = match (commit.reset, self.sealed.get(source)) {
+                (true, _) => day.succ_opt(),
+                (false, Some(before)) => before.succ_opt(),
+                (false, None) => Some(NaiveDate::MIN),
+            };
+            if let Some(kept_from) = kept_from {
+                self.kept_sealed_from
+                    .entry(source.clone())
+                    .or_insert(kept_from);
+            }
             self.sealed.insert(source.clone(), *day);
         }
         for (source, day) in &commit.digested {
@@ -147,6 +186,10 @@ impl LakeState {
         for (source, rows) in &commit.rejected {
             *self.rejected.entry(source.clone()).or_default() += rows;
         }
+        for (source, events) in &commit.late {
+            *self.late.entry(source.clone()).or_default() += events;
+        }
+        self.last_committed_at = self.last_committed_at.max(commit.committed_at);
         let mark = CommitMark {
             version: commit.version,
             committed_at: commit.committed_at,
@@ -162,9 +205,47 @@ impl LakeState {
         for source in sources.chain(rebuilt.into_iter().flatten()) {
             self.last_consumed_by.insert(source.to_string(), mark);
         }
-        let sealed = &self.sealed;
-        self.consumed
-            .retain(|day_dir, _| !is_sealed(sealed, day_dir));
+        let forgotten = |day_dir: &String| {
+            let Some((source, day)) = day_dir.rsplit_once('/') else {
+                return false;
+            };
+            let (Some(sealed), Ok(day)) = (self.sealed.get(source), day.parse::<NaiveDate>())
+            else {
+                return false;
+            };
+            let kept = self
+                .kept_sealed_from
+                .get(source)
+                .is_some_and(|from| day >= *from);
+            day <= *sealed && !(kept && day > days_before(*sealed, RECHECKED_SEALED_DAYS))
+        };
+        let forgotten: Vec<String> = self
+            .consumed
+            .keys()
+            .filter(|d| forgotten(d))
+            .cloned()
+            .collect();
+        for day_dir in forgotten {
+            self.consumed.remove(&day_dir);
+        }
+    }
+
+    /// The last day of a source a pass need not list: the sealed day before those it
+    /// looks at again for late events (`None` when nothing is sealed, so every day is
+    /// listed).
+    pub fn listed_after(&self, source: &str) -> Option<NaiveDate> {
+        let sealed = self.sealed_through(source)?;
+        let Some(kept_from) = self.kept_sealed_from.get(source) else {
+            return Some(sealed);
+        };
+        let window = days_before(sealed, RECHECKED_SEALED_DAYS);
+        Some(
+            kept_from
+                .pred_opt()
+                .unwrap_or(NaiveDate::MIN)
+                .max(window)
+                .min(sealed),
+        )
     }
 
     pub fn is_consumed(&self, day_dir: &str, event_id: &Uuid) -> bool {
@@ -176,16 +257,6 @@ impl LakeState {
     /// The last sealed day of a `{stream}/{institution}` source.
     pub fn sealed_through(&self, source: &str) -> Option<NaiveDate> {
         self.sealed.get(source).copied()
-    }
-}
-
-fn is_sealed(sealed: &BTreeMap<String, NaiveDate>, day_dir: &str) -> bool {
-    let Some((source, day)) = day_dir.rsplit_once('/') else {
-        return false;
-    };
-    match (sealed.get(source), day.parse::<NaiveDate>()) {
-        (Some(through), Ok(day)) => day <= *through,
-        _ => false,
     }
 }
 
@@ -318,11 +389,37 @@ impl CommitLog {
                 .await
             {
                 tracing::warn!(error = %e, "checkpoint not written: loading the lake replays more commits until the next one");
+            } else if let Err(e) = self.prune_checkpoints().await {
+                tracing::warn!(error = %e, "older checkpoints not removed; the next checkpoint tries again");
             }
         }
         Ok(commit)
     }
+
+    /// Removes every checkpoint but the newest `KEPT_CHECKPOINTS`: each holds the whole
+    /// state, so keeping them all would grow the lake by a state every 50 commits. The
+    /// older ones are never needed (a damaged newest one is passed over for the next, and
+    /// commits are never removed).
+    async fn prune_checkpoints(&self) -> Result<(), CommitError> {
+        use futures::TryStreamExt;
+        let mut keys: Vec<String> = self
+            .store
+            .list("_datx/checkpoints")
+            .map_ok(|meta| meta.location.to_string())
+            .try_filter(|key| futures::future::ready(key.ends_with(".json")))
+            .try_collect()
+            .await?;
+        keys.sort();
+        let old = keys.len().saturating_sub(KEPT_CHECKPOINTS);
+        for key in &keys[..old] {
+            self.store.delete(key).await?;
+        }
+        Ok(())
+    }
 }
+
+/// Checkpoints kept: the newest, and two to fall back on should it be damaged.
+const KEPT_CHECKPOINTS: usize = 3;
 
 fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CommitError> {
     serde_json::from_slice(bytes).map_err(|e| CommitError::Corrupt {
@@ -373,7 +470,10 @@ mod tests {
         log.commit(
             &mut state,
             Commit {
-                consumed: BTreeMap::from([("orders/v/2026-11-20".into(), vec![id])]),
+                consumed: BTreeMap::from([
+                    ("orders/v/2026-11-10".into(), vec![id]),
+                    ("orders/v/2026-11-20".into(), vec![id]),
+                ]),
                 sealed: BTreeMap::from([(
                     "orders/v".into(),
                     NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
@@ -394,8 +494,13 @@ mod tests {
             loaded.consumed["orders/v/2026-11-29"].len(),
             CHECKPOINT_EVERY as usize + 3
         );
-        // Sealed days keep no ids.
-        assert!(!loaded.consumed.contains_key("orders/v/2026-11-20"));
+        // Sealed days keep no ids, but for the last few, which passes look at again.
+        assert!(!loaded.consumed.contains_key("orders/v/2026-11-10"));
+        assert!(loaded.is_consumed("orders/v/2026-11-20", &id));
+        assert_eq!(
+            loaded.listed_after("orders/v"),
+            NaiveDate::from_ymd_opt(2026, 11, 17)
+        );
 
         let mut stale = LakeState {
             version: 1,
@@ -468,6 +573,28 @@ mod tests {
         let (loaded, _) = log.load().await.unwrap();
         assert_eq!(loaded.version, 2 * CHECKPOINT_EVERY + 1);
         assert_eq!(loaded.files.len(), 2 * CHECKPOINT_EVERY as usize + 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_checkpoints_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let log = CommitLog::new(store);
+        let mut state = LakeState::default();
+        for i in 0..6 * CHECKPOINT_EVERY {
+            log.commit(&mut state, append(i)).await.unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("_datx/checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let expected: Vec<String> = (4..=6)
+            .map(|n| format!("{:020}.json", n * CHECKPOINT_EVERY))
+            .collect();
+        assert_eq!(names, expected);
+        let (loaded, _) = log.load().await.unwrap();
+        assert_eq!(loaded.version, 6 * CHECKPOINT_EVERY);
     }
 
     #[tokio::test]

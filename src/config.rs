@@ -50,6 +50,9 @@ pub struct Config {
     /// How long the compaction lease on an `s3://` lake lasts without renewal: a compactor
     /// that dies holding it blocks compaction for at most this long.
     pub lease_ttl: Duration,
+    /// How far this process's clock may be from the lake's before pushes are refused (503)
+    /// and days are not sealed; `None` when off.
+    pub clock_tolerance: Option<Duration>,
     pub institutions: BTreeMap<String, Institution>,
     pub sql: Sql,
     /// `None` when PostgreSQL clients are not served.
@@ -104,8 +107,12 @@ pub struct Sql {
     pub tokens: Vec<SqlToken>,
     /// A query still running after this long is cancelled.
     pub timeout: Duration,
-    /// Memory one query may hold for joins, sorts and aggregations.
+    /// Memory one query may hold for joins, sorts and aggregations, and the largest batch
+    /// of its answer.
     pub memory_limit: usize,
+    /// Memory for answers on their way to clients, over every query of the process (HTTP
+    /// and PostgreSQL): a query whose next batch does not fit waits for room.
+    pub answer_memory: usize,
     /// Rows one HTTP answer may carry, so a careless `SELECT *` cannot exhaust the server.
     pub max_rows: usize,
     /// Queries that run at once over HTTP; more wait briefly, then get 503.
@@ -203,6 +210,8 @@ struct RawConfig {
     compact_chunk_bytes: u64,
     #[serde(default = "default_lease_ttl")]
     lease_ttl: String,
+    #[serde(default = "default_clock_tolerance")]
+    clock_tolerance: String,
     #[serde(default)]
     institutions: BTreeMap<String, RawInstitution>,
     #[serde(default)]
@@ -243,8 +252,8 @@ struct RawSql {
     token_env: Option<String>,
     #[serde(default = "default_sql_timeout")]
     timeout: String,
-    #[serde(default = "default_sql_memory_limit")]
-    memory_limit: String,
+    memory_limit: Option<String>,
+    answer_memory: Option<String>,
     #[serde(default = "default_sql_max_rows")]
     max_rows: u64,
     #[serde(default = "default_sql_max_concurrent")]
@@ -259,7 +268,8 @@ impl Default for RawSql {
             token: None,
             token_env: None,
             timeout: default_sql_timeout(),
-            memory_limit: default_sql_memory_limit(),
+            memory_limit: None,
+            answer_memory: None,
             max_rows: default_sql_max_rows(),
             max_concurrent: default_sql_max_concurrent(),
             tokens: BTreeMap::new(),
@@ -325,14 +335,14 @@ fn default_compact_chunk_bytes() -> u64 {
 fn default_lease_ttl() -> String {
     "60s".into()
 }
+fn default_clock_tolerance() -> String {
+    "5m".into()
+}
 fn default_merge_after() -> String {
     "1h".into()
 }
 fn default_sql_timeout() -> String {
     "30s".into()
-}
-fn default_sql_memory_limit() -> String {
-    "2GiB".into()
 }
 fn default_sql_max_rows() -> u64 {
     100_000
@@ -451,6 +461,15 @@ impl Config {
         let compact_chunk_bytes = usize::try_from(raw.compact_chunk_bytes)
             .map_err(|_| invalid("compact_chunk_bytes", "too large for this machine".into()))?;
         let lease_ttl = positive_duration(&raw.lease_ttl).map_err(|p| invalid("lease_ttl", p))?;
+        let clock_tolerance = match raw.clock_tolerance.trim() {
+            "off" => None,
+            text => Some(positive_duration(text).map_err(|p| {
+                invalid(
+                    "clock_tolerance",
+                    format!("{p}; write \"off\" to accept any clock"),
+                )
+            })?),
+        };
 
         let mut institutions = BTreeMap::new();
         for (code, raw_institution) in raw.institutions {
@@ -513,6 +532,7 @@ impl Config {
             merge_after,
             compact_chunk_bytes,
             lease_ttl,
+            clock_tolerance,
             institutions,
             sql,
             postgres,
@@ -699,15 +719,6 @@ impl RawPostgres {
                 "PostgreSQL clients sign in with the [sql] tokens, and there are none: give [sql] a token_env or add [sql.tokens.NAME]".into(),
             ));
         }
-        let named = |name: &str| sql.tokens.iter().any(|t| t.name == name);
-        if named(POSTGRES_USER_OF_SQL_TOKEN) && named("sql") {
-            return Err((
-                "listen".into(),
-                format!(
-                    "[sql.tokens.{POSTGRES_USER_OF_SQL_TOKEN}] has the user name PostgreSQL clients give for the [sql] token: rename it"
-                ),
-            ));
-        }
         let tls = match (self.tls_cert, self.tls_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(PostgresTls {
@@ -740,7 +751,10 @@ impl RawPostgres {
     }
 }
 
-/// The PostgreSQL user name of the `[sql]` table's own token (named `sql` in the logs).
+/// The name of the `[sql]` table's own token, in logs and metrics.
+pub const SQL_TABLE_TOKEN: &str = "sql";
+
+/// The PostgreSQL user name of the `[sql]` table's own token.
 pub const POSTGRES_USER_OF_SQL_TOKEN: &str = "datx";
 
 impl RawSql {
@@ -752,27 +766,42 @@ impl RawSql {
     ) -> Result<Sql, (String, String)> {
         let timeout =
             positive_duration(&self.timeout).map_err(|problem| ("timeout".to_string(), problem))?;
-        let memory_limit = parse_size(&self.memory_limit).ok_or_else(|| {
-            let problem = format!("{:?} is not a size such as \"2GiB\"", self.memory_limit);
-            ("memory_limit".to_string(), problem)
-        })?;
+        let size = |key: &str, text: &Option<String>| match text {
+            None => Ok(None),
+            Some(text) => parse_size(text).map(Some).ok_or_else(|| {
+                let problem = format!("{text:?} is not a size such as \"512MiB\"");
+                (key.to_string(), problem)
+            }),
+        };
         let max_rows =
             positive_count(self.max_rows).map_err(|problem| ("max_rows".to_string(), problem))?;
         let max_concurrent = positive_count(self.max_concurrent)
             .map_err(|problem| ("max_concurrent".to_string(), problem))?;
+        let memory_limit = size("memory_limit", &self.memory_limit)?
+            .unwrap_or_else(|| default_memory_limit(machine_memory(), max_concurrent));
+        let answer_memory = size("answer_memory", &self.answer_memory)?
+            .unwrap_or(memory_limit.saturating_mul(max_concurrent));
 
         let mut tokens = Vec::new();
         if self.token.is_some() || self.token_env.is_some() {
             let token = secret(("token", &self.token), ("token_env", &self.token_env), env)
                 .map_err(|(key, problem)| (key.to_string(), problem))?;
             tokens.push(SqlToken {
-                name: "sql".into(),
+                name: SQL_TABLE_TOKEN.into(),
                 token,
                 institutions: None,
             });
         }
         for (name, raw) in self.tokens {
             let at = |key: &str| format!("tokens.{name}.{key}");
+            // Both names stand for the [sql] table's own token (in the logs, and as the
+            // PostgreSQL user): a scoped token by either name would be taken for it.
+            if name == SQL_TABLE_TOKEN || name == POSTGRES_USER_OF_SQL_TOKEN {
+                let problem = format!(
+                    "{name:?} names the [sql] table's own token (`{SQL_TABLE_TOKEN}` in the logs, user `{POSTGRES_USER_OF_SQL_TOKEN}` over PostgreSQL): give this token another name"
+                );
+                return Err((format!("tokens.{name}"), problem));
+            }
             let token = secret(("token", &raw.token), ("token_env", &raw.token_env), env)
                 .map_err(|(key, problem)| (at(key), problem))?;
             let visible = match raw.institutions {
@@ -806,9 +835,36 @@ impl RawSql {
             tokens,
             timeout,
             memory_limit,
+            answer_memory,
             max_rows,
             max_concurrent,
         })
+    }
+}
+
+/// One query's memory when `sql.memory_limit` is not set: the queries that may run at once
+/// share a quarter of the machine for their work, and as much again is the default
+/// `answer_memory`, so SQL takes at most half of it and receiving always has the rest.
+fn default_memory_limit(machine: usize, max_concurrent: usize) -> usize {
+    (machine / 4 / max_concurrent).max(64 << 20)
+}
+
+/// The memory this process may use: the cgroup's limit when there is one (a container),
+/// else the machine's. 8 GiB when neither can be read.
+fn machine_memory() -> usize {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok());
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    match (cgroup, machine) {
+        (Some(limit), Some(machine)) => limit.min(machine),
+        (limit, machine) => limit.or(machine).unwrap_or(8 << 30),
     }
 }
 
@@ -1025,6 +1081,12 @@ mod tests {
                 "`sql.tokens.t`",
             ),
             ("[sql.tokens.t]\ninstitutions = []", "`sql.tokens.t.token`"),
+            // Scoped or not, a token may not take the [sql] table's own names.
+            (
+                "[institutions.v]\nauth = \"none\"\n[sql.tokens.sql]\ntoken = \"x\"\ninstitutions = [\"v\"]",
+                "`sql.tokens.sql`: \"sql\" names the [sql] table's own token",
+            ),
+            ("[sql.tokens.datx]\ntoken = \"x\"", "`sql.tokens.datx`"),
         ];
         for (text, expected) in cases {
             let message = problem(text);

@@ -11,6 +11,7 @@ pub mod compact;
 pub mod config;
 pub mod connections;
 pub mod eventlog;
+pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod postgres;

@@ -18,11 +18,13 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::clock::ClockCheck;
 use crate::commit::{CommitError, CommitLog};
 use crate::compact::{CompactError, Compactor};
 use crate::config::Config;
 use crate::connections::Peer;
 use crate::eventlog::EventLog;
+use crate::health::LakeProbe;
 use crate::lease::LeaseError;
 use crate::postgres::PostgresServer;
 use crate::query::QueryEngine;
@@ -40,6 +42,8 @@ pub enum ServeError {
     Query(#[from] crate::query::QueryError),
     #[error(transparent)]
     Postgres(#[from] crate::postgres::PostgresError),
+    #[error("cannot start the compaction threads: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -67,7 +71,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    store.check_create_only().await?;
     let metrics = crate::metrics::install();
+    let clock = Arc::new(ClockCheck::new(config.clock_tolerance));
+    let probe = Arc::new(LakeProbe::new(store.clone(), clock.clone()));
+    // A first reading of the store's clock before anything is received.
+    if let Err(e) = probe.writable().await {
+        tracing::warn!(
+            error = e,
+            "the lake does not take writes now: pushes are answered 503 until it does"
+        );
+    }
     let log = EventLog::new(store.clone());
     let commits = CommitLog::new(store.clone());
     let started = chrono::Utc::now();
@@ -100,7 +114,12 @@ pub async fn run(
             ));
         }
     }
-    let receiver = Arc::new(Receiver::new(log, &config, board.clone()));
+    let (newest_commit, sealed) = board.lake_times().await;
+    clock.lake_state(newest_commit, &sealed);
+    if let Some(why) = clock.disagreement() {
+        tracing::error!("pushes are refused (503) until the clock agrees with the lake: {why}");
+    }
+    let receiver = Arc::new(Receiver::new(log, &config, board.clone(), clock.clone()));
     let engine = Arc::new(QueryEngine::new(store.clone(), config.sql.clone())?);
     let postgres = match &config.postgres {
         Some(postgres) => Some(PostgresServer::bind(postgres, &config.sql, engine.clone()).await?),
@@ -116,7 +135,7 @@ pub async fn run(
         .routes()
         .or(sql.routes())
         .unify()
-        .or(healthz(store.clone(), health.clone()))
+        .or(healthz(probe.clone(), health.clone(), clock.clone()))
         .unify()
         .or(metrics_route(metrics, board.clone(), operators.clone()))
         .unify()
@@ -142,16 +161,28 @@ pub async fn run(
     });
     // Whoever compacts (this process, another replica, `datx compact`), the page learns of
     // the new commits here.
-    let following = tokio::spawn(follow_commits(board, commits));
-    let compaction = config.compact_every.map(|every| {
-        let compactor = Arc::new(Compactor::new(store.clone(), &config));
-        let task = tokio::spawn(compact_in_background(
-            compactor.clone(),
-            every,
-            health.clone(),
-        ));
-        (compactor, task)
-    });
+    let following = tokio::spawn(follow_commits(board, commits, clock.clone()));
+    let probing = tokio::spawn(probe.keep_probing());
+    // Compaction runs on threads of its own: decoding, converting and encoding files must
+    // not delay the answers to S-360's pushes.
+    let compaction = match config.compact_every {
+        None => None,
+        Some(every) => {
+            let threads = tokio::runtime::Builder::new_multi_thread()
+                .thread_name("datx-compact")
+                .enable_all()
+                .build()
+                .map_err(ServeError::Runtime)?;
+            let compactor =
+                Arc::new(Compactor::new(store.clone(), &config).with_clock(clock.clone()));
+            let task = threads.spawn(compact_in_background(
+                compactor.clone(),
+                every,
+                health.clone(),
+            ));
+            Some((threads, compactor, task))
+        }
+    };
     crate::connections::serve(
         listener,
         warp::service(routes),
@@ -161,13 +192,16 @@ pub async fn run(
     .await;
     let _ = stopping.send(true);
     following.abort();
+    probing.abort();
     if let Some(postgres) = postgres {
         let _ = postgres.await;
     }
     // A pass cut short is like a crash: the next one finishes or discards its work.
-    if let Some((compactor, task)) = compaction {
+    if let Some((threads, compactor, task)) = compaction {
         task.abort();
         let _ = task.await;
+        // A runtime cannot be dropped the ordinary way from inside another one.
+        threads.shutdown_background();
         // Bounded: a stop must not wait on a bucket that does not answer.
         let release = compactor.release_abandoned_lease();
         if tokio::time::timeout(Duration::from_secs(5), release)
@@ -188,11 +222,16 @@ const SEEDING_DEADLINE: Duration = Duration::from_secs(10);
 /// S3, when there is none).
 const FOLLOW_COMMITS_EVERY: Duration = Duration::from_secs(2);
 
-async fn follow_commits(board: Arc<StatusBoard>, commits: CommitLog) {
+/// Keeps the status board, and the clock check's view of the sealed days, up to date with
+/// the commit log.
+async fn follow_commits(board: Arc<StatusBoard>, commits: CommitLog, clock: Arc<ClockCheck>) {
     let mut failing = false;
     loop {
         tokio::time::sleep(FOLLOW_COMMITS_EVERY).await;
-        match board.catch_up(&commits).await {
+        let caught_up = board.catch_up(&commits).await;
+        let (newest_commit, sealed) = board.lake_times().await;
+        clock.lake_state(newest_commit, &sealed);
+        match caught_up {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("the status page follows the commit log again");
@@ -337,38 +376,32 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic")
 }
 
-/// How long `/healthz` waits for its probe write: a monitor must get an answer.
-const HEALTH_PROBE_DEADLINE: Duration = Duration::from_secs(20);
-
-/// `GET /healthz`: 200 only when a durable write to the lake succeeds right now and
-/// background compaction is not failing.
+/// `GET /healthz`: 200 only when the lake took a durable write in the last few seconds,
+/// this process's clock agrees with the lake's, and background compaction is not failing.
 fn healthz(
-    store: Store,
+    probe: Arc<LakeProbe>,
     compaction: Arc<CompactionHealth>,
+    clock: Arc<ClockCheck>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz").and(warp::get()).then(move || {
-        let store = store.clone();
-        let compaction = compaction.clone();
+        let (probe, compaction, clock) = (probe.clone(), compaction.clone(), clock.clone());
         async move {
-            // A task of its own, so that a probe that outlasts the deadline still finishes
-            // (and removes its object) after the answer.
-            let probe = tokio::spawn(async move { store.check_writable().await });
-            let probe = tokio::time::timeout(HEALTH_PROBE_DEADLINE, probe).await;
-            let failed = match probe {
-                Ok(Ok(Ok(()))) => None,
-                Ok(Ok(Err(e))) => Some(e.to_string()),
-                Ok(Err(crashed)) => Some(crashed.to_string()),
-                Err(_) => Some(format!(
-                    "no answer within {} s",
-                    HEALTH_PROBE_DEADLINE.as_secs()
-                )),
-            };
-            if let Some(e) = failed {
+            if let Err(e) = probe.writable().await {
                 tracing::error!(error = %e, "health check: the lake is not writable");
                 return error_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the lake is not writable".into(),
                 );
+            }
+            if let Some(why) = clock.disagreement() {
+                return warp::reply::with_status(
+                    warp::reply::json(&serde_json::json!({
+                        "status": "clock disagrees",
+                        "error": format!("{why}: pushes are refused until it agrees"),
+                    })),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response();
             }
             match compaction.current() {
                 None => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),

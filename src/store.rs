@@ -32,6 +32,14 @@ pub enum StoreError {
     NotFound { key: String },
     #[error("storage failed on {key}: {source}")]
     Io { key: String, source: std::io::Error },
+    #[error(
+        "{key}: a create-only write kept meeting conflicting writes (409) and the object never appeared"
+    )]
+    Conflict { key: String },
+    #[error(
+        "the lake at {location} does not keep create-only writes: {problem}. datx's commits, duplicate markers and compaction lease rely on it; use a store that honours If-None-Match and If-Match (AWS S3, MinIO, SeaweedFS, Cloudflare R2)"
+    )]
+    NotCreateOnly { location: String, problem: String },
     #[error("storage failed on {key}: {source}")]
     ObjectStore {
         key: String,
@@ -59,6 +67,9 @@ pub const S3_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15)
 /// transfer, so long enough for a merged file of 128 MiB on a slow link. A push does not
 /// wait that long: the receive path answers 503 after its own deadline.
 const S3_ATTEMPT_TIMEOUT: &str = "120s";
+
+/// How often a create-only write that meets a conflict (AWS's 409) is tried again.
+const CREATE_CONFLICT_RETRIES: u32 = 5;
 
 /// An object's content with the version a conditional replace must match.
 #[derive(Debug, Clone)]
@@ -194,21 +205,91 @@ impl Store {
                 local_io(key, move || create_local(&target, &bytes, durability)).await
             }
             None => {
-                let options = PutOptions {
-                    mode: PutMode::Create,
-                    ..PutOptions::default()
-                };
-                match self
-                    .objects
-                    .put_opts(&Path::from(key), PutPayload::from_bytes(bytes), options)
-                    .await
-                {
-                    Ok(_) => Ok(Created::New),
-                    Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExisted),
-                    Err(source) => Err(self.object_error(key, source)),
+                let mut conflicts = 0;
+                loop {
+                    let options = PutOptions {
+                        mode: PutMode::Create,
+                        ..PutOptions::default()
+                    };
+                    let payload = PutPayload::from_bytes(bytes.clone());
+                    match self
+                        .objects
+                        .put_opts(&Path::from(key), payload, options)
+                        .await
+                    {
+                        Ok(_) => return Ok(Created::New),
+                        // 412 says an object is there. object_store also reports AWS's 409
+                        // (ConditionalRequestConflict: another conditional write to the key
+                        // is in flight) this way, which proves nothing yet: the object counts
+                        // as existing only once it is seen, else the create is tried again.
+                        Err(object_store::Error::AlreadyExists { .. }) => {
+                            if self.exists(key).await? {
+                                return Ok(Created::AlreadyExisted);
+                            }
+                            conflicts += 1;
+                            if conflicts > CREATE_CONFLICT_RETRIES {
+                                return Err(StoreError::Conflict {
+                                    key: key.to_string(),
+                                });
+                            }
+                            tracing::debug!(
+                                key,
+                                conflicts,
+                                "create-only write met a conflict; trying again"
+                            );
+                            tokio::time::sleep(std::time::Duration::from_millis(50 << conflicts))
+                                .await;
+                        }
+                        Err(source) => return Err(self.object_error(key, source)),
+                    }
                 }
             }
         }
+    }
+
+    /// Refuses a store that does not keep create-only writes create-only: commits,
+    /// duplicate markers, digests and the compaction lease all rest on a second create of
+    /// a key failing (S3's `If-None-Match: *`), and the lease on S3 also on a replace with a
+    /// stale version failing (`If-Match`). Some S3-compatible servers ignore those headers
+    /// and overwrite; on them datx would lose its guarantees silently. Writes and removes
+    /// one probe object under `_datx/probes/`.
+    pub async fn check_create_only(&self) -> Result<(), StoreError> {
+        let key = format!("_datx/probes/{}", uuid::Uuid::now_v7());
+        let refused = |problem: &str| StoreError::NotCreateOnly {
+            location: self.location.clone(),
+            problem: problem.to_string(),
+        };
+        let first = self
+            .create(&key, Bytes::from_static(b"first"), Durability::AtomicOnly)
+            .await?;
+        let second = self
+            .create(&key, Bytes::from_static(b"second"), Durability::AtomicOnly)
+            .await?;
+        let kept = self.get(&key).await?;
+        let stale = UpdateVersion {
+            e_tag: Some("\"00000000000000000000000000000000\"".into()),
+            version: None,
+        };
+        let replaced = match self.local_root {
+            Some(_) => None,
+            None => {
+                self.put_if(&key, Bytes::from_static(b"third"), Some(&stale))
+                    .await?
+            }
+        };
+        let after = self.get(&key).await?;
+        self.delete(&key).await?;
+        if first != Created::New || second != Created::AlreadyExisted || kept != "first" {
+            return Err(refused(
+                "a second create-only write (If-None-Match: *) of the same key succeeded",
+            ));
+        }
+        if replaced.is_some() || after != "first" {
+            return Err(refused(
+                "a conditional write with a stale ETag (If-Match) replaced the object",
+            ));
+        }
+        Ok(())
     }
 
     /// Writes `bytes` at `key`, replacing what is there, atomically (readers see the old or
@@ -436,21 +517,31 @@ impl Store {
             .boxed()
     }
 
-    /// Proves the lake takes durable writes now: a probe object is written, then removed in
-    /// the background (a slow removal says nothing about writing, and a caller that stops
-    /// waiting must not leave the probe behind).
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
+    /// Proves the lake takes durable writes now, and reads the store's clock: a probe
+    /// object is written, its time (the S3 server's, or the file system's) read back, then
+    /// it is removed in the background (a slow removal says nothing about writing, and a
+    /// caller that stops waiting must not leave the probe behind). Returns that time.
+    pub async fn probe(&self) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
         let key = format!("_datx/health/{}", uuid::Uuid::now_v7());
         let written = self
             .create(&key, Bytes::from_static(b"ok"), Durability::Synced)
             .await;
+        let read = match written {
+            Ok(_) => self
+                .objects
+                .head(&Path::from(key.as_str()))
+                .await
+                .map(|meta| meta.last_modified)
+                .map_err(|e| self.object_error(&key, e)),
+            Err(e) => Err(e),
+        };
         let store = self.clone();
         tokio::spawn(async move {
             if let Err(e) = store.delete(&key).await {
                 tracing::warn!(error = %e, "the health probe could not be removed");
             }
         });
-        written.map(|_| ())
+        read
     }
 
     fn object_error(&self, key: &str, source: object_store::Error) -> StoreError {

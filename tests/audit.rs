@@ -20,6 +20,12 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The two venues, for a lake received "on past days": the receivers' clocks are moved
+/// back on purpose, so they are not held to the lake's.
+fn venues_on_past_days() -> String {
+    format!("clock_tolerance = \"off\"\n{VENUES}")
+}
+
 /// Receives bodies as if on each of `days_ago` (a server per day, its clock moved back).
 async fn receive_on_past_days(workspace: &Workspace, days_ago: &[u32]) {
     for (n, days) in days_ago.iter().enumerate() {
@@ -51,7 +57,10 @@ async fn sealed_lake() -> (Workspace, String) {
         stdout(&bare.run(&["audit", "new-key"])).trim().to_string()
     };
     let workspace = Workspace::with_env(
-        &format!("[audit]\nsigning_key_env = \"TEST_AUDIT_KEY\"\n{VENUES}"),
+        &format!(
+            "{}[audit]\nsigning_key_env = \"TEST_AUDIT_KEY\"\n",
+            venues_on_past_days()
+        ),
         &[("TEST_AUDIT_KEY", &key)],
     );
     receive_on_past_days(&workspace, &[12, 11, 10]).await;
@@ -319,7 +328,7 @@ fn listed(workspace: &Workspace, args: &[&str]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_by_time_stream_and_institution_in_three_formats() {
-    let workspace = Workspace::new(VENUES);
+    let workspace = Workspace::new(&venues_on_past_days());
     receive_on_past_days(&workspace, &[5, 3]).await;
     let all = listed(&workspace, &[]);
     assert_eq!(all.len(), 10);
@@ -386,7 +395,7 @@ fn tables_of(workspace: &Workspace) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_into_a_second_datx_gives_the_same_tables() {
-    let source = Workspace::new(VENUES);
+    let source = Workspace::new(&venues_on_past_days());
     receive_on_past_days(&source, &[4, 1]).await;
     {
         let server = source.serve();

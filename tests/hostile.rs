@@ -472,8 +472,9 @@ async fn large_values_on_many_rows_are_refused_before_they_fill_memory() {
     ));
     let server = workspace.serve();
     for statement in [
-        // A value of 20 kB on each of 100,000 rows: 2 GB of answer.
-        "SELECT repeat('x', 20000) AS x FROM range(100000)",
+        // A value of 40 kB on each row of a batch: 330 MB in one batch, which answers
+        // streamed batch by batch cannot split.
+        "SELECT repeat('x', 40000) AS x FROM range(100000)",
         // A 100 MB value repeated on half of 8,192 rows: 400 GB, if it were built.
         "SELECT length(repeat(repeat(arrow_cast('x', 'LargeUtf8'), 100000000), value % 2)) FROM range(8192)",
     ] {

@@ -447,8 +447,7 @@ async fn a_full_disk_gives_503_and_service_resumes_when_space_returns() {
     }
 
     let filler = fill(&tmpfs.0);
-    let health = client().get(server.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status().as_u16(), 503);
+    common::health_becomes(&server, 503).await;
     let mut refused = Vec::new();
     for i in 5..10 {
         let body = ticket_checks(10, i * 100);
@@ -463,8 +462,7 @@ async fn a_full_disk_gives_503_and_service_resumes_when_space_returns() {
     }
 
     std::fs::remove_file(filler).unwrap();
-    let health = client().get(server.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status().as_u16(), 200);
+    common::health_becomes(&server, 200).await;
     // S-360 resends what was refused; every resend is stored once.
     for body in refused {
         let (status, answer) = post(&url, body).await;

@@ -223,8 +223,8 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
             (acknowledged, refused)
         },
         async {
-            let response = reqwest::get(server.url("/healthz")).await.unwrap();
-            response.status().as_u16()
+            common::health_becomes(&server, 503).await;
+            503
         },
         // The status page answers from memory: a stopped store does not hold it up (its
         // follower's read of the commit log waits on the bucket meanwhile).
@@ -269,8 +269,7 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let healthy = reqwest::get(server.url("/healthz")).await.unwrap();
-    assert_eq!(healthy.status(), 200, "{}", server.log());
+    common::health_becomes(&server, 200).await;
     drop(server);
     assert_exactly(&workspace, &acknowledged);
 }
@@ -501,9 +500,10 @@ async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
 async fn a_pass_lists_no_sealed_day_and_seals_with_digests() {
     let s3 = common::shared_s3();
     let proxy = proxy(&s3.address, &[]);
+    // The receivers' clocks are moved back on purpose.
     let workspace = Workspace::on(
         Backend::S3,
-        VENUE,
+        &format!("clock_tolerance = \"off\"\n{VENUE}"),
         &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
     );
     let mut ids = BTreeSet::new();

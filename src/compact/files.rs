@@ -57,15 +57,11 @@ pub fn pending_key(epoch: u64, final_key: &str) -> String {
 /// Where a lake written before pending files had a directory of their own kept a pending
 /// file: beside its final key, as `_pending-{id}.tmp`. A lake upgraded right after a crash
 /// may still hold one that its latest commit names.
-pub fn legacy_pending_key(final_key: &str) -> String {
-    let (dir, name) = final_key
-        .rsplit_once('/')
-        .expect("a file key has a directory");
-    let id = name
-        .strip_prefix("part-")
-        .and_then(|n| n.strip_suffix(".parquet"))
-        .expect("final keys are part-*.parquet");
-    format!("{dir}/_pending-{id}.tmp")
+/// `None` for a key that is not `.../part-*.parquet` (a commit edited by hand).
+pub fn legacy_pending_key(final_key: &str) -> Option<String> {
+    let (dir, name) = final_key.rsplit_once('/')?;
+    let id = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    Some(format!("{dir}/_pending-{id}.tmp"))
 }
 
 /// Whether a key under `tables/` is left over from such a lake: a pending file, or the

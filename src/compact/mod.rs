@@ -15,6 +15,7 @@ pub mod files;
 mod unique;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use crate::batch;
+use crate::clock::ClockCheck;
 use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState};
 use crate::config::Config;
 use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError, Signer};
@@ -55,6 +57,21 @@ pub enum CompactError {
 
 /// Event-log days by stream and institution, oldest first.
 type SourceDays = BTreeMap<(Stream, String), Vec<NaiveDate>>;
+
+/// An event-log day a pass looks at: its events, as listed.
+#[derive(Debug, Clone)]
+struct PendingDay {
+    /// `{stream}/{institution}/{YYYY-MM-DD}`, as commits name it.
+    day_dir: String,
+    keys: Vec<(EventKey, u64)>,
+    /// The institution's zone, for its local times.
+    tz: Tz,
+    /// The day is sealed: an event not yet consumed there arrived late.
+    late: bool,
+}
+
+/// An event to read, with how to read it.
+type PendingEvent = (EventKey, Tz, bool);
 
 /// Limits of a pass.
 #[derive(Debug, Clone)]
@@ -101,6 +118,9 @@ pub struct PassSummary {
     pub seconds: f64,
     /// How long the oldest event of this pass waited before it reached the tables.
     pub lag_seconds: Option<f64>,
+    /// Events found in days already sealed (stored late, by a receiver whose clock was
+    /// behind), taken in and recorded as late arrivals.
+    pub late_events: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +166,8 @@ pub struct Compactor {
     fence_next: std::sync::atomic::AtomicBool,
     /// Signs the digests of sealed days, when `[audit]` names a key.
     signer: Option<Signer>,
+    /// Days are sealed only while this process's clock agrees with the lake's.
+    clock: Arc<ClockCheck>,
 }
 
 impl Compactor {
@@ -165,7 +187,15 @@ impl Compactor {
             fence_next: std::sync::atomic::AtomicBool::new(false),
             // `serve`, `compact` and `rebuild` refuse to start when the key is missing.
             signer: config.audit_signer().ok().flatten(),
+            clock: Arc::new(ClockCheck::new(config.clock_tolerance)),
         }
+    }
+
+    /// Judges the clock with `clock` (which `serve` also feeds from the store's time)
+    /// rather than with what the commit log alone says.
+    pub fn with_clock(mut self, clock: Arc<ClockCheck>) -> Compactor {
+        self.clock = clock;
+        self
     }
 
     /// One incremental pass: every event not yet compacted lands in the tables.
@@ -265,19 +295,29 @@ impl Compactor {
             Mode::Incremental => state.clone(),
             Mode::Rebuild => LakeState::default(),
         };
-        let seal_before =
-            crate::clock::now().date_naive() - chrono::Duration::days(self.options.seal_after_days);
+        self.clock
+            .lake_state(state.last_committed_at, &state.sealed);
+        // A clock that disagrees with the lake's could seal a day that still receives.
+        let seal_before = match self.clock.disagreement() {
+            Some(why) => {
+                tracing::warn!("no day is sealed in this pass: {why}");
+                NaiveDate::MIN
+            }
+            None => {
+                crate::clock::now().date_naive()
+                    - chrono::Duration::days(self.options.seal_after_days)
+            }
+        };
         let mut work = Work::new(self, lease, mode, &view, seal_before);
         let (days, all_days) = self
             .pending_days(&view, seal_before, &mut work.sealed)
             .await?;
         // One stream of pending events across all days, in batches: two batches are read
         // and converted ahead while the current one is added, so both cores stay busy.
-        let (log, view) = (&self.log, &view);
+        let (log, view, signer) = (&self.log, &view, self.signer.as_ref());
         let batches = futures::stream::iter(days)
-            .then(move |day| pending_of_day(log, view, day))
-            .try_flatten()
-            .map_ok(move |group| read_and_convert(log, group))
+            .flat_map(move |day| pending_of_day(view, day))
+            .map_ok(move |group| read_and_convert(log, group, signer))
             .try_buffered(2)
             .boxed();
         work.add_all(batches, &mut state).await?;
@@ -303,7 +343,7 @@ impl Compactor {
         view: &LakeState,
         seal_before: NaiveDate,
         sealed: &mut BTreeMap<String, NaiveDate>,
-    ) -> Result<(Vec<(Stream, String, NaiveDate, Tz)>, SourceDays), CompactError> {
+    ) -> Result<(Vec<PendingDay>, SourceDays), CompactError> {
         let mut days = Vec::new();
         let mut all_days = SourceDays::new();
         for stream in Stream::ALL {
@@ -311,15 +351,24 @@ impl Compactor {
                 let source = format!("{stream}/{institution}");
                 let sealed_through = view.sealed_through(&source);
                 let tz = self.zone(&institution);
-                let source_days = self
+                // The last sealed days are listed again: an event stored there after
+                // they were sealed is taken in as a late arrival.
+                let events = self
                     .log
-                    .days_after(stream, &institution, sealed_through)
+                    .events_after(stream, &institution, view.listed_after(&source))
                     .await?;
-                for &day in &source_days {
-                    if day < seal_before {
+                let source_days: Vec<NaiveDate> = events.iter().map(|(day, _)| *day).collect();
+                for (day, keys) in events {
+                    let late = sealed_through.is_some_and(|sealed| day <= sealed);
+                    if !late && day < seal_before {
                         sealed.insert(source.clone(), day);
                     }
-                    days.push((stream, institution.clone(), day, tz));
+                    days.push(PendingDay {
+                        day_dir: source_day_dir(stream, &institution, day),
+                        keys,
+                        tz,
+                        late,
+                    });
                 }
                 all_days.insert((stream, institution), source_days);
             }
@@ -423,8 +472,11 @@ impl Compactor {
                 continue;
             }
             let mut pending = files::pending_key(commit.epoch, &file.path);
-            if commit.epoch == 0 && !self.store.exists(&pending).await? {
-                pending = files::legacy_pending_key(&file.path);
+            if commit.epoch == 0
+                && !self.store.exists(&pending).await?
+                && let Some(legacy) = files::legacy_pending_key(&file.path)
+            {
+                pending = legacy;
             }
             let moved = match self.store.exists(&pending).await? {
                 true => self.store.rename(&pending, &file.path).await,
@@ -509,7 +561,14 @@ impl Compactor {
             if !settled || partition_files.len() < 2 {
                 continue;
             }
-            let table = Table::from_name(&table_name).expect("commits name known tables");
+            let Some(table) = Table::from_name(&table_name) else {
+                // A commit written by a later version, or edited by hand: left as it is.
+                tracing::warn!(
+                    table = table_name,
+                    "a commit names a table this version does not know; its files are not merged"
+                );
+                continue;
+            };
             for group in bins(partition_files, self.options.target_file_bytes) {
                 if group.len() < 2 {
                     continue;
@@ -659,12 +718,11 @@ fn bins(mut partition_files: Vec<DataFile>, target: u64) -> Vec<Vec<DataFile>> {
 
 /// The event-log day directory an event belongs to, as commits name it.
 fn day_dir(key: &EventKey) -> String {
-    format!(
-        "{}/{}/{}",
-        key.stream,
-        key.institution,
-        key.day.format("%Y-%m-%d")
-    )
+    source_day_dir(key.stream, &key.institution, key.day)
+}
+
+fn source_day_dir(stream: Stream, institution: &str, day: NaiveDate) -> String {
+    format!("{stream}/{institution}/{}", day.format("%Y-%m-%d"))
 }
 
 /// An event read and converted, ready to be added in order.
@@ -675,24 +733,26 @@ struct ConvertedEvent {
     canonical: bool,
     /// The body's SHA-256 when the event became canonical by repairing its marker.
     repaired: Option<String>,
+    /// Found in a sealed day.
+    late: bool,
     rows: Vec<Row>,
 }
 
 /// The events of one event-log day not yet consumed, each with its institution's zone, in
 /// batches of at most `CONVERT_BATCH` events and `CONVERT_BATCH_BYTES` (or one event).
-async fn pending_of_day(
-    log: &EventLog,
+fn pending_of_day(
     view: &LakeState,
-    (stream, institution, day, tz): (Stream, String, NaiveDate, Tz),
-) -> Result<
-    impl futures::Stream<Item = Result<Vec<(EventKey, Tz)>, CompactError>> + use<>,
-    CompactError,
-> {
-    let keys = log.sized_keys_of_day(stream, &institution, day).await?;
-    let mut batches: Vec<Vec<(EventKey, Tz)>> = Vec::new();
+    PendingDay {
+        day_dir,
+        keys,
+        tz,
+        late,
+    }: PendingDay,
+) -> impl futures::Stream<Item = Result<Vec<PendingEvent>, CompactError>> + use<> {
+    let mut batches: Vec<Vec<PendingEvent>> = Vec::new();
     let mut bytes = 0;
     for (key, size) in keys {
-        if view.is_consumed(&day_dir(&key), &key.event_id) {
+        if view.is_consumed(&day_dir, &key.event_id) {
             continue;
         }
         let full = batches
@@ -703,17 +763,21 @@ async fn pending_of_day(
             bytes = 0;
         }
         bytes += size;
-        batches.last_mut().expect("just ensured").push((key, tz));
+        batches
+            .last_mut()
+            .expect("just ensured")
+            .push((key, tz, late));
     }
-    Ok(futures::stream::iter(batches.into_iter().map(Ok)))
+    futures::stream::iter(batches.into_iter().map(Ok))
 }
 
 async fn read_and_convert(
     log: &EventLog,
-    group: Vec<(EventKey, Tz)>,
+    group: Vec<PendingEvent>,
+    signer: Option<&Signer>,
 ) -> Result<Vec<ConvertedEvent>, CompactError> {
     let read: Vec<ReadEvent> = futures::stream::iter(group)
-        .map(|(key, tz)| read_event(log, key, tz))
+        .map(|(key, tz, late)| read_event(log, key, tz, late.then_some(signer)))
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
@@ -729,16 +793,51 @@ struct ReadEvent {
     /// `None` when another event already speaks for the same body.
     body: Option<Bytes>,
     repaired: Option<String>,
+    /// Why the stored event cannot be read as one: then `body` is all of its bytes.
+    damaged: Option<String>,
+    /// Found in a sealed day.
+    late: bool,
 }
 
-async fn read_event(log: &EventLog, key: EventKey, tz: Tz) -> Result<ReadEvent, CompactError> {
-    let event = log.read(&key).await?;
-    let canonical = log.is_canonical(&key, &event.envelope.sha256).await?;
+/// `late` holds the signer of late arrivals' records for an event of a sealed day.
+async fn read_event(
+    log: &EventLog,
+    key: EventKey,
+    tz: Tz,
+    late: Option<Option<&Signer>>,
+) -> Result<ReadEvent, CompactError> {
+    let event = match log.read(&key).await {
+        Ok(event) => event,
+        // An event whose envelope line was damaged must not stop every pass: what it holds
+        // becomes one reject, with the reason (and `events verify` names it).
+        Err(EventLogError::Corrupt { source, .. }) => {
+            let stored = log.store().get(&key.to_string()).await?;
+            tracing::warn!(event = %key, error = %source, "a damaged event is taken into rejects whole");
+            return Ok(ReadEvent {
+                received_at_micros: key.received_at().timestamp_micros(),
+                size: stored.len(),
+                body: Some(stored),
+                damaged: Some(format!("the stored event is damaged: {source}")),
+                repaired: None,
+                late: late.is_some(),
+                key,
+                tz,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let canonical = log.is_canonical(&event).await?;
+    // Recorded before the commit that takes it in: once consumed, it has its record.
+    if let Some(signer) = late {
+        log.record_late_arrival(&event, signer).await?;
+    }
     Ok(ReadEvent {
+        late: late.is_some(),
         received_at_micros: event.envelope.received_at.timestamp_micros(),
         size: event.body.len(),
-        body: (canonical != Canonical::No).then_some(event.body),
         repaired: (canonical == Canonical::Repaired).then_some(event.envelope.sha256),
+        body: (canonical != Canonical::No).then_some(event.body),
+        damaged: None,
         key,
         tz,
     })
@@ -761,9 +860,21 @@ async fn convert_batch(events: Vec<ReadEvent>) -> Vec<ConvertedEvent> {
                 .map(|event| ConvertedEvent {
                     canonical: event.body.is_some(),
                     repaired: event.repaired,
-                    rows: event.body.map_or_else(Vec::new, |body| {
-                        body_rows(event.key.stream, &body, event.tz, event.received_at_micros)
-                    }),
+                    late: event.late,
+                    rows: match (event.body, event.damaged) {
+                        (None, _) => Vec::new(),
+                        (Some(stored), Some(reason)) => vec![tables::reject_row(
+                            event.key.stream,
+                            0,
+                            reason,
+                            &String::from_utf8_lossy(&stored),
+                            event.tz,
+                            event.received_at_micros,
+                        )],
+                        (Some(body), None) => {
+                            body_rows(event.key.stream, &body, event.tz, event.received_at_micros)
+                        }
+                    },
                     received_at_micros: event.received_at_micros,
                     size: event.size,
                     key: event.key,
@@ -837,6 +948,7 @@ struct InFlight {
     files: tokio::task::JoinHandle<Result<Vec<DataFile>, CompactError>>,
     consumed: BTreeMap<String, Vec<Uuid>>,
     rejected: BTreeMap<String, u64>,
+    late: BTreeMap<String, u64>,
     removed: Vec<String>,
 }
 
@@ -858,6 +970,8 @@ struct Work<'a> {
     consumed: BTreeMap<String, Vec<Uuid>>,
     /// Rejects in `partitions`, by `{stream}/{institution}`.
     rejected: BTreeMap<String, u64>,
+    /// Late arrivals among `consumed`, by `{stream}/{institution}`.
+    late: BTreeMap<String, u64>,
     /// The chunk being encoded and written in the background.
     in_flight: Option<InFlight>,
     /// Files written and retired, and the events they consumed, not yet committed.
@@ -865,6 +979,7 @@ struct Work<'a> {
     removed: Vec<String>,
     landed: BTreeMap<String, Vec<Uuid>>,
     landed_rejected: BTreeMap<String, u64>,
+    landed_late: BTreeMap<String, u64>,
     /// Sealing advances in the pass's last commit only: an earlier one may not yet hold
     /// every event of the days it seals.
     sealed: BTreeMap<String, NaiveDate>,
@@ -895,11 +1010,13 @@ impl<'a> Work<'a> {
             repaired: HashSet::new(),
             consumed: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            late: BTreeMap::new(),
             in_flight: None,
             files: Vec::new(),
             removed: Vec::new(),
             landed: BTreeMap::new(),
             landed_rejected: BTreeMap::new(),
+            landed_late: BTreeMap::new(),
             sealed: BTreeMap::new(),
             digested: BTreeMap::new(),
             oldest_received_micros: None,
@@ -933,6 +1050,11 @@ impl<'a> Work<'a> {
 
     fn add_event(&mut self, event: ConvertedEvent) {
         self.summary.events += 1;
+        if event.late {
+            let source = format!("{}/{}", event.key.stream, event.key.institution);
+            *self.late.entry(source).or_default() += 1;
+            self.summary.late_events += 1;
+        }
         // A rebuild seals old days in its commit: their ids need not be kept.
         if !(self.mode == Mode::Rebuild && event.key.day < self.seal_before) {
             self.consumed
@@ -1013,6 +1135,7 @@ impl<'a> Work<'a> {
         let partitions = std::mem::take(&mut self.partitions);
         let consumed = std::mem::take(&mut self.consumed);
         let rejected = std::mem::take(&mut self.rejected);
+        let late = std::mem::take(&mut self.late);
         self.buffered_bytes = 0;
         self.open_partitions = 0;
         let mut plan = self.keys.end_chunk(files::new_file_key);
@@ -1055,6 +1178,7 @@ impl<'a> Work<'a> {
             files,
             consumed,
             rejected,
+            late,
             removed,
         });
         self.land(previous, state).await
@@ -1071,6 +1195,7 @@ impl<'a> Work<'a> {
             files,
             consumed,
             rejected,
+            late,
             removed,
         }) = chunk
         else {
@@ -1098,6 +1223,9 @@ impl<'a> Work<'a> {
         for (source, rows) in rejected {
             *self.landed_rejected.entry(source).or_default() += rows;
         }
+        for (source, events) in late {
+            *self.landed_late.entry(source).or_default() += events;
+        }
         if self.mode == Mode::Incremental {
             self.commit(state, false).await?;
         }
@@ -1122,6 +1250,7 @@ impl<'a> Work<'a> {
             reset: self.mode == Mode::Rebuild,
             consumed: std::mem::take(&mut self.landed),
             rejected: std::mem::take(&mut self.landed_rejected),
+            late: std::mem::take(&mut self.landed_late),
             added: std::mem::take(&mut self.files),
             removed: match self.mode {
                 Mode::Incremental => std::mem::take(&mut self.removed),

@@ -46,6 +46,43 @@ pub struct DayDigest {
     pub previous: Option<ChainLink>,
 }
 
+/// An event found in a day after the day was sealed, and taken into the tables then: a
+/// receiver whose clock was behind stored it there. Recorded beside the day's digest (which
+/// does not list it), so that `verify` counts it as a late arrival, not as an insertion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateArrival {
+    pub stream: String,
+    pub institution: String,
+    pub date: NaiveDate,
+    /// SHA-256 of the day's digest object as it was when the event was found (`None` for
+    /// a day sealed before digests existed).
+    pub digest_sha256: Option<String>,
+    pub event: DigestEntry,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Where the late arrival `event_id` of a sealed day is recorded.
+pub fn late_arrival_key(
+    stream: Stream,
+    institution: &str,
+    date: NaiveDate,
+    event_id: Uuid,
+) -> String {
+    format!(
+        "{}/{event_id}.json",
+        late_arrival_dir(stream, institution, Some(date))
+    )
+}
+
+/// The late arrivals of a stream and institution, or of one of its days.
+pub fn late_arrival_dir(stream: Stream, institution: &str, date: Option<NaiveDate>) -> String {
+    let dir = format!("{}/late", digest_dir(stream, institution));
+    match date {
+        Some(date) => format!("{dir}/{}", date.format("%Y-%m-%d")),
+        None => dir,
+    }
+}
+
 /// A digest object as stored: the digest's JSON, kept as the exact bytes that were signed
 /// (re-serialising could differ once the format grows a field), and its Ed25519 signature
 /// when a key was set.
@@ -98,8 +135,8 @@ impl DayDigest {
 }
 
 impl StoredDigest {
-    /// `digest`, signed when there is a signer.
-    pub fn new(digest: &DayDigest, signer: Option<&Signer>) -> StoredDigest {
+    /// `digest` (a day's digest, or a late arrival's record), signed when there is a signer.
+    pub fn new(digest: &impl Serialize, signer: Option<&Signer>) -> StoredDigest {
         let json = serde_json::to_string(digest).expect("a digest serialises");
         let digest = serde_json::value::RawValue::from_string(json).expect("valid JSON");
         let signature = signer.map(|signer| signer.sign(digest.get().as_bytes()));
@@ -112,6 +149,11 @@ impl StoredDigest {
 
     /// What the digest states.
     pub fn day(&self) -> Result<DayDigest, serde_json::Error> {
+        serde_json::from_str(self.digest.get())
+    }
+
+    /// What a late arrival's record states.
+    pub fn late_arrival(&self) -> Result<LateArrival, serde_json::Error> {
         serde_json::from_str(self.digest.get())
     }
 

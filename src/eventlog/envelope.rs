@@ -74,6 +74,10 @@ impl fmt::Display for EventKey {
 impl FromStr for EventKey {
     type Err = EnvelopeError;
 
+    /// Only the key datx itself writes: a UUIDv7 (whose timestamp is the received
+    /// instant) in its lowercase hyphenated form, under a canonical date. Anything else in
+    /// the layout (another UUID version, upper case, braces, `2026-1-5`) is not an event
+    /// key: a stray file, reported and skipped rather than read under another name.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = || EnvelopeError::BadKey(text.to_string());
         let parts: Vec<&str> = text.split('/').collect();
@@ -86,13 +90,18 @@ impl FromStr for EventKey {
         let event_id = file
             .strip_suffix(EXTENSION)
             .and_then(|id| Uuid::try_parse(id).ok())
+            .filter(|id| id.get_version_num() == 7 && EventKey::received_at_of(*id).is_some())
             .ok_or_else(bad)?;
-        Ok(EventKey {
+        let key = EventKey {
             stream,
             institution: institution.to_string(),
             day,
             event_id,
-        })
+        };
+        match key.to_string() == text {
+            true => Ok(key),
+            false => Err(bad()),
+        }
     }
 }
 
@@ -159,10 +168,21 @@ mod tests {
         let key = EventKey::new(Stream::TicketChecks, "myvenue", Uuid::now_v7());
         assert_eq!(key.to_string().parse::<EventKey>(), Ok(key.clone()));
         assert_eq!(key.day, Utc::now().date_naive());
+        let upper = key.to_string().replace(
+            &key.event_id.to_string(),
+            &key.event_id.to_string().to_uppercase(),
+        );
         for bad in [
             "events/ticketchecks/myvenue/2026-11-29/.x.event.tmp",
             "events/other/myvenue/2026-11-29/0190e1a0-0000-7000-8000-000000000000.event",
             "_datx/seen/contacts/v/ab/abcd",
+            // A version 4 UUID: no timestamp to say when it was received.
+            "events/contacts/myvenue/2026-11-29/3f2504e0-4f89-41d3-9a0c-0305e82c3301.event",
+            upper.as_str(),
+            "events/contacts/myvenue/2026-11-29/0190e1a000007000800000000000000.event",
+            "events/contacts/myvenue/2026-1-29/0190e1a0-0000-7000-8000-000000000000.event",
+            "events/contacts/myvenue/2026-11-29/foo.event",
+            "events/contacts/myvenue/2026-11-29/sub/0190e1a0-0000-7000-8000-000000000000.event",
         ] {
             assert!(bad.parse::<EventKey>().is_err(), "{bad}");
         }

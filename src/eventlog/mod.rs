@@ -8,6 +8,11 @@
 
 pub mod digest;
 mod envelope;
+#[cfg(test)]
+mod fuzzed;
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -15,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use digest::{ChainLink, DayDigest, DigestEntry, Signer, StoredDigest};
+pub use digest::{ChainLink, DayDigest, DigestEntry, LateArrival, Signer, StoredDigest};
 pub use envelope::{Envelope, EnvelopeError, EventKey};
 
 use crate::batch;
@@ -105,6 +110,8 @@ pub struct VerifyReport {
     /// Sealed days checked against their digests, and how many signatures were verified.
     pub digests: usize,
     pub signatures: usize,
+    /// Events stored in a sealed day after its digest, whose late arrival is recorded.
+    pub late_arrivals: usize,
     pub mismatches: Vec<Mismatch>,
 }
 
@@ -125,6 +132,44 @@ const VERIFY_CONCURRENCY: usize = 16;
 #[derive(Debug, Clone)]
 pub struct EventLog {
     store: Store,
+    strays: Arc<StrayWarnings>,
+}
+
+/// Stray files already reported by this process: each is logged once, not at every pass.
+#[derive(Debug, Default)]
+struct StrayWarnings(std::sync::Mutex<HashSet<String>>);
+
+/// Stray files named in the log, at most: past that, one line says there are more.
+const MAX_STRAYS_NAMED: usize = 1000;
+
+impl StrayWarnings {
+    fn warn(&self, key: &str) {
+        let mut named = self.0.lock().expect("never poisoned");
+        if named.len() > MAX_STRAYS_NAMED {
+            return;
+        }
+        if named.len() == MAX_STRAYS_NAMED {
+            named.insert(String::new());
+            tracing::warn!(
+                "more stray files in the event log: `datx events verify` names them all"
+            );
+            return;
+        }
+        if named.insert(key.to_string()) {
+            tracing::warn!(
+                key,
+                "not an event of the layout (events/{{stream}}/{{institution}}/{{YYYY-MM-DD}}/{{UUIDv7}}.event): skipped; `datx events verify` names it"
+            );
+        }
+    }
+}
+
+/// A name the store gives its own temporary files (a leading '.'), which no reader of the
+/// log takes for an event and `verify` does not report.
+fn is_temporary(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with('.'))
 }
 
 pub fn sha256_hex(body: &[u8]) -> String {
@@ -133,7 +178,10 @@ pub fn sha256_hex(body: &[u8]) -> String {
 
 impl EventLog {
     pub fn new(store: Store) -> EventLog {
-        EventLog { store }
+        EventLog {
+            store,
+            strays: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -303,46 +351,67 @@ impl EventLog {
         Ok(days)
     }
 
-    /// The received days of `stream` for `institution` after `after`, oldest first: what a
-    /// compaction pass must look at when every day through `after` is sealed. On S3, one
-    /// listing that starts after the sealed days (a request per 1,000 events not sealed),
-    /// however many years of days lie before; on a local disk, the day directories.
-    pub async fn days_after(
+    /// The events of `stream` for `institution` received on the days after `after`, by
+    /// day (oldest first) and in id order within a day: what a pass must look at when
+    /// every day through `after` is done with. On S3, one listing that starts after those
+    /// days (a request per 1,000 events listed), however many years of days lie before; on
+    /// a local disk, the day directories.
+    pub async fn events_after(
         &self,
         stream: Stream,
         institution: &str,
         after: Option<NaiveDate>,
-    ) -> Result<Vec<NaiveDate>, EventLogError> {
-        let (Some(after), None) = (after, self.store.local_root()) else {
-            let mut days = self.days(stream, institution).await?;
-            days.retain(|day| after.is_none_or(|after| *day > after));
-            return Ok(days);
-        };
+    ) -> Result<Vec<(NaiveDate, Vec<(EventKey, u64)>)>, EventLogError> {
+        let taken = |day: &NaiveDate| after.is_none_or(|after| *day > after);
+        if self.store.local_root().is_some() {
+            let mut events = Vec::new();
+            for day in self.days(stream, institution).await? {
+                if taken(&day) {
+                    events.push((day, self.sized_keys_of_day(stream, institution, day).await?));
+                }
+            }
+            return Ok(events);
+        }
         let prefix = format!("events/{stream}/{institution}");
-        // 'z' sorts after every name in a day directory (lowercase hex digits, '-',
-        // ".event", and '.' of temporary files), and object_store keeps it as it is ('~'
-        // would be percent-encoded, and sort before them).
-        let offset = format!("{prefix}/{}/z", after.format("%Y-%m-%d"));
-        let mut days: Vec<NaiveDate> = self
-            .store
-            .list_after(&prefix, &offset)
+        let listing = match after {
+            None => self.store.list(&prefix),
+            // 'z' sorts after every name in a day directory (lowercase hex digits, '-',
+            // ".event", and '.' of temporary files), and object_store keeps it as it is
+            // ('~' would be percent-encoded, and sort before them).
+            Some(after) => {
+                let offset = format!("{prefix}/{}/z", after.format("%Y-%m-%d"));
+                self.store.list_after(&prefix, &offset)
+            }
+        };
+        let listed: Vec<(EventKey, u64)> = listing
             .map_err(EventLogError::from)
             .try_filter_map(|meta| async move {
-                Ok(meta
-                    .location
-                    .as_ref()
-                    .parse::<EventKey>()
-                    .ok()
-                    .map(|key| key.day))
+                let name = meta.location.as_ref();
+                match name.parse::<EventKey>() {
+                    Ok(key) => Ok(Some((key, meta.size))),
+                    Err(_) => {
+                        if !is_temporary(name) {
+                            self.strays.warn(name);
+                        }
+                        Ok(None)
+                    }
+                }
             })
             .try_collect()
             .await?;
-        // Whatever the listing's start gave, a sealed day is never looked at again: its
-        // consumed ids are no longer kept, so its events would be consumed twice.
-        days.retain(|day| *day > after);
-        days.sort();
-        days.dedup();
-        Ok(days)
+        let mut by_day: std::collections::BTreeMap<NaiveDate, Vec<(EventKey, u64)>> =
+            Default::default();
+        // Whatever the listing's start gave, a day through `after` is not looked at.
+        for (key, size) in listed.into_iter().filter(|(key, _)| taken(&key.day)) {
+            by_day.entry(key.day).or_default().push((key, size));
+        }
+        Ok(by_day
+            .into_iter()
+            .map(|(day, mut keys)| {
+                keys.sort_by_key(|(key, _)| key.event_id);
+                (day, keys)
+            })
+            .collect())
     }
 
     /// The events of one received day, in id (arrival) order.
@@ -369,8 +438,16 @@ impl EventLog {
             .list(&prefix)
             .map_err(EventLogError::from)
             .try_filter_map(|meta| async move {
-                let key = meta.location.as_ref().parse::<EventKey>().ok();
-                Ok(key.map(|key| (key, meta.size)))
+                let name = meta.location.as_ref();
+                match name.parse::<EventKey>() {
+                    Ok(key) => Ok(Some((key, meta.size))),
+                    Err(_) => {
+                        if !is_temporary(name) {
+                            self.strays.warn(name);
+                        }
+                        Ok(None)
+                    }
+                }
             })
             .try_collect()
             .await?;
@@ -423,6 +500,91 @@ impl EventLog {
         })
     }
 
+    /// Records that `event`, found in a day already sealed, was taken into the tables
+    /// after the day's digest was written: create-only, so a pass that repeats it (after a
+    /// crash before its commit) keeps the first record.
+    pub async fn record_late_arrival(
+        &self,
+        event: &StoredEvent,
+        signer: Option<&Signer>,
+    ) -> Result<(), EventLogError> {
+        let key = &event.key;
+        let digest_sha256 = match self
+            .store
+            .get(&digest::digest_key(key.stream, &key.institution, key.day))
+            .await
+        {
+            Ok(bytes) => Some(sha256_hex(&bytes)),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let record = LateArrival {
+            stream: key.stream.to_string(),
+            institution: key.institution.clone(),
+            date: key.day,
+            digest_sha256,
+            event: DigestEntry {
+                event_id: key.event_id,
+                sha256: event.envelope.sha256.clone(),
+                body_bytes: event.envelope.body_bytes,
+                records: event.envelope.records,
+            },
+            recorded_at: Utc::now(),
+        };
+        let stored = StoredDigest::new(&record, signer);
+        let at = digest::late_arrival_key(key.stream, &key.institution, key.day, key.event_id);
+        self.store
+            .create(&at, Bytes::from(stored.encode()), Durability::Synced)
+            .await?;
+        tracing::warn!(
+            event = %key,
+            "an event was stored in a day already sealed (a receiver's clock was behind): taken into the tables, and recorded as a late arrival"
+        );
+        Ok(())
+    }
+
+    /// The late arrivals recorded for a stream and institution, by day: each record's key,
+    /// and what it states (or why it cannot be read).
+    async fn late_arrivals(
+        &self,
+        stream: Stream,
+        institution: &str,
+    ) -> Result<std::collections::BTreeMap<NaiveDate, Vec<RecordedLate>>, EventLogError> {
+        let keys: Vec<String> = self
+            .store
+            .list(&digest::late_arrival_dir(stream, institution, None))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await?;
+        let mut by_day: std::collections::BTreeMap<NaiveDate, Vec<RecordedLate>> =
+            Default::default();
+        for key in keys {
+            let bytes = self.store.get(&key).await?;
+            let read = serde_json::from_slice::<StoredDigest>(&bytes)
+                .and_then(|stored| Ok((stored.late_arrival()?, stored)))
+                .map_err(|e| e.to_string());
+            // The day is the directory's: a record moved to another day must not pass.
+            let day = key
+                .rsplit('/')
+                .nth(1)
+                .and_then(|day| day.parse::<NaiveDate>().ok());
+            match day {
+                Some(day) => by_day
+                    .entry(day)
+                    .or_default()
+                    .push(RecordedLate { key, read }),
+                None => by_day
+                    .entry(NaiveDate::MIN)
+                    .or_default()
+                    .push(RecordedLate {
+                        key,
+                        read: Err("not under a day's directory".into()),
+                    }),
+            }
+        }
+        Ok(by_day)
+    }
+
     /// Every event of a day as a digest records it, from the envelopes.
     async fn digest_entries(
         &self,
@@ -450,12 +612,15 @@ impl EventLog {
         stream: Stream,
         institution: &str,
     ) -> Result<Vec<NaiveDate>, EventLogError> {
+        let dir = format!("{}/", digest::digest_dir(stream, institution));
+        let dir = dir.as_str();
         let mut dates: Vec<NaiveDate> = self
             .store
-            .list(&digest::digest_dir(stream, institution))
+            .list(dir.trim_end_matches('/'))
             .map_err(EventLogError::from)
             .try_filter_map(|meta| async move {
-                let name = meta.location.filename().unwrap_or_default().to_string();
+                // Directly in the directory: late arrivals' records are below it.
+                let name = meta.location.as_ref().strip_prefix(dir).unwrap_or_default();
                 Ok(name
                     .strip_suffix(".json")
                     .and_then(|date| date.parse::<NaiveDate>().ok()))
@@ -493,12 +658,15 @@ impl EventLog {
     /// one counts. A missing marker is created for `key`; one that is damaged or names an
     /// event that was never written is repaired to name `key`, so that a later resend is
     /// recognised as this event.
-    pub async fn is_canonical(
-        &self,
-        key: &EventKey,
-        sha256: &str,
-    ) -> Result<Canonical, EventLogError> {
-        let marker = marker_key(key.stream, &key.institution, sha256);
+    pub async fn is_canonical(&self, event: &StoredEvent) -> Result<Canonical, EventLogError> {
+        let key = &event.key;
+        // The envelope's hash names the marker, unless the envelope was damaged into
+        // something that is not a hash: then the body's own.
+        let sha256 = match is_sha256_hex(&event.envelope.sha256) {
+            true => event.envelope.sha256.clone(),
+            false => sha256_hex(&event.body),
+        };
+        let marker = marker_key(key.stream, &key.institution, &sha256);
         let claim = Bytes::from(key.to_string());
         let named = match self.store.get(&marker).await {
             Ok(text) => parse_marker(&text, key.stream, &key.institution),
@@ -618,10 +786,24 @@ impl EventLog {
                 sources.push((stream, institution.to_string()));
             }
         }
+        report.mismatches.extend(self.strays(filter).await?);
         for (stream, institution) in sources {
             let source = format!("{stream}/{institution}");
             let event_days = self.days(stream, &institution).await?;
             let digest_dates = self.digest_dates(stream, &institution).await?;
+            let mut late = self.late_arrivals(stream, &institution).await?;
+            // Records under no day's directory, or under a day without a digest, vouch for
+            // nothing.
+            for (day, records) in &late {
+                if digest_dates.binary_search(day).is_err() && filter.takes_day(*day) {
+                    for record in records {
+                        report.mismatches.push(Mismatch {
+                            key: record.key.clone(),
+                            problem: "a late arrival's record for a day without a digest".into(),
+                        });
+                    }
+                }
+            }
             // The last digested day always had events: its digest ends the chain, and a
             // chain cut short (that day's events and digest removed) shows here.
             if let Some(&through) = digested.get(&source)
@@ -681,11 +863,25 @@ impl EventLog {
                 };
                 let read = serde_json::from_slice::<StoredDigest>(&bytes)
                     .and_then(|stored| Ok((stored.day()?, stored)));
+                let records = late.remove(&day).unwrap_or_default();
                 let problems = match read {
                     Err(e) => vec![format!("the digest is unreadable: {e}")],
                     Ok((digest, stored)) => {
-                        let mut problems =
-                            digest_problems(&digest, stream, &institution, day, &prior, &checked);
+                        let arrivals = LateArrivals {
+                            records: &records,
+                            digest_sha256: &link.sha256,
+                            public_keys,
+                        };
+                        let mut problems = digest_problems(
+                            &digest,
+                            stream,
+                            &institution,
+                            day,
+                            &prior,
+                            &checked,
+                            &arrivals,
+                            &mut report.late_arrivals,
+                        );
                         if !public_keys.is_empty() {
                             match stored.check_signature(public_keys) {
                                 Ok(()) => report.signatures += 1,
@@ -707,6 +903,45 @@ impl EventLog {
             }
         }
         Ok(report)
+    }
+
+    /// Every object under `events/` that is not an event of the layout (and not a
+    /// temporary file of the store): an event renamed, or a file put there by hand. Each is
+    /// a mismatch: nothing reads it, so what it holds is in no table and no digest.
+    async fn strays(&self, filter: &EventFilter) -> Result<Vec<Mismatch>, EventLogError> {
+        let keys: Vec<String> = self
+            .store
+            .list("events")
+            .map_ok(|meta| meta.location.to_string())
+            .try_filter(|key| {
+                let stray = !is_temporary(key) && key.parse::<EventKey>().is_err();
+                futures::future::ready(stray)
+            })
+            .try_collect()
+            .await?;
+        let mut strays: Vec<Mismatch> = keys
+            .into_iter()
+            .filter(|key| {
+                // A stray under a stream and institution the filter leaves out is not shown.
+                let mut parts = key.split('/').skip(1);
+                let (stream, institution) = (parts.next(), parts.next());
+                let stream_taken = match stream.and_then(|s| s.parse::<Stream>().ok()) {
+                    Some(stream) => filter.stream.is_none_or(|wanted| wanted == stream),
+                    None => true,
+                };
+                let institution_taken = match (&filter.institution, institution) {
+                    (Some(wanted), Some(institution)) => wanted == institution,
+                    _ => true,
+                };
+                stream_taken && institution_taken
+            })
+            .map(|key| Mismatch {
+                problem: "not an event of the layout (events/{stream}/{institution}/{YYYY-MM-DD}/{UUIDv7}.event, lowercase): a stray file, or an event renamed; nothing reads it".into(),
+                key,
+            })
+            .collect();
+        strays.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(strays)
     }
 
     async fn check_event(&self, key: EventKey) -> Result<CheckedEvent, EventLogError> {
@@ -776,6 +1011,61 @@ impl EventLog {
     }
 }
 
+/// A late arrival's record as `verify` found it.
+struct RecordedLate {
+    key: String,
+    read: Result<(LateArrival, StoredDigest), String>,
+}
+
+/// The late arrivals recorded for one sealed day, and what they must match.
+struct LateArrivals<'a> {
+    records: &'a [RecordedLate],
+    /// The day's digest as stored now.
+    digest_sha256: &'a str,
+    public_keys: &'a [Vec<u8>],
+}
+
+impl LateArrivals<'_> {
+    /// Whether `event`'s late arrival is recorded, and the record vouches for it; `Err`
+    /// says what is wrong with a record that names it.
+    fn vouch(&self, event: &CheckedEvent) -> Option<Result<(), String>> {
+        let id = event.key.event_id;
+        let record = self.records.iter().find(|record| {
+            record
+                .read
+                .as_ref()
+                .is_ok_and(|(late, _)| late.event.event_id == id)
+        })?;
+        let (late, stored) = record.read.as_ref().ok()?;
+        let mut problems = Vec::new();
+        if late.stream != event.key.stream.as_str()
+            || late.institution != event.key.institution
+            || late.date != event.key.day
+        {
+            problems.push("its record speaks of another day or source".to_string());
+        }
+        if let Some(envelope) = &event.envelope
+            && (envelope.sha256 != late.event.sha256
+                || envelope.body_bytes != late.event.body_bytes
+                || envelope.records != late.event.records)
+        {
+            problems.push("it was altered since its late arrival was recorded".to_string());
+        }
+        if late.digest_sha256.as_deref() != Some(self.digest_sha256) {
+            problems.push("its record names another version of the day's digest".to_string());
+        }
+        if !self.public_keys.is_empty()
+            && let Err(reason) = stored.check_signature(self.public_keys)
+        {
+            problems.push(format!("its record's signature fails: {reason}"));
+        }
+        Some(match problems.is_empty() {
+            true => Ok(()),
+            false => Err(problems.join("; ")),
+        })
+    }
+}
+
 /// One event as `verify` read it.
 struct CheckedEvent {
     key: EventKey,
@@ -787,6 +1077,7 @@ struct CheckedEvent {
 
 /// What is wrong with a day's digest: against its place (key), its chain (`prior`, the
 /// digest before it as found), its own Merkle root, and the day's events as stored.
+#[allow(clippy::too_many_arguments)]
 fn digest_problems(
     digest: &DayDigest,
     stream: Stream,
@@ -794,6 +1085,8 @@ fn digest_problems(
     day: NaiveDate,
     prior: &Option<ChainLink>,
     events: &[CheckedEvent],
+    late: &LateArrivals,
+    late_count: &mut usize,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     if digest.stream != stream.as_str() || digest.institution != institution || digest.date != day {
@@ -835,9 +1128,15 @@ fn digest_problems(
         let id = event.key.event_id;
         seen.insert(id);
         let Some(entry) = recorded.get(&id) else {
-            problems.push(format!(
-                "event {id} is not in the digest: it was added after the day was sealed"
-            ));
+            match late.vouch(event) {
+                Some(Ok(())) => *late_count += 1,
+                Some(Err(problem)) => problems.push(format!(
+                    "event {id} is recorded as a late arrival, but {problem}"
+                )),
+                None => problems.push(format!(
+                    "event {id} is not in the digest: it was added after the day was sealed"
+                )),
+            }
             continue;
         };
         let Some(envelope) = &event.envelope else {
@@ -861,6 +1160,19 @@ fn digest_problems(
             ));
         }
     }
+    for record in late.records {
+        match &record.read {
+            Err(e) => problems.push(format!("{}: the record is unreadable: {e}", record.key)),
+            Ok((arrival, _)) if !seen.contains(&arrival.event.event_id) => problems.push(format!(
+                "{}: the late arrival it records, event {}, is missing from the log",
+                record.key, arrival.event.event_id
+            )),
+            Ok((arrival, _)) if recorded.contains_key(&arrival.event.event_id) => problems.push(
+                format!("{}: records as late an event the digest lists", record.key),
+            ),
+            Ok(_) => {}
+        }
+    }
     problems
 }
 
@@ -871,6 +1183,10 @@ fn parse_marker(text: &[u8], stream: Stream, institution: &str) -> Option<EventK
         .ok()
         .and_then(|text| text.parse::<EventKey>().ok())
         .filter(|key| key.stream == stream && key.institution == institution)
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Content-addressed: the same body for the same stream and institution always maps to the

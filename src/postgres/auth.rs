@@ -1,8 +1,8 @@
 //! Signing in: the user name is a `[sql]` token's name (`datx` for the `[sql]` table's own
-//! token) and the password is the token, compared in constant time.
+//! token) and the password is the token, compared in constant time. The caller found is
+//! bound to the connection: its session never looks a caller up again.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use futures::Sink;
@@ -16,91 +16,48 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::Activity;
 
-use crate::config::{POSTGRES_USER_OF_SQL_TOKEN, Sql};
-use crate::query::Visibility;
+use crate::query::access::{Caller, Callers};
 use crate::query::pg_catalog;
-use crate::secret::SecretDigest;
 
-/// A token's holder, as a PostgreSQL user.
+/// The caller a connection signed in as, set once by its sign-in and read by its session
+/// for every statement: the token presented at sign-in decides what the session sees.
+pub type SignedIn = Arc<OnceLock<Arc<Caller>>>;
+
+/// The password check of one connection.
 #[derive(Debug)]
-pub struct Caller {
-    user: String,
-    /// The token's name in the logs and metrics, as for `POST /sql`.
-    name: String,
-    digest: SecretDigest,
-    institutions: Option<BTreeSet<String>>,
-}
-
-impl Caller {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The PostgreSQL user name the client signed in with.
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    pub fn visibility(&self) -> Visibility<'_> {
-        match &self.institutions {
-            None => Visibility::All,
-            Some(codes) => Visibility::Only(codes),
-        }
-    }
-}
-
-/// Cheap to clone: the sign-in handler of every connection holds one.
-#[derive(Debug, Clone)]
-pub struct Callers(Arc<Vec<Caller>>);
-
-impl Callers {
-    pub fn new(sql: &Sql) -> Callers {
-        Callers(Arc::new(
-            sql.tokens
-                .iter()
-                .map(|token| Caller {
-                    user: match token.name.as_str() {
-                        "sql" => POSTGRES_USER_OF_SQL_TOKEN.to_string(),
-                        name => name.to_string(),
-                    },
-                    name: token.name.clone(),
-                    digest: SecretDigest::of(token.token.as_bytes()),
-                    institutions: token.institutions.clone(),
-                })
-                .collect(),
-        ))
-    }
-
-    pub fn named(&self, user: &str) -> Option<&Caller> {
-        self.0.iter().find(|caller| caller.user == user)
-    }
+pub struct PasswordCheck {
+    callers: Callers,
+    signed_in: SignedIn,
 }
 
 #[async_trait]
-impl AuthSource for Callers {
+impl AuthSource for PasswordCheck {
     /// Never asked: `verify_password` below compares digests instead of passwords.
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         Err(refused(login))
     }
 
-    /// Every token is compared, whichever user is named, so that the time taken tells
-    /// nothing about which users exist.
+    /// The password is a token, and the user must be that token's user. Every token is
+    /// compared whichever user is named, so the time taken tells nothing about which
+    /// users exist.
     async fn verify_password(
         &self,
         login: &LoginInfo,
         presented: &[u8],
     ) -> PgWireResult<Option<()>> {
         let user = login.user().unwrap_or_default();
-        let signed_in = self.0.iter().fold(false, |found, caller| {
-            let matches = caller.digest.matches(presented);
-            found | (matches && caller.user == user)
-        });
-        match signed_in {
-            true => {
+        let caller = self
+            .callers
+            .by_secret(presented)
+            .filter(|caller| caller.user() == user);
+        match caller {
+            Some(caller) => {
                 tracing::info!(user, host = login.host(), "PostgreSQL client signed in");
+                // A connection signs in once; pgwire never asks twice.
+                let _ = self.signed_in.set(caller);
                 Ok(None)
             }
-            false => {
+            None => {
                 tracing::warn!(user, host = login.host(), "PostgreSQL sign-in refused");
                 crate::metrics::postgres_sign_in_refused();
                 Err(refused(login))
@@ -114,7 +71,8 @@ fn refused(login: &LoginInfo) -> PgWireError {
     PgWireError::InvalidPassword(login.user().unwrap_or_default().to_string())
 }
 
-type PasswordSignIn = CleartextPasswordAuthStartupHandler<Callers, DefaultServerParameterProvider>;
+type PasswordSignIn =
+    CleartextPasswordAuthStartupHandler<PasswordCheck, DefaultServerParameterProvider>;
 
 /// One connection's sign-in: refuses a client without TLS where a certificate is
 /// configured, before it sends its password, and tells the session's watchdog once the
@@ -128,12 +86,14 @@ pub struct SignIn {
 impl SignIn {
     pub fn new(
         callers: Callers,
+        signed_in: SignedIn,
         connections: Arc<ConnectionManager>,
         tls_required: bool,
         activity: Arc<Activity>,
     ) -> SignIn {
+        let check = PasswordCheck { callers, signed_in };
         SignIn {
-            password: password_handler(callers, connections),
+            password: password_handler(check, connections),
             tls_required,
             activity,
         }
@@ -169,7 +129,7 @@ impl StartupHandler for SignIn {
 
 /// Asks for the password in clear text (TLS protects it where configured), and tells the
 /// client what server it reached.
-fn password_handler(callers: Callers, connections: Arc<ConnectionManager>) -> PasswordSignIn {
+fn password_handler(check: PasswordCheck, connections: Arc<ConnectionManager>) -> PasswordSignIn {
     let mut parameters = DefaultServerParameterProvider::default();
     parameters.server_version = format!(
         "{} (datx {})",
@@ -179,6 +139,5 @@ fn password_handler(callers: Callers, connections: Arc<ConnectionManager>) -> Pa
     parameters.is_superuser = false;
     parameters.default_transaction_read_only = true;
     parameters.time_zone = "UTC".into();
-    CleartextPasswordAuthStartupHandler::new(callers, parameters)
-        .with_connection_manager(connections)
+    CleartextPasswordAuthStartupHandler::new(check, parameters).with_connection_manager(connections)
 }

@@ -17,19 +17,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use futures::Sink;
+use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
-use pgwire::api::portal::{Format, Portal};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, PgWireConnectionState,
+    PgWireServerHandlers, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::DataRow;
@@ -41,9 +45,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Postgres, PostgresTls, Sql};
+use crate::query::access::{Caller, Callers};
 use crate::query::http::MAX_STATEMENT_BYTES;
 use crate::query::pg_catalog;
-use crate::query::{QueryEngine, QueryError};
+use crate::query::{Answer, AnswerMemory, Encoder, Held, QueryEngine, QueryError};
 use commands::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +73,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// What every session shares.
 struct Shared {
     engine: Arc<QueryEngine>,
-    callers: auth::Callers,
+    callers: Callers,
     connections: Arc<ConnectionManager>,
     max_rows: usize,
     /// Bytes of answers one session may hold in portals it has not fetched to their end.
@@ -115,7 +120,7 @@ impl PostgresServer {
             config: config.clone(),
             shared: Arc::new(Shared {
                 engine,
-                callers: auth::Callers::new(sql),
+                callers: Callers::new(sql),
                 connections: Arc::new(ConnectionManager::new()),
                 max_rows: sql.max_rows,
                 memory_limit: sql.memory_limit,
@@ -153,15 +158,18 @@ impl PostgresServer {
             };
             let _ = stream.set_nodelay(true);
             let activity = Arc::new(Activity::new());
+            let signed_in = auth::SignedIn::default();
             let session = Arc::new(Session {
                 shared: self.shared.clone(),
                 activity: activity.clone(),
+                signed_in: signed_in.clone(),
                 settings: Arc::default(),
                 held: Arc::default(),
             });
             let handlers = Handlers {
                 startup: Arc::new(auth::SignIn::new(
                     self.shared.callers.clone(),
+                    signed_in,
                     self.shared.connections.clone(),
                     self.config.tls_required,
                     activity.clone(),
@@ -364,18 +372,66 @@ impl PgWireServerHandlers for Handlers {
 struct Session {
     shared: Arc<Shared>,
     activity: Arc<Activity>,
+    /// Who signed in on this connection.
+    signed_in: auth::SignedIn,
     /// What `SET` changed, for `SHOW`: lower-cased name to value.
     settings: Arc<Mutex<BTreeMap<String, String>>>,
     /// Bytes of answers held in this session's portals until fetched to their end.
     held: Arc<AtomicUsize>,
 }
 
-/// An answer's rows, counted in its session's held bytes until they are all sent or the
-/// portal holding them is closed.
+/// Rows of an answer as they are produced: each chunk's share of the answer budget is
+/// given back once its last row is handed to the connection (whose buffer writes out
+/// before it takes more).
+struct AnswerRows {
+    answer: Answer<Vec<DataRow>>,
+    rows: std::vec::IntoIter<DataRow>,
+    memory: Option<AnswerMemory>,
+}
+
+impl AnswerRows {
+    fn new(answer: Answer<Vec<DataRow>>) -> AnswerRows {
+        AnswerRows {
+            answer,
+            rows: Vec::new().into_iter(),
+            memory: None,
+        }
+    }
+}
+
+impl futures::Stream for AnswerRows {
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(row) = self.rows.next() {
+                return std::task::Poll::Ready(Some(Ok(row)));
+            }
+            self.memory = None;
+            match std::task::ready!(self.answer.poll_next(cx)) {
+                Some(Ok(Held { chunk, memory })) => {
+                    self.rows = chunk.into_iter();
+                    self.memory = Some(memory);
+                }
+                Some(Err(e)) => return std::task::Poll::Ready(Some(Err(query_error(e)))),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// An answer kept whole for a portal that a client fetches a few rows at a time (a JDBC
+/// fetch size): counted in its session's held bytes, and in the answer budget, until it is
+/// all sent or the portal is closed. Produced to its end at once, so that a forgotten
+/// portal holds memory, never a query slot.
 struct HeldRows {
     rows: std::vec::IntoIter<DataRow>,
     held: Arc<AtomicUsize>,
     bytes: usize,
+    _memory: Vec<AnswerMemory>,
 }
 
 impl futures::Stream for HeldRows {
@@ -395,6 +451,40 @@ impl Drop for HeldRows {
     }
 }
 
+/// An answer's batches as PostgreSQL data rows, encoded on the query's threads in the
+/// format the client asked for.
+#[derive(Clone)]
+struct RowEncoder {
+    format: Format,
+    /// The row description, once the answer's schema is known.
+    fields: Arc<Vec<FieldInfo>>,
+}
+
+impl Encoder for RowEncoder {
+    type Chunk = Vec<DataRow>;
+
+    fn start(&mut self, schema: &SchemaRef) -> Result<Option<Vec<DataRow>>, QueryError> {
+        self.fields = Arc::new(wire::fields(schema, &self.format));
+        Ok(None)
+    }
+
+    fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<DataRow>, QueryError> {
+        wire::rows(std::slice::from_ref(batch), &self.fields)
+            .map_err(|e| QueryError::Unwritable(Box::new(e)))
+    }
+
+    fn finish(&mut self) -> Result<Option<Vec<DataRow>>, QueryError> {
+        Ok(None)
+    }
+
+    fn size(rows: &Vec<DataRow>) -> usize {
+        rows.iter().map(|row| row.data.len() + ROW_OVERHEAD).sum()
+    }
+}
+
+/// What a data row costs besides its values: its buffer and its place in a vector.
+const ROW_OVERHEAD: usize = 48;
+
 /// A statement as parsed and described when a client prepares it.
 #[derive(Debug, Clone)]
 pub enum Prepared {
@@ -407,21 +497,17 @@ pub enum Prepared {
 }
 
 impl Session {
-    /// The institutions the signed-in user may see. Sign-in succeeded, so the user has a
-    /// token; a session without one sees nothing.
-    fn caller<C: ClientInfo>(&self, client: &C) -> PgWireResult<&auth::Caller> {
-        let user = client
-            .metadata()
-            .get(pgwire::api::METADATA_USER)
-            .map(String::as_str);
-        self.shared
-            .callers
-            .named(user.unwrap_or_default())
-            .ok_or_else(|| PgWireError::UserNameRequired)
+    /// The caller who signed in on this connection: a session that did not sign in has
+    /// none, and sees nothing.
+    fn caller(&self) -> PgWireResult<&Caller> {
+        self.signed_in
+            .get()
+            .map(|caller| caller.as_ref())
+            .ok_or(PgWireError::UserNameRequired)
     }
 
     /// Parses one statement: a session command, or a query described by the engine.
-    async fn prepare(&self, caller: &auth::Caller, text: &str) -> Result<Prepared, QueryError> {
+    async fn prepare(&self, caller: &Caller, text: &str) -> Result<Prepared, QueryError> {
         check_length(text)?;
         if let Some(command) = Command::parse(text) {
             return Ok(Prepared::Command(command));
@@ -500,13 +586,67 @@ impl Session {
         })
     }
 
-    /// Runs a query with its parameters, as the signed-in user may.
+    /// Executes a query's portal to its end, sending rows as they are produced. A cancel
+    /// request stops it wherever it is, answering included, and the query with it.
+    async fn execute_streaming<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let cancelled = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            Some(handle) => Some(handle.start_query().await),
+            None => None,
+        };
+        let run = async {
+            let response = ExtendedQueryHandler::do_query(self, client, portal, 0).await?;
+            let Response::Query(mut results) = response else {
+                return Err(PgWireError::ApiError("a query gave no rows".into()));
+            };
+            let mut rows = 0;
+            while let Some(row) = results.data_rows().next().await {
+                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                rows += 1;
+            }
+            let tag = Tag::new(results.command_tag()).with_rows(rows);
+            client
+                .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                .await?;
+            Ok(())
+        };
+        let result = match cancelled {
+            None => run.await,
+            Some(mut cancelled) => {
+                tokio::pin!(run);
+                tokio::select! {
+                    result = &mut run => result,
+                    Ok(()) = &mut cancelled => Err(PgWireError::QueryCanceled),
+                }
+            }
+        };
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        if result.is_ok() {
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+        }
+        result
+    }
+
+    /// Runs a query with its parameters, as the signed-in user may. Its rows are sent as
+    /// they are produced, or, for a portal fetched a few rows at a time (`held`), kept whole
+    /// in the session.
     async fn query(
         &self,
-        caller: &auth::Caller,
+        caller: &Caller,
         statement: Statement,
         parameters: Vec<datafusion::common::ScalarValue>,
         format: &Format,
+        held: bool,
     ) -> PgWireResult<Response> {
         let started = std::time::Instant::now();
         let text = statement.to_string();
@@ -518,16 +658,16 @@ impl Session {
                 parameters,
                 caller.visibility(),
                 Some(self.shared.max_rows),
+                RowEncoder {
+                    format: format.clone(),
+                    fields: Arc::default(),
+                },
             )
             .await;
-        let (code, rows) = match &result {
-            Ok(answer) => ("00000", answer.num_rows()),
-            Err(e) => (sqlstate(e), 0),
-        };
+        let code = result.as_ref().map_or_else(sqlstate, |_| "00000");
         tracing::info!(
             token = caller.name(),
             sqlstate = code,
-            rows,
             ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             sql = %text.chars().take(200).collect::<String>(),
             "postgres"
@@ -535,14 +675,30 @@ impl Session {
         crate::metrics::postgres_query(caller.name(), code, started.elapsed());
         let answer = result.map_err(query_error)?;
         let fields = Arc::new(wire::fields(&answer.schema, format));
-        let rows = wire::rows(&answer.batches, &fields)?;
-        drop(answer);
-        let bytes: usize = rows.iter().map(|row| row.data.len()).sum();
+        if !held {
+            return Ok(Response::Query(QueryResponse::new(
+                fields,
+                AnswerRows::new(answer),
+            )));
+        }
+        let mut rows = Vec::new();
+        let mut memory = Vec::new();
+        let mut answer = answer;
+        while let Some(chunk) = answer.next().await {
+            let Held {
+                chunk,
+                memory: share,
+            } = chunk.map_err(query_error)?;
+            rows.extend(chunk);
+            memory.push(share);
+        }
+        let bytes: usize = rows.iter().map(|row| row.data.len() + ROW_OVERHEAD).sum();
         let held = self.held.fetch_add(bytes, Ordering::Relaxed);
         let rows = HeldRows {
             rows: rows.into_iter(),
             held: self.held.clone(),
             bytes,
+            _memory: memory,
         };
         if held + bytes > self.shared.memory_limit {
             return Err(user_error(
@@ -587,6 +743,23 @@ fn text_rows(fields: Arc<Vec<FieldInfo>>, values: Vec<Vec<String>>) -> PgWireRes
         fields,
         futures::stream::iter(rows),
     )))
+}
+
+/// The portal an `Execute` names, when it is a query that has not run yet.
+async fn fresh_query_portal<C>(client: &mut C, message: &Execute) -> Option<Arc<Portal<Prepared>>>
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore<Statement = Prepared>,
+{
+    if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+        return None;
+    }
+    let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+    let Some(Entry::Value(portal)) = client.portal_store().get_portal(name) else {
+        return None;
+    };
+    let fresh = matches!(*portal.state().lock().await, PortalExecutionState::Initial);
+    (fresh && matches!(portal.statement.statement, Prepared::Query { .. })).then_some(portal)
 }
 
 /// Refuses statement text longer than `POST /sql` takes: SQL, not data. (The protocol has
@@ -648,6 +821,8 @@ fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::TooManyRows(_) => "54000",
         QueryError::Lake(_) => "58030",
         QueryError::Busy(_) => "53300",
+        QueryError::AnswersBusy(_) => "53200",
+        QueryError::Unwritable(_) => "22000",
     }
 }
 
@@ -664,7 +839,16 @@ fn error_info(error: &QueryError) -> ErrorInfo {
 }
 
 fn query_error(error: QueryError) -> PgWireError {
-    PgWireError::UserError(Box::new(error_info(&error)))
+    match error {
+        // A value the wire cannot carry: the encoder said which, with its SQLSTATE.
+        QueryError::Unwritable(inner) => match inner.downcast::<PgWireError>() {
+            Ok(wire) => *wire,
+            Err(other) => {
+                PgWireError::UserError(Box::new(error_info(&QueryError::Unwritable(other))))
+            }
+        },
+        error => PgWireError::UserError(Box::new(error_info(&error))),
+    }
 }
 
 #[async_trait]
@@ -681,26 +865,30 @@ impl SimpleQueryHandler for Session {
         self._on_query(client, query).await
     }
 
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let caller = self.caller(client)?;
+        let caller = self.caller()?;
         if let Err(e) = check_length(query) {
             return Ok(vec![Response::Error(Box::new(error_info(&e)))]);
         }
         let mut responses = Vec::new();
+        let pieces = commands::split(query);
         // As in PostgreSQL, the statements of one simple query run until the first error.
-        for piece in commands::split(query) {
+        for (i, piece) in pieces.iter().enumerate() {
+            // pgwire sends the answers once all have run: only the last one streams, the
+            // others are kept whole, each after its query has given back its slot.
+            let held = i + 1 < pieces.len();
             let answered = match Command::parse(piece) {
                 Some(command) => self.command(&command, &Format::UnifiedText),
                 None => match one_statement(piece) {
                     Ok(mut statement) => {
                         name_the_user(&mut statement, caller.user());
-                        self.query(caller, statement, vec![], &Format::UnifiedText)
+                        self.query(caller, statement, vec![], &Format::UnifiedText, held)
                             .await
                     }
                     Err(e) => Err(query_error(e)),
@@ -725,7 +913,7 @@ impl QueryParser for Session {
 
     async fn parse_sql<C>(
         &self,
-        client: &C,
+        _client: &C,
         sql: &str,
         _types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
@@ -733,7 +921,7 @@ impl QueryParser for Session {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let _busy = self.activity.busy();
-        let caller = self.caller(client)?;
+        let caller = self.caller()?;
         self.prepare(caller, sql)
             .await
             .map(Some)
@@ -784,6 +972,13 @@ impl ExtendedQueryHandler for Session {
     {
         // Each fetch from a portal counts as activity, and its rows are written while busy.
         let _busy = self.activity.busy();
+        // A query's portal run to its end (no row limit) streams its rows; pgwire's own
+        // execution would gather them all first.
+        if message.max_rows == 0
+            && let Some(portal) = fresh_query_portal(client, &message).await
+        {
+            return self.execute_streaming(client, &portal).await;
+        }
         self._on_execute(client, message).await
     }
 
@@ -800,9 +995,9 @@ impl ExtendedQueryHandler for Session {
 
     async fn do_query<C>(
         &self,
-        client: &mut C,
+        _client: &mut C,
         portal: &Portal<Prepared>,
-        _max_rows: usize,
+        max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -810,7 +1005,7 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let caller = self.caller(client)?;
+        let caller = self.caller()?;
         let StoredStatement {
             statement,
             parameter_types,
@@ -824,11 +1019,13 @@ impl ExtendedQueryHandler for Session {
                 ..
             } => {
                 let values = wire::parameters(portal, parameter_types, parameters)?;
+                // Fetched a few rows at a time, the answer waits in the portal: kept whole.
                 self.query(
                     caller,
                     statement.clone(),
                     values,
                     &portal.result_column_format,
+                    max_rows > 0,
                 )
                 .await
             }

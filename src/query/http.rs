@@ -12,10 +12,10 @@ use warp::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_A
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::output::{self, Format};
-use super::{QueryEngine, QueryError, Visibility, one_statement};
-use crate::config::{Sql, SqlToken};
-use crate::secret::SecretDigest;
+use super::access::Callers;
+use super::output::{Format, TextEncoder};
+use super::{Answer, AnswerMemory, Held, QueryEngine, QueryError, one_statement};
+use crate::config::Sql;
 
 /// Seconds a client is asked to wait before trying again when every query slot is taken
 /// or the lake's commits cannot be read.
@@ -24,38 +24,17 @@ const RETRY_AFTER_SECONDS: u32 = 5;
 /// The largest statement accepted: SQL text, not data.
 pub const MAX_STATEMENT_BYTES: u64 = 1024 * 1024;
 
-struct Caller {
-    name: String,
-    digest: SecretDigest,
-    institutions: Option<std::collections::BTreeSet<String>>,
-}
-
 pub struct SqlService {
     engine: Arc<QueryEngine>,
-    callers: Vec<Caller>,
+    callers: Callers,
     max_rows: usize,
 }
 
 impl SqlService {
     pub fn new(engine: Arc<QueryEngine>, sql: &Sql) -> SqlService {
-        let callers = sql
-            .tokens
-            .iter()
-            .map(
-                |SqlToken {
-                     name,
-                     token,
-                     institutions,
-                 }| Caller {
-                    name: name.clone(),
-                    digest: SecretDigest::of(token.as_bytes()),
-                    institutions: institutions.clone(),
-                },
-            )
-            .collect();
         SqlService {
             engine,
-            callers,
+            callers: Callers::new(sql),
             max_rows: sql.max_rows,
         }
     }
@@ -90,7 +69,8 @@ impl SqlService {
                 "SQL over HTTP is off: give [sql] a token_env in datx.toml".into(),
             );
         }
-        let Some(caller) = self.caller(authorization.as_deref()) else {
+        let token = crate::secret::bearer(authorization.as_deref());
+        let Some(caller) = token.and_then(|token| self.callers.by_secret(token.as_bytes())) else {
             return unauthorized("datx sql");
         };
         let Ok(text) = std::str::from_utf8(&body) else {
@@ -103,72 +83,128 @@ impl SqlService {
             Some(accept) if accept.contains("text/csv") => Format::Csv,
             _ => Format::Json,
         };
-        let visible = match &caller.institutions {
-            None => Visibility::All,
-            Some(codes) => Visibility::Only(codes),
-        };
+        let visible = caller.visibility();
+        let encoder = TextEncoder::new(format).expect("the HTTP formats are text");
         let result = match one_statement(text) {
             Ok(statement) => {
                 self.engine
-                    .run(statement, vec![], visible, Some(self.max_rows))
+                    .run(statement, vec![], visible, Some(self.max_rows), encoder)
                     .await
             }
             Err(e) => Err(e),
         };
-        let (status, rows, response) = match result {
-            Ok(answer) => {
-                let mut body = Vec::new();
-                match output::write(&answer, format, &mut body) {
-                    Ok(()) => {
-                        let mut reply = Response::new(body.into());
-                        reply.headers_mut().insert(
-                            CONTENT_TYPE,
-                            format.content_type().parse().expect("a valid header"),
-                        );
-                        (StatusCode::OK, answer.num_rows(), reply)
-                    }
-                    Err(e) => {
-                        let status = StatusCode::INTERNAL_SERVER_ERROR;
-                        (
-                            status,
-                            0,
-                            error_reply(status, format!("cannot write the answer: {e}")),
-                        )
-                    }
-                }
-            }
+        let sql: String = text.chars().take(200).collect();
+        let status = result.as_ref().map_or_else(status_of, |_| StatusCode::OK);
+        crate::metrics::sql_query(caller.name(), status.as_u16(), started.elapsed());
+        let answer = match result {
+            Ok(answer) => answer,
             Err(e) => {
-                let status = status_of(&e);
+                tracing::info!(
+                    token = caller.name(),
+                    status = status.as_u16(),
+                    ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                    error = %e,
+                    sql,
+                    "sql"
+                );
                 let mut reply = error_reply(status, e.to_string());
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     reply
                         .headers_mut()
                         .insert(RETRY_AFTER, RETRY_AFTER_SECONDS.into());
                 }
-                (status, 0, reply)
+                return reply;
             }
         };
-        tracing::info!(
-            token = caller.name,
-            status = status.as_u16(),
-            rows,
-            ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-            sql = %text.chars().take(200).collect::<String>(),
-            "sql"
+        let body = AnswerBody {
+            answer,
+            sent: 0,
+            ended: None,
+            token: caller.name().to_string(),
+            sql,
+            started,
+        };
+        let mut reply = warp::reply::stream(body).into_response();
+        reply.headers_mut().insert(
+            CONTENT_TYPE,
+            format.content_type().parse().expect("a valid header"),
         );
-        crate::metrics::sql_query(&caller.name, status.as_u16(), started.elapsed());
-        response
+        reply
     }
+}
 
-    /// The caller whose token is presented. Every token is compared, in constant time.
-    fn caller(&self, authorization: Option<&str>) -> Option<&Caller> {
-        let token = crate::secret::bearer(authorization)?.as_bytes();
-        self.callers
-            .iter()
-            .fold(None, |found, caller| match caller.digest.matches(token) {
-                true => Some(caller),
-                false => found,
-            })
+/// An answer's body: each chunk holds its share of the answer budget until hyper has
+/// written it out and drops it. Logs the answer once it ends, however it ends.
+struct AnswerBody {
+    answer: Answer<Bytes>,
+    sent: usize,
+    /// How the answer ended, once it has: `Ok` complete, `Err` why it was cut short.
+    ended: Option<Result<(), String>>,
+    token: String,
+    sql: String,
+    started: Instant,
+}
+
+/// A chunk's bytes with their share of the budget, freed with the bytes.
+struct OnTheWire {
+    chunk: Bytes,
+    _memory: AnswerMemory,
+}
+
+impl AsRef<[u8]> for OnTheWire {
+    fn as_ref(&self) -> &[u8] {
+        &self.chunk
+    }
+}
+
+impl futures::Stream for AnswerBody {
+    type Item = Result<Bytes, QueryError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let polled = match self.ended {
+            Some(_) => return Poll::Ready(None),
+            None => std::task::ready!(self.answer.poll_next(cx)),
+        };
+        Poll::Ready(match polled {
+            Some(Ok(Held { chunk, memory })) => {
+                self.sent += chunk.len();
+                Some(Ok(Bytes::from_owner(OnTheWire {
+                    chunk,
+                    _memory: memory,
+                })))
+            }
+            // The client sees the connection close before the end of a chunked body, never
+            // an answer that looks complete.
+            Some(Err(e)) => {
+                self.ended = Some(Err(e.to_string()));
+                Some(Err(e))
+            }
+            None => {
+                self.ended = Some(Ok(()));
+                None
+            }
+        })
+    }
+}
+
+impl Drop for AnswerBody {
+    fn drop(&mut self) {
+        let ms = format_args!("{:.1}", self.started.elapsed().as_secs_f64() * 1000.0);
+        match &self.ended {
+            Some(Ok(())) => {
+                tracing::info!(token = self.token, status = 200, bytes = self.sent, ms = %ms, sql = self.sql, "sql")
+            }
+            Some(Err(e)) => {
+                tracing::warn!(token = self.token, status = 200, bytes = self.sent, ms = %ms, error = e, sql = self.sql, "sql answer cut short")
+            }
+            None => {
+                tracing::info!(token = self.token, status = 200, bytes = self.sent, ms = %ms, sql = self.sql, "sql answer not read to its end: the client went away")
+            }
+        }
     }
 }
 
@@ -193,10 +229,13 @@ fn status_of(error: &QueryError) -> StatusCode {
         }
         QueryError::TooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
         QueryError::Refused(_) => StatusCode::FORBIDDEN,
-        QueryError::Timeout(_) | QueryError::MemoryLimit { .. } | QueryError::TooManyRows(_) => {
-            StatusCode::UNPROCESSABLE_ENTITY
+        QueryError::Timeout(_)
+        | QueryError::MemoryLimit { .. }
+        | QueryError::TooManyRows(_)
+        | QueryError::Unwritable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Lake(_) | QueryError::Busy(_) | QueryError::AnswersBusy(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
-        QueryError::Lake(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -6,6 +6,8 @@
 //! [`QueryEngine::run`]. It reads commits and Parquet files; it must never write to the
 //! lake, and never find files by listing directories.
 
+pub mod access;
+pub mod answer;
 mod guard;
 pub mod http;
 pub mod output;
@@ -36,6 +38,7 @@ use crate::commit::{CommitError, CommitLog, DataFile, LakeState};
 use crate::config::Sql;
 use crate::store::Store;
 use crate::tables::Table;
+pub use answer::{Answer, AnswerBudget, AnswerMemory, Batches, Encoder, Held};
 use table::CommittedTable;
 pub use views::views;
 
@@ -67,19 +70,13 @@ pub enum QueryError {
         "{0} queries are running already (sql.max_concurrent) and none finished in time: try again shortly"
     )]
     Busy(usize),
-}
-
-/// The rows a statement returned.
-#[derive(Debug)]
-pub struct Answer {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-}
-
-impl Answer {
-    pub fn num_rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
+    #[error(
+        "the answers on their way to clients hold all of sql.answer_memory ({0} bytes) and none made room in time: try again shortly"
+    )]
+    AnswersBusy(usize),
+    /// A value the client's format cannot carry; the door that encodes knows the details.
+    #[error("{0}")]
+    Unwritable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What a statement would answer, found by planning it without running it: for clients
@@ -134,7 +131,9 @@ pub struct QueryEngine {
     /// acknowledgements, and a cancelled one stops where it is.
     runtime: QueryRuntime,
     /// One permit per query allowed to run at once.
-    running: tokio::sync::Semaphore,
+    running: Arc<tokio::sync::Semaphore>,
+    /// Memory for answers on their way to clients, shared by every query.
+    answers: AnswerBudget,
 }
 
 impl QueryEngine {
@@ -151,39 +150,84 @@ impl QueryEngine {
             shared,
             target_partitions: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             runtime: QueryRuntime::start(),
-            running: tokio::sync::Semaphore::new(limits.max_concurrent),
+            running: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
+            answers: AnswerBudget::new(limits.answer_memory),
             limits,
         })
     }
 
     /// Runs one statement as the caller `visible` allows, with `parameters` for its `$1`,
-    /// `$2`...; `max_rows` bounds the answer.
-    pub async fn run(
+    /// `$2`...; `max_rows` bounds the answer. Returns once the answer's first batch is
+    /// produced (so that a statement that fails at once fails here, with its reason, and one
+    /// that met files moving under it is run again), with the rest of it to come as
+    /// `encoder`'s chunks. The query keeps its slot until its last batch is produced, and
+    /// the whole of it must be produced within `sql.timeout`.
+    pub async fn run<E: Encoder>(
         &self,
         statement: Statement,
         parameters: Vec<ScalarValue>,
         visible: Visibility<'_>,
         max_rows: Option<usize>,
-    ) -> Result<Answer, QueryError> {
-        let _slot = self.slot().await?;
+        encoder: E,
+    ) -> Result<Answer<E::Chunk>, QueryError> {
+        let slot = Arc::new(self.slot().await?);
         let deadline = Instant::now() + self.limits.timeout;
         let mut attempt = 0;
         loop {
             let snapshot = self.snapshot().await?;
             let session = self.session(&snapshot, visible).await?;
-            let running = self.runtime.spawn(execute(
+            let (first_batch, first_known) = tokio::sync::oneshot::channel();
+            let (chunks, received) = tokio::sync::mpsc::channel(1);
+            let ended = answer::EndReason::default();
+            let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let production = Production {
                 session,
-                statement.clone(),
-                parameters.clone(),
+                statement: statement.clone(),
+                parameters: parameters.clone(),
                 max_rows,
-                self.limits.memory_limit,
-            ));
-            let result = match tokio::time::timeout_at(deadline, running).await {
+                memory_limit: self.limits.memory_limit,
+                budget: self.answers.clone(),
+                wait_for_room: self.limits.timeout / 2,
+                encoder: encoder.clone(),
+            };
+            let ended_by_producer = ended.clone();
+            let complete_by_producer = complete.clone();
+            let timeout = self.limits.timeout;
+            let slot_held = slot.clone();
+            let mut producer = self.runtime.spawn(async move {
+                let _slot = slot_held;
+                let produced =
+                    tokio::time::timeout_at(deadline, production.run(first_batch, &chunks)).await;
+                // Said before `chunks` closes, so that the door that finds it closed knows why.
+                match produced {
+                    Ok(Ok(())) => {
+                        complete_by_producer.store(true, std::sync::atomic::Ordering::Release)
+                    }
+                    Ok(Err(e)) => *ended_by_producer.lock().expect("never poisoned") = Some(e),
+                    Err(_) => {
+                        *ended_by_producer.lock().expect("never poisoned") =
+                            Some(QueryError::Timeout(timeout))
+                    }
+                }
+                drop(chunks);
+            });
+            let first = tokio::time::timeout_at(deadline, first_known).await;
+            let result = match first {
                 Ok(Ok(result)) => result,
-                Ok(Err(crashed)) => Err(QueryError::Failed(DataFusionError::Execution(format!(
-                    "the query stopped unexpectedly: {crashed}"
-                )))),
-                // Dropping the task's future drops its streams, which stops DataFusion's work.
+                // The producer ended without a word: it failed, or ran out of time.
+                Ok(Err(_)) => {
+                    let _ = (&mut producer).await;
+                    Err(ended
+                        .lock()
+                        .expect("never poisoned")
+                        .take()
+                        .unwrap_or_else(|| {
+                            QueryError::Failed(DataFusionError::Execution(
+                                "the query stopped unexpectedly".into(),
+                            ))
+                        }))
+                }
+                // Dropping the producer drops its streams, which stops DataFusion's work.
                 Err(_) => return Err(QueryError::Timeout(self.limits.timeout)),
             };
             match result {
@@ -196,9 +240,16 @@ impl QueryEngine {
                     tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
                 }
                 Err(e) => return Err(self.explain(e)),
-                Ok(answer) => return Ok(answer),
+                Ok(schema) => {
+                    return Ok(Answer::new(schema, received, ended, complete, producer));
+                }
             }
         }
+    }
+
+    /// The answer budget every query of this engine shares.
+    pub fn answer_budget(&self) -> &AnswerBudget {
+        &self.answers
     }
 
     /// Plans one statement as [`QueryEngine::run`] would, within the same limits, and says
@@ -244,13 +295,14 @@ impl QueryEngine {
 
     /// A query waits for a slot at most half as long as it may run, then is refused, so
     /// that a client sees "busy" well before its own timeout.
-    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, QueryError> {
-        Ok(
-            tokio::time::timeout(self.limits.timeout / 2, self.running.acquire())
-                .await
-                .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
-                .expect("the semaphore is never closed"),
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, QueryError> {
+        Ok(tokio::time::timeout(
+            self.limits.timeout / 2,
+            self.running.clone().acquire_owned(),
         )
+        .await
+        .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
+        .expect("the semaphore is never closed"))
     }
 
     /// The latest commit's files; costs one read of the commit log when nothing changed.
@@ -405,51 +457,166 @@ async fn read_only_plan(
     }
 }
 
-/// Runs `statement`, collecting at most `max_rows` rows and `max_bytes` bytes of answer:
-/// the memory pool does not see the batches a query hands back, and a few rows can hold a
-/// large value each (a literal repeated on every row).
-async fn execute(
+/// One attempt at an answer, run on the query threads: plans and executes the statement,
+/// says whether its first batch came, then encodes each batch and sends it, each counted in
+/// the answer budget.
+struct Production<E: Encoder> {
     session: SessionContext,
     statement: Statement,
     parameters: Vec<ScalarValue>,
     max_rows: Option<usize>,
-    max_bytes: usize,
-) -> Result<Answer, QueryError> {
-    let mut plan = read_only_plan(&session, statement).await?;
-    if !parameters.is_empty() {
-        plan = plan
-            .with_param_values(parameters)
-            .map_err(QueryError::Invalid)?;
+    /// A batch larger than this is refused: it is one query's share of memory.
+    memory_limit: usize,
+    budget: AnswerBudget,
+    /// How long the first batch may wait for room in the budget before the query is
+    /// refused as busy.
+    wait_for_room: Duration,
+    encoder: E,
+}
+
+type ChunkSender<E> = tokio::sync::mpsc::Sender<Held<<E as Encoder>::Chunk>>;
+
+impl<E: Encoder> Production<E> {
+    /// Errors before the first batch go to `first_batch`; errors after it are returned.
+    async fn run(
+        mut self,
+        first_batch: tokio::sync::oneshot::Sender<Result<SchemaRef, QueryError>>,
+        chunks: &ChunkSender<E>,
+    ) -> Result<(), QueryError> {
+        let mut rows = 0;
+        // Room for the first batch is found before the answer is said to have started, so
+        // that a door can still refuse it (503) rather than cut it short.
+        let started = async {
+            let (schema, stream, first) = self.start().await?;
+            let first = match first {
+                Some(batch) => {
+                    let waited =
+                        tokio::time::timeout(self.wait_for_room, self.room_for(&batch, &mut rows));
+                    let memory = waited
+                        .await
+                        .map_err(|_| QueryError::AnswersBusy(self.budget.bytes()))??;
+                    Some((batch, memory))
+                }
+                None => None,
+            };
+            Ok::<_, QueryError>((schema, stream, first))
+        };
+        let (schema, mut stream, mut next) = match started.await {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = first_batch.send(Err(e));
+                return Ok(());
+            }
+        };
+        if first_batch.send(Ok(schema.clone())).is_err() {
+            return Ok(());
+        }
+        if let Some(header) = self.encoder.start(&schema)? {
+            self.send(chunks, header, None).await?;
+        }
+        while let Some((batch, memory)) = next {
+            let chunk = self.encoder.batch(&batch)?;
+            drop(batch);
+            self.send(chunks, chunk, Some(memory)).await?;
+            next = match stream
+                .next()
+                .await
+                .transpose()
+                .map_err(QueryError::Failed)?
+            {
+                Some(batch) => {
+                    let memory = self.room_for(&batch, &mut rows).await?;
+                    Some((batch, memory))
+                }
+                None => None,
+            };
+        }
+        if let Some(footer) = self.encoder.finish()? {
+            self.send(chunks, footer, None).await?;
+        }
+        Ok(())
     }
-    let frame = session
-        .execute_logical_plan(plan)
-        .await
-        .map_err(QueryError::Invalid)?;
-    // From here on, a failure happened while reading and computing.
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let mut stream = frame.execute_stream().await.map_err(QueryError::Failed)?;
-    let mut batches = Vec::new();
-    let (mut rows, mut bytes) = (0, 0);
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(QueryError::Failed)?;
-        rows += batch.num_rows();
-        bytes += batch
+
+    /// Counts a batch against the answer's limits, and waits for its room in the budget: it
+    /// is counted from here, while it is encoded, then as its encoded size.
+    async fn room_for(
+        &self,
+        batch: &RecordBatch,
+        rows: &mut usize,
+    ) -> Result<AnswerMemory, QueryError> {
+        *rows += batch.num_rows();
+        if let Some(max) = self.max_rows.filter(|&max| *rows > max) {
+            return Err(QueryError::TooManyRows(max));
+        }
+        let bytes: usize = batch
             .columns()
             .iter()
             .map(|column| answer_bytes(column.as_ref()))
-            .sum::<usize>();
-        if let Some(max) = max_rows.filter(|&max| rows > max) {
-            return Err(QueryError::TooManyRows(max));
-        }
-        if bytes > max_bytes {
+            .sum();
+        if bytes > self.memory_limit {
             return Err(QueryError::MemoryLimit {
-                limit: max_bytes,
-                message: format!("the answer alone holds more than {max_bytes} bytes"),
+                limit: self.memory_limit,
+                message: format!("one batch of the answer holds {bytes} bytes"),
             });
         }
-        batches.push(batch);
+        self.budget.take(bytes).await
     }
-    Ok(Answer { schema, batches })
+
+    /// Plans and executes the statement, and waits for its first batch (`None` for an
+    /// answer without rows).
+    async fn start(
+        &mut self,
+    ) -> Result<
+        (
+            SchemaRef,
+            datafusion::physical_plan::SendableRecordBatchStream,
+            Option<RecordBatch>,
+        ),
+        QueryError,
+    > {
+        let mut plan = read_only_plan(&self.session, self.statement.clone()).await?;
+        if !self.parameters.is_empty() {
+            plan = plan
+                .with_param_values(std::mem::take(&mut self.parameters))
+                .map_err(QueryError::Invalid)?;
+        }
+        let frame = self
+            .session
+            .execute_logical_plan(plan)
+            .await
+            .map_err(QueryError::Invalid)?;
+        // From here on, a failure happened while reading and computing.
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let mut stream = frame.execute_stream().await.map_err(QueryError::Failed)?;
+        let first = stream
+            .next()
+            .await
+            .transpose()
+            .map_err(QueryError::Failed)?;
+        Ok((schema, stream, first))
+    }
+
+    /// Sends a chunk, holding `memory` (resized to the chunk's size) until the door drops
+    /// it; waits while the door has not taken the one before.
+    async fn send(
+        &self,
+        chunks: &ChunkSender<E>,
+        chunk: E::Chunk,
+        memory: Option<AnswerMemory>,
+    ) -> Result<(), QueryError> {
+        let size = E::size(&chunk);
+        let memory = match memory {
+            Some(mut memory) => {
+                memory.resize(size, &self.budget).await?;
+                memory
+            }
+            None => self.budget.take(size).await?,
+        };
+        // A door that stopped reading (its client went away) stops the query.
+        chunks.send(Held { chunk, memory }).await.map_err(|_| {
+            QueryError::Failed(DataFusionError::Execution("the client went away".into()))
+        })
+    }
 }
 
 /// The bytes a column takes once written out: its memory, or for a dictionary (which holds
@@ -517,7 +684,7 @@ impl Drop for QueryRuntime {
 
 /// A task that is cancelled when its handle is dropped: a query whose caller timed out or
 /// went away stops using the machine.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -22,6 +22,7 @@ use warp::{Filter, Reply};
 pub use auth::{AuthError, Gate};
 
 use crate::batch::{self, BatchError};
+use crate::clock::ClockCheck;
 use crate::config::Config;
 use crate::eventlog::{Appended, EventLog, EventLogError};
 use crate::metrics;
@@ -60,6 +61,10 @@ pub enum Refusal {
     Unavailable(#[from] EventLogError),
     #[error("storage did not answer within {} s", STORAGE_DEADLINE.as_secs())]
     StorageTooSlow,
+    #[error(
+        "{0}: the body was not stored, so that it is not filed under a wrong day; send it again once the clock is fixed"
+    )]
+    ClockDisagrees(String),
 }
 
 impl Refusal {
@@ -71,7 +76,9 @@ impl Refusal {
             Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyRead(_) | Refusal::BadBody(_) => StatusCode::BAD_REQUEST,
-            Refusal::Unavailable(_) | Refusal::StorageTooSlow => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unavailable(_) | Refusal::StorageTooSlow | Refusal::ClockDisagrees(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -99,7 +106,7 @@ impl Refusal {
                     challenge.parse().expect("a realm is a valid header value"),
                 );
             }
-            Refusal::Unavailable(_) | Refusal::StorageTooSlow => {
+            Refusal::Unavailable(_) | Refusal::StorageTooSlow | Refusal::ClockDisagrees(_) => {
                 headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS.into());
             }
             _ => {}
@@ -128,10 +135,17 @@ pub struct Receiver {
     max_body_bytes: usize,
     /// Told of every body accepted or refused: the status page and freshness follow.
     board: Arc<StatusBoard>,
+    /// Asked before each append: a clock that disagrees with the lake's files nothing.
+    clock: Arc<ClockCheck>,
 }
 
 impl Receiver {
-    pub fn new(log: EventLog, config: &Config, board: Arc<StatusBoard>) -> Receiver {
+    pub fn new(
+        log: EventLog,
+        config: &Config,
+        board: Arc<StatusBoard>,
+        clock: Arc<ClockCheck>,
+    ) -> Receiver {
         let gates = config
             .institutions
             .iter()
@@ -142,6 +156,7 @@ impl Receiver {
             gates,
             max_body_bytes: config.max_body_bytes,
             board,
+            clock,
         }
     }
 
@@ -253,6 +268,9 @@ impl Receiver {
         let body = read_limited(headers, body, self.max_body_bytes).await?;
         let records = batch::count_records(&body)?;
         let bytes = body.len();
+        if let Some(why) = self.clock.refusal(&format!("{stream}/{institution}")) {
+            return Err(Refusal::ClockDisagrees(why));
+        }
         // The append, and what is counted once the body is stored, run as a task of their
         // own: a client that disconnects must not cancel the count of a body that is
         // stored, or its resend, answered as a duplicate, would never be counted.

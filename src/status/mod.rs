@@ -216,10 +216,12 @@ impl StatusBoard {
         for institution in self.expected.keys() {
             for stream in Stream::ALL {
                 let sealed = lake.sealed_through(&source_name(stream, institution));
-                let mut keys = Vec::new();
-                for day in log.days_after(stream, institution, sealed).await? {
-                    keys.extend(log.keys_of_day(stream, institution, day).await?);
-                }
+                let keys: Vec<EventKey> = log
+                    .events_after(stream, institution, sealed)
+                    .await?
+                    .into_iter()
+                    .flat_map(|(_, keys)| keys.into_iter().map(|(key, _)| key))
+                    .collect();
                 let mut sources = lock(&self.sources);
                 let source = sources
                     .get_mut(&(institution.clone(), stream))
@@ -282,6 +284,12 @@ impl StatusBoard {
     pub fn seeding_failed(&self, reason: String) {
         *lock(&self.unseeded) = Some(reason);
         self.records_counted.store(true, Ordering::Relaxed);
+    }
+
+    /// The newest commit's time and each source's sealed day, as the board last read them.
+    pub async fn lake_times(&self) -> (Option<DateTime<Utc>>, BTreeMap<String, NaiveDate>) {
+        let lake = self.lake.lock().await;
+        (lake.last_committed_at, lake.sealed.clone())
     }
 
     /// Reads the commits made since the board last looked (one read when there are none)

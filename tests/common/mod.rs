@@ -384,6 +384,31 @@ pub async fn post(
     response.json().await.unwrap()
 }
 
+/// Asks `/healthz` until it answers `status`, for at most a minute: it probes the lake at
+/// most every few seconds, and answers from its last probe meanwhile.
+pub async fn health_becomes(server: &Server, status: u16) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .expect("datx answers");
+        let seen = answer.status().as_u16();
+        let body = answer.json().await.unwrap_or_default();
+        if seen == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still answers {seen} ({body}), not {status}:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The text `GET path` answers (asserting a 200), such as the `/metrics` page.
 pub async fn get_text(server: &Server, path: &str) -> String {
     let response = reqwest::get(server.url(path)).await.expect("datx answers");
