@@ -170,7 +170,7 @@ fn main() {
             s3::MOTO
         ));
     }
-    let server = s3::S3Server::start(&python);
+    let server = s3::S3Server::start_moto(&python);
     // Before any thread of the runtime exists: the store reads them when it opens.
     for (key, value) in server.env() {
         // SAFETY: no other thread reads the environment yet (moto's watcher only waits).

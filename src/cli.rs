@@ -371,6 +371,7 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
         }
         Command::Compact | Command::Rebuild => {
             let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
+            store.check_create_only().await.map_err(|e| e.to_string())?;
             let compactor = Compactor::new(store, &config);
             let summary = match command {
                 Command::Rebuild => compactor.rebuild().await,
@@ -553,7 +554,7 @@ fn print_status(
         StatusFormat::Table => {
             writeln!(
                 out,
-                "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>17} {:>15}",
+                "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>5} {:>17} {:>15}",
                 "institution",
                 "stream",
                 "state",
@@ -562,6 +563,7 @@ fn print_status(
                 "records",
                 "refused",
                 "rejects",
+                "late",
                 "not in tables",
                 "last commit"
             )
@@ -588,7 +590,7 @@ fn print_status(
                 );
                 writeln!(
                     out,
-                    "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>17} {:>15}",
+                    "{:<16} {:<13} {:<9} {:>10} {:>7} {:>8} {:>10} {:>8} {:>5} {:>17} {:>15}",
                     source.institution,
                     source.stream.as_str(),
                     source.state.name(),
@@ -597,6 +599,7 @@ fn print_status(
                     source.records_24h,
                     refused,
                     source.rejects,
+                    source.late_arrivals,
                     pending,
                     commit
                 )
@@ -604,7 +607,7 @@ fn print_status(
             }
             writeln!(
                 out,
-                "\nbodies, records and refused: this hour and the 23 before (UTC); not in tables: events not yet committed, and the oldest's age"
+                "\nbodies, records and refused: this hour and the 23 before (UTC); late: events stored in days already sealed (a receiver's clock was behind), taken in since; not in tables: events not yet committed, and the oldest's age"
             )
             .map_err(|e| e.to_string())?;
             if overview.refusals_since.is_none() {
@@ -789,7 +792,15 @@ async fn list(
     let mut days = std::pin::pin!(log.list(filter));
     while let Some(keys) = days.try_next().await.map_err(|e| e.to_string())? {
         for key in keys {
-            let envelope = log.read_envelope(&key).await.map_err(|e| e.to_string())?;
+            let envelope = match log.read_envelope(&key).await {
+                Ok(envelope) => envelope,
+                // One damaged event must not hide the others: `events verify` reports it.
+                Err(e @ crate::eventlog::EventLogError::Corrupt { .. }) => {
+                    eprintln!("datx: skipped {e}");
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             match format {
                 ListFormat::Table => writeln!(
                     out,

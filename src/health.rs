@@ -61,7 +61,7 @@ impl LakeProbe {
         // A task of its own, so that a probe that outlasts the deadline still finishes
         // (and removes its object) after the answer.
         let probe = tokio::spawn(async move { store.probe().await });
-        match tokio::time::timeout(PROBE_DEADLINE, probe).await {
+        let result = match tokio::time::timeout(PROBE_DEADLINE, probe).await {
             Ok(Ok(Ok(theirs))) => {
                 self.clock.store_time(theirs, sent, crate::clock::now());
                 Ok(())
@@ -69,7 +69,9 @@ impl LakeProbe {
             Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(crashed)) => Err(crashed.to_string()),
             Err(_) => Err(format!("no answer within {} s", PROBE_DEADLINE.as_secs())),
-        }
+        };
+        crate::metrics::lake_probe(result.is_ok());
+        result
     }
 
     /// Probes every `BACKGROUND_EVERY`, for as long as the server runs.

@@ -28,6 +28,8 @@ const POSTGRES_QUERIES: &str = "datx_postgres_queries_total";
 const POSTGRES_SECONDS: &str = "datx_postgres_seconds";
 const POSTGRES_SESSIONS: &str = "datx_postgres_sessions";
 const POSTGRES_SIGN_INS_REFUSED: &str = "datx_postgres_sign_ins_refused_total";
+const LAKE_PROBES: &str = "datx_lake_probes_total";
+const CLOCK_REFUSALS: &str = "datx_clock_refusals_total";
 
 /// Durable appends take from a fraction of a millisecond (local SSD) to a few hundred
 /// milliseconds (a slow S3 endpoint).
@@ -101,6 +103,14 @@ pub fn install() -> PrometheusHandle {
             describe_counter!(
                 POSTGRES_SIGN_INS_REFUSED,
                 "PostgreSQL sign-ins refused (wrong user or password)"
+            );
+            describe_counter!(
+                LAKE_PROBES,
+                "Probe objects written to the lake for /healthz and the clock check, by outcome"
+            );
+            describe_counter!(
+                CLOCK_REFUSALS,
+                "Pushes refused because this process's clock disagrees with the lake's or says a sealed day"
             );
             handle
         })
@@ -179,4 +189,13 @@ pub fn source_status(source: &crate::status::SourceStatus) {
         gauge!(LAST_BODY_AGE, &labels).set(age);
     }
     gauge!(OLDEST_PENDING_AGE, &labels).set(source.oldest_pending_age_seconds.unwrap_or(0.0));
+}
+
+pub fn lake_probe(succeeded: bool) {
+    let outcome = if succeeded { "ok" } else { "failed" };
+    counter!(LAKE_PROBES, "outcome" => outcome).increment(1);
+}
+
+pub fn clock_refusal() {
+    counter!(CLOCK_REFUSALS).increment(1);
 }

@@ -978,3 +978,37 @@ fn python_reader(
         .unwrap();
     serde_json::from_slice(&common::succeeded(output).stdout).unwrap()
 }
+
+#[tokio::test]
+async fn three_hundred_commits_leave_the_last_three_checkpoints() {
+    let workspace = Workspace::in_memory(VENUES);
+    let server = workspace.serve();
+    for i in 0..300 {
+        post(
+            &server,
+            "ticketchecks",
+            "myvenue",
+            ticket_checks(1, 10_000 + i),
+        )
+        .await;
+        let printed = compact(&workspace, "compact");
+        assert!(printed.starts_with("1 events consumed"), "{printed}");
+    }
+    drop(server);
+    let mut checkpoints: Vec<String> =
+        std::fs::read_dir(workspace.lake().join("_datx/checkpoints"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    checkpoints.sort();
+    let expected: Vec<String> = [200, 250, 300]
+        .iter()
+        .map(|version| format!("{version:020}.json"))
+        .collect();
+    assert_eq!(checkpoints, expected);
+    let rows = common::sql_rows(
+        &workspace,
+        "SELECT count(DISTINCT ticket_check_id) AS n FROM ticket_checks",
+    );
+    assert_eq!(rows[0]["n"], 300);
+}

@@ -483,3 +483,252 @@ async fn large_values_on_many_rows_are_refused_before_they_fill_memory() {
     }
     post(&server, "contacts", "myvenue", sample("contacts.json")).await;
 }
+
+/// A client that reads its answer slowly, `chunk` bytes at a time with a pause between:
+/// over HTTP (`POST /sql`) or over the PostgreSQL protocol (a simple query), on a socket
+/// with a small receive buffer. Prints what it got: the HTTP status or `ok`/`error`, the
+/// bytes or rows, and whether the answer came to its end.
+const SLOW_READER: &str = r#"
+import socket, struct, sys, time
+mode, host, port, token, sql = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+chunk, pause = int(sys.argv[6]), float(sys.argv[7])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.connect((host, port))
+def slow_read():
+    data = s.recv(chunk)
+    time.sleep(pause)
+    return data
+buf = bytearray()
+def fill(n):
+    global buf
+    while len(buf) < n:
+        data = slow_read()
+        if not data:
+            raise SystemExit('closed')
+        buf += data
+def line():
+    global buf
+    while b'\r\n' not in buf:
+        fill(len(buf) + 1)
+    end = buf.index(b'\r\n')
+    text = bytes(buf[:end])
+    del buf[:end + 2]
+    return text
+if mode == 'http':
+    body = sql.encode()
+    s.sendall(b'POST /sql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ' + token.encode()
+              + b'\r\nContent-Length: ' + str(len(body)).encode() + b'\r\nConnection: close\r\n\r\n' + body)
+    status = line().split(b' ')[1].decode()
+    headers = []
+    while True:
+        header = line()
+        if not header:
+            break
+        headers.append(header.lower())
+    total, complete, end = 0, False, b''
+    if b'transfer-encoding: chunked' in headers:
+        while True:
+            size = int(line(), 16)
+            if size == 0:
+                complete = end == b']\n'
+                break
+            fill(size + 2)
+            total += size
+            end = (end + bytes(buf[:size]))[-2:]
+            del buf[:size + 2]
+    print(status, total, complete)
+    sys.exit(0)
+def message():
+    global buf
+    fill(5)
+    length = struct.unpack('!i', buf[1:5])[0]
+    fill(1 + length)
+    kind, body = bytes(buf[0:1]), bytes(buf[5:1 + length])
+    del buf[:1 + length]
+    return kind, body
+params = b'user\0datx\0database\0lake\0\0'
+s.sendall(struct.pack('!ii', len(params) + 8, 196608) + params)
+while True:
+    kind, body = message()
+    if kind == b'R' and struct.unpack('!i', body[:4])[0] == 3:
+        password = token.encode() + b'\0'
+        s.sendall(b'p' + struct.pack('!i', len(password) + 4) + password)
+    elif kind == b'Z':
+        break
+    elif kind == b'E':
+        print('error', 0, False, body)
+        sys.exit(0)
+query = sql.encode() + b'\0'
+s.sendall(b'Q' + struct.pack('!i', len(query) + 4) + query)
+rows, complete, failed = 0, False, None
+while True:
+    kind, body = message()
+    if kind == b'D':
+        rows += 1
+    elif kind == b'C':
+        complete = True
+    elif kind == b'E':
+        failed = body
+    elif kind == b'Z':
+        break
+print('ok' if failed is None else 'error', rows, complete, failed or '')
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_slow_readers_of_large_answers_stay_within_the_answer_budget() {
+    // 190 MB answers, four queries at a time, 96 MiB for every answer on its way.
+    const ANSWER_MEMORY_MIB: f64 = 96.0;
+    let workspace = Workspace::new(&format!(
+        "[sql]\ntoken = \"{SQL_TOKEN}\"\nmemory_limit = \"200MiB\"\nmax_concurrent = 4\nanswer_memory = \"{ANSWER_MEMORY_MIB}MiB\"\ntimeout = \"300s\"\n[postgres]\nlisten = \"127.0.0.1:0\"\n{VENUE}"
+    ));
+    let server = workspace.serve();
+    let sql = "SELECT repeat('x', 1900) AS x FROM generate_series(1, 100000)";
+    // The process at rest, once both doors have answered a query.
+    let (status, _, _) = http_sql(&server, "SELECT 1").await;
+    assert_eq!(status, 200);
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+    let idle_mib = server.memory_mib("VmRSS");
+
+    let python = common::python_with(&[]);
+    let postgres = server.postgres_address();
+    let http = server.address.clone();
+    let readers: Vec<std::thread::JoinHandle<String>> = (0..12)
+        .map(|i| {
+            let (python, http) = (python.clone(), http.clone());
+            std::thread::spawn(move || {
+                let (mode, address) = match i % 2 {
+                    0 => ("http", http),
+                    _ => ("pg", postgres.to_string()),
+                };
+                let (host, port) = address.rsplit_once(':').unwrap();
+                let output = std::process::Command::new(python)
+                    .args([
+                        "-c",
+                        SLOW_READER,
+                        mode,
+                        host,
+                        port,
+                        SQL_TOKEN,
+                        sql,
+                        "65536",
+                        "0.002",
+                    ])
+                    .output()
+                    .expect("python runs");
+                assert!(
+                    output.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                format!("{mode} {}", String::from_utf8_lossy(&output.stdout).trim())
+            })
+        })
+        .collect();
+    // S-360 keeps pushing meanwhile, and is answered.
+    let mut pushes = 0;
+    while readers.iter().any(|reader| !reader.is_finished()) {
+        post(
+            &server,
+            "ticketchecks",
+            "myvenue",
+            ticket_checks(2, 1000 + pushes * 10),
+        )
+        .await;
+        pushes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answers: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let peak_mib = server.memory_mib("VmHWM");
+    eprintln!(
+        "idle {idle_mib:.0} MiB, peak {peak_mib:.0} MiB, {pushes} pushes meanwhile; {answers:#?}"
+    );
+    // Every answer whole, or refused as busy: none cut short, none wrong.
+    for answer in &answers {
+        // 100,000 rows of {"x":"x…"} (1,908 bytes), commas between, brackets and a newline.
+        let complete =
+            answer == "http 200 190900002 True" || answer.starts_with("pg ok 100000 True");
+        let busy =
+            answer.starts_with("http 503") || answer.contains("53200") || answer.contains("53300");
+        assert!(complete || busy, "{answer}");
+    }
+    assert!(
+        answers.iter().filter(|a| a.contains("True")).count() >= 4,
+        "{answers:#?}"
+    );
+    // What the readers hold back stays in the budget; besides it, the first batch of each
+    // running query (16 MB) and DataFusion's own buffers, stated here as 128 MiB.
+    assert!(
+        peak_mib < idle_mib + ANSWER_MEMORY_MIB + 128.0,
+        "serve reached {peak_mib:.0} MiB from {idle_mib:.0} MiB at rest"
+    );
+    assert!(pushes > 0);
+}
+
+#[test]
+fn a_token_may_not_take_the_name_of_the_sql_tables_own() {
+    // A scoped token named `sql` was taken for the [sql] token over PostgreSQL (user
+    // `datx`) and saw every institution.
+    for name in ["sql", "datx"] {
+        let workspace = Workspace::new(&format!(
+            "{VENUE}[sql]\ntoken = \"{SQL_TOKEN}\"\n[sql.tokens.{name}]\ntoken = \"scoped-token\"\ninstitutions = [\"myvenue\"]\n"
+        ));
+        let output = workspace.run(&["sql", "SELECT 1"]);
+        assert_eq!(output.status.code(), Some(2));
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains(&format!("`sql.tokens.{name}`")) && said.contains("another name"),
+            "{said}"
+        );
+    }
+}
+
+/// The `datx_lake_probes_total` of both outcomes, from `/metrics`.
+async fn lake_probes(server: &Server) -> u64 {
+    common::get_text(server, "/metrics")
+        .await
+        .lines()
+        .filter(|line| line.starts_with("datx_lake_probes_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_health_checks_probes_the_lake_at_most_every_few_seconds() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    let before = lake_probes(&server).await;
+    assert!(before >= 1, "serve probes the lake once before it receives");
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    for _ in 0..10 {
+        let answers = futures::future::join_all((0..100).map(|_| {
+            let request = client.get(server.url("/healthz")).send();
+            async move { request.await.map(|answer| answer.status().as_u16()) }
+        }))
+        .await;
+        assert!(
+            answers.iter().all(|answer| matches!(answer, Ok(200))),
+            "{answers:?}"
+        );
+    }
+    let elapsed = started.elapsed().as_secs();
+    let probes = lake_probes(&server).await - before;
+    // One probe per 5 s of flood at most, and the background one each minute.
+    let allowed = 1 + elapsed / 5 + elapsed / 60 + 1;
+    assert!(
+        probes <= allowed,
+        "{probes} probes for 1,000 requests over {elapsed} s"
+    );
+    // Nothing is left behind once the last probe's removal is done.
+    let health = workspace.lake().join("_datx/health");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&health).map_or(0, |dir| dir.count()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a probe was left behind"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    post(&server, "contacts", "myvenue", sample("contacts.json")).await;
+}

