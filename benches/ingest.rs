@@ -6,6 +6,10 @@
 //! event log's append with the same bytes from the same number of tasks. Every body is
 //! distinct, so every request is a new durable event (no duplicate shortcut).
 //!
+//! Then push latency under SQL load: one pusher alone, then beside eight clients that read
+//! 190 MB answers of `POST /sql` as fast as they can (on threads of their own, as other
+//! processes would).
+//!
 //! Run: `cargo bench --bench ingest`. Environment: `DATX_BENCH_SECONDS` (per phase, default
 //! 5), `DATX_BENCH_DIR` (where the lakes go, default the system temp directory; it must be
 //! on the disk you want to measure, not a tmpfs).
@@ -103,6 +107,98 @@ async fn main() {
             ceiling.percentile_ms(0.5),
             ceiling.percentile_ms(0.99),
             http.per_second() / ceiling.per_second()
+        );
+    }
+
+    under_sql_load(root.path(), &client, &bodies, duration).await;
+}
+
+/// Clients reading large answers at once, beside the pusher.
+const SQL_READERS: usize = 8;
+const LARGE_ANSWER: &str = "SELECT repeat('x', 1900) AS x FROM generate_series(1, 100000)";
+
+async fn under_sql_load(
+    root: &std::path::Path,
+    client: &reqwest::Client,
+    bodies: &Arc<Bodies>,
+    duration: Duration,
+) {
+    let config = Config::parse(
+        &format!(
+            "compact_every = \"off\"\n[sql]\ntoken = \"bench-token\"\n[institutions.{INSTITUTION}]\nauth = \"none\"\n"
+        ),
+        std::path::Path::new("bench.toml"),
+        root,
+        &|_| None,
+    )
+    .unwrap();
+    let server = common::LocalServer::start(config, fresh_lake(root, "under-sql")).await;
+    let url = format!("http://{}/s360/ticketchecks/{INSTITUTION}", server.address);
+    let post = common::poster(client, bodies, &url);
+    let mut quiet = run_phase(1, duration, post.clone()).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sql_url = format!("http://{}/sql", server.address);
+    let readers = {
+        let (stop, read) = (stop.clone(), read.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                let tasks: Vec<_> = (0..SQL_READERS)
+                    .map(|_| {
+                        let (client, url, stop, read) =
+                            (client.clone(), sql_url.clone(), stop.clone(), read.clone());
+                        tokio::spawn(async move {
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                let mut answer = client
+                                    .post(&url)
+                                    .bearer_auth("bench-token")
+                                    .body(LARGE_ANSWER)
+                                    .send()
+                                    .await
+                                    .expect("an answer");
+                                while let Ok(Some(chunk)) = answer.chunk().await {
+                                    read.fetch_add(
+                                        chunk.len() as u64,
+                                        std::sync::atomic::Ordering::Relaxed,
+                                    );
+                                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                        break;
+                                    }
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    let _ = task.await;
+                }
+            })
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut loaded = run_phase(1, duration, post).await;
+    let answer_rate = read.load(std::sync::atomic::Ordering::Relaxed) as f64
+        / started.elapsed().as_secs_f64()
+        / 1e6;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    readers.join().unwrap();
+    server.stop().await;
+    println!(
+        "\npushes under SQL load ({SQL_READERS} clients reading 190 MB answers of POST /sql, {answer_rate:.0} MB/s of answers)"
+    );
+    println!(
+        "{:>24}  {:>8}  {:>8}  {:>8}",
+        "", "push/s", "p50 ms", "p99 ms"
+    );
+    for (name, phase) in [("alone", &mut quiet), ("beside the readers", &mut loaded)] {
+        println!(
+            "{name:>24}  {:>8.0}  {:>8.2}  {:>8.2}",
+            phase.per_second(),
+            phase.percentile_ms(0.5),
+            phase.percentile_ms(0.99)
         );
     }
 }
