@@ -372,7 +372,11 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
         Command::Compact | Command::Rebuild => {
             let store = Store::open(&config.lake).map_err(|e| e.to_string())?;
             store.check_create_only().await.map_err(|e| e.to_string())?;
-            let compactor = Compactor::new(store, &config);
+            // The store's time, so that no day is sealed by a clock ahead of it.
+            let clock = std::sync::Arc::new(crate::clock::ClockCheck::new(config.clock_tolerance));
+            let probe = crate::health::LakeProbe::new(store.clone(), clock.clone());
+            probe.writable().await?;
+            let compactor = Compactor::new(store, &config).with_clock(clock);
             let summary = match command {
                 Command::Rebuild => compactor.rebuild().await,
                 _ => compactor.pass().await,

@@ -67,16 +67,17 @@ pub fn new_event_id() -> Uuid {
     Uuid::new_v7(timestamp)
 }
 
-/// Whether this process's clock agrees with the lake's, and whether the day it would file
-/// a new event under is still open: what the receiver asks before each append, and
-/// `/healthz` reports.
+/// Whether this process's clock agrees with the lake's: what the receiver asks before each
+/// append, the compactor before it seals a day, and `/healthz` reports.
 ///
 /// A receiver whose clock is behind (a VM restored from a snapshot, a replica without NTP)
-/// would file its events under a day the compactor has sealed, where no pass looks again;
-/// one that is ahead files them under a day to come. The lake's time comes from the store:
-/// an S3 server's clock (the time it gives an object it has just written), and, on either
-/// kind of lake, the newest commit (the lake's time is at least that). Fed by `serve`;
-/// this type only compares.
+/// would file its events under a day the compactor has sealed, where a pass looks only
+/// for a few days; one that is ahead files them under a day to come, and a compactor ahead
+/// seals days that still receive. The lake's time comes from the store, never from a
+/// writer's own clock: the time the store gives an object it has just written (an S3
+/// server's clock, or the file system's), and the time it gave the newest commit (the
+/// lake's time is at least that); and a clock that says a day the lake has sealed is behind
+/// whatever the tolerance. Fed by `serve` and the compactor; this type only compares.
 #[derive(Debug)]
 pub struct ClockCheck {
     /// `None` when `clock_tolerance = "off"`.
@@ -88,7 +89,7 @@ pub struct ClockCheck {
 struct Readings {
     /// The store's clock minus ours, from its latest answer that carried a time.
     store_offset: Option<chrono::Duration>,
-    /// The latest commit time seen: the lake's time is at least this.
+    /// When the store wrote the newest commit: the lake's time is at least this.
     newest_commit: Option<DateTime<Utc>>,
     /// By `{stream}/{institution}`: the last sealed day.
     sealed: std::collections::BTreeMap<String, chrono::NaiveDate>,
@@ -98,11 +99,18 @@ struct Readings {
 /// tolerance: HTTP dates have whole seconds, and a request takes some time.
 const STORE_TIME_SLACK: chrono::Duration = chrono::Duration::seconds(2);
 
+/// The largest `clock_tolerance` compared with: a longer one (years, a typo) is as good as
+/// off, and must not overflow the arithmetic.
+const MAX_TOLERANCE: chrono::Duration = chrono::Duration::days(3650);
+
 impl ClockCheck {
     pub fn new(tolerance: Option<std::time::Duration>) -> ClockCheck {
         ClockCheck {
-            tolerance: tolerance
-                .map(|t| chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)),
+            tolerance: tolerance.map(|t| {
+                chrono::Duration::from_std(t)
+                    .unwrap_or(MAX_TOLERANCE)
+                    .min(MAX_TOLERANCE)
+            }),
             readings: std::sync::Mutex::default(),
         }
     }
@@ -114,15 +122,26 @@ impl ClockCheck {
         self.lock().store_offset = Some(theirs - ours);
     }
 
-    /// What the commit log says: its newest commit's time and each source's sealed day.
+    /// What the commit log says: when the store wrote its newest commit (`None` when
+    /// unknown, which keeps the last reading), and each source's sealed day.
     pub fn lake_state(
         &self,
         newest_commit: Option<DateTime<Utc>>,
         sealed: &std::collections::BTreeMap<String, chrono::NaiveDate>,
     ) {
         let mut readings = self.lock();
-        readings.newest_commit = readings.newest_commit.max(newest_commit);
+        if newest_commit.is_some() {
+            readings.newest_commit = newest_commit;
+        }
         readings.sealed.clone_from(sealed);
+    }
+
+    /// The lake's date: ours, or the store's when it is earlier. Days are sealed by
+    /// whichever of the two is behind, so that neither seals a day still receiving.
+    pub fn lake_today(&self) -> chrono::NaiveDate {
+        let now = now();
+        let store = self.lock().store_offset.map(|offset| now + offset);
+        store.map_or(now, |store| store.min(now)).date_naive()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Readings> {
@@ -131,11 +150,23 @@ impl ClockCheck {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Why this clock disagrees with the lake's, if it does.
+    /// Why this clock disagrees with the lake's, if it does: then no event is stored and
+    /// no day sealed.
     pub fn disagreement(&self) -> Option<String> {
-        let tolerance = self.tolerance?;
         let readings = self.lock();
         let now = now();
+        if let Some((source, sealed)) = readings
+            .sealed
+            .iter()
+            .max_by_key(|(_, day)| **day)
+            .filter(|(_, day)| now.date_naive() <= **day)
+        {
+            return Some(format!(
+                "this process's clock says {}, a day the lake has already sealed ({source} through {sealed}): the clock is behind",
+                now.date_naive()
+            ));
+        }
+        let tolerance = self.tolerance?;
         let far = |offset: chrono::Duration| {
             let seconds = std::time::Duration::from_secs(offset.num_seconds().unsigned_abs());
             humantime::format_duration(seconds).to_string()
@@ -155,31 +186,15 @@ impl ClockCheck {
             ));
         }
         if let Some(newest) = readings.newest_commit
-            && newest - now > tolerance
+            && newest - now > tolerance + STORE_TIME_SLACK
         {
             return Some(format!(
-                "this process's clock is at least {} behind the lake: its newest commit was made at {newest} (clock_tolerance is {})",
+                "this process's clock is at least {} behind the lake: the store wrote its newest commit at {newest} (clock_tolerance is {})",
                 far(newest - now),
                 far(tolerance)
             ));
         }
         None
-    }
-
-    /// Why an event received now for `{stream}/{institution}` must not be stored, if it
-    /// must not: the clock disagrees with the lake's, or the day it would be filed under is
-    /// sealed (whatever the tolerance: such an event would be read by no pass for days).
-    pub fn refusal(&self, source: &str) -> Option<String> {
-        let day = now().date_naive();
-        let sealed = self.lock().sealed.get(source).copied();
-        if let Some(sealed) = sealed
-            && day <= sealed
-        {
-            return Some(format!(
-                "this receiver's clock says {day}, a day the lake has already sealed for {source} (through {sealed}): the clock is behind"
-            ));
-        }
-        self.disagreement()
     }
 }
 
@@ -188,11 +203,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_clock_behind_the_lake_or_its_sealed_days_is_refused() {
+    fn a_clock_behind_the_lake_or_its_sealed_days_disagrees() {
         let check = ClockCheck::new(Some(std::time::Duration::from_secs(300)));
         let now = now();
-        assert_eq!(check.refusal("orders/v"), None);
-        // The S3 server's clock, within the tolerance either way, then far from it.
+        assert_eq!(check.disagreement(), None);
+        // The store's clock, within the tolerance either way, then far from it.
         check.store_time(now + chrono::Duration::seconds(200), now, now);
         assert_eq!(check.disagreement(), None);
         check.store_time(now - chrono::Duration::hours(1), now, now);
@@ -202,25 +217,25 @@ mod tests {
                 .unwrap()
                 .contains("1h ahead of the lake's store")
         );
+        // A day is sealed by the clock that is behind.
+        assert_eq!(
+            check.lake_today(),
+            (now - chrono::Duration::hours(1)).date_naive()
+        );
         check.store_time(now, now, now);
-        // A commit from six days ahead: this clock is behind.
+        // A commit the store wrote six days ahead: this clock is behind.
         check.lake_state(Some(now + chrono::Duration::days(6)), &Default::default());
-        assert!(
-            check
-                .refusal("orders/v")
-                .unwrap()
-                .contains("at least 5days")
-        );
-        // Without a tolerance only a sealed day refuses.
+        assert!(check.disagreement().unwrap().contains("at least 5days"));
+        // Without a tolerance only a sealed day disagrees.
         let lenient = ClockCheck::new(None);
+        lenient.lake_state(Some(now + chrono::Duration::days(6)), &Default::default());
+        assert_eq!(lenient.disagreement(), None);
         let sealed = [("orders/v".to_string(), now.date_naive())].into();
-        lenient.lake_state(Some(now + chrono::Duration::days(6)), &sealed);
-        assert!(
-            lenient
-                .refusal("orders/v")
-                .unwrap()
-                .contains("already sealed")
-        );
-        assert_eq!(lenient.refusal("contacts/v"), None);
+        lenient.lake_state(None, &sealed);
+        assert!(lenient.disagreement().unwrap().contains("already sealed"));
+        // A tolerance of thousands of years is compared without overflowing.
+        let huge = ClockCheck::new(Some(std::time::Duration::from_secs(u64::MAX / 4)));
+        huge.store_time(now - chrono::Duration::days(30), now, now);
+        assert_eq!(huge.disagreement(), None);
     }
 }

@@ -93,6 +93,10 @@ pub struct Commit {
     /// its day's digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub late: BTreeMap<String, u64>,
+    /// A rebuild's: by `{stream}/{institution}`, the first of the days it seals whose
+    /// consumed ids it names (it names no others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept_sealed_from: BTreeMap<String, NaiveDate>,
 }
 
 /// The last commit that consumed events of a source.
@@ -122,9 +126,6 @@ pub struct LakeState {
     /// By `{stream}/{institution}`: the last commit that consumed its events.
     #[serde(default)]
     pub last_consumed_by: BTreeMap<String, CommitMark>,
-    /// The newest commit's time: the lake's time is at least this.
-    #[serde(default)]
-    pub last_committed_at: Option<DateTime<Utc>>,
     /// By `{stream}/{institution}`: the first sealed day whose consumed ids are kept (for
     /// `RECHECKED_SEALED_DAYS`). Days sealed before this version kept none, nor do those
     /// a rebuild seals: they are not looked at again.
@@ -167,9 +168,10 @@ impl LakeState {
         }
         for (source, day) in &commit.sealed {
             // The days this commit seals have their ids in the state (consumed while they
-            // were open), unless the commit is a rebuild, which seals old days unnamed.
+            // were open), unless the commit is a rebuild, which names those of its last days
+            // only, and says from which day.
             let kept_from = match (commit.reset, self.sealed.get(source)) {
-                (true, _) => day.succ_opt(),
+                (true, _) => commit.kept_sealed_from.get(source).copied(),
                 (false, Some(before)) => before.succ_opt(),
                 (false, None) => Some(NaiveDate::MIN),
             };
@@ -189,7 +191,6 @@ impl LakeState {
         for (source, events) in &commit.late {
             *self.late.entry(source.clone()).or_default() += events;
         }
-        self.last_committed_at = self.last_committed_at.max(commit.committed_at);
         let mark = CommitMark {
             version: commit.version,
             committed_at: commit.committed_at,
@@ -337,6 +338,15 @@ impl CommitLog {
             }
         }
         Ok(None)
+    }
+
+    /// When the store wrote commit `version` (its own clock, not the writer's); `None`
+    /// for version 0 or a commit that is gone.
+    pub async fn written_at(&self, version: u64) -> Result<Option<DateTime<Utc>>, CommitError> {
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(self.store.written_at(&commit_key(version)).await?)
     }
 
     /// Writes `commit` as the version after `state`'s, applies it to `state` and returns it

@@ -777,10 +777,11 @@ impl RawSql {
             positive_count(self.max_rows).map_err(|problem| ("max_rows".to_string(), problem))?;
         let max_concurrent = positive_count(self.max_concurrent)
             .map_err(|problem| ("max_concurrent".to_string(), problem))?;
+        let machine = machine_memory();
         let memory_limit = size("memory_limit", &self.memory_limit)?
-            .unwrap_or_else(|| default_memory_limit(machine_memory(), max_concurrent));
+            .unwrap_or_else(|| default_memory_limit(machine, max_concurrent));
         let answer_memory = size("answer_memory", &self.answer_memory)?
-            .unwrap_or(memory_limit.saturating_mul(max_concurrent));
+            .unwrap_or_else(|| default_answer_memory(machine, memory_limit, max_concurrent));
 
         let mut tokens = Vec::new();
         if self.token.is_some() || self.token_env.is_some() {
@@ -844,9 +845,19 @@ impl RawSql {
 
 /// One query's memory when `sql.memory_limit` is not set: the queries that may run at once
 /// share a quarter of the machine for their work, and as much again is the default
-/// `answer_memory`, so SQL takes at most half of it and receiving always has the rest.
+/// `answer_memory`, so SQL takes at most half of it and receiving always has the rest (but
+/// on a machine under 512 MiB, where each query gets the 32 MiB it needs at least).
 fn default_memory_limit(machine: usize, max_concurrent: usize) -> usize {
-    (machine / 4 / max_concurrent).max(64 << 20)
+    (machine / 4 / max_concurrent).max(32 << 20)
+}
+
+/// The answers' memory when `sql.answer_memory` is not set: one query's share per query
+/// that may run, within a quarter of the machine (and never under one query's share).
+fn default_answer_memory(machine: usize, memory_limit: usize, max_concurrent: usize) -> usize {
+    memory_limit
+        .saturating_mul(max_concurrent)
+        .min(machine / 4)
+        .max(memory_limit)
 }
 
 /// The memory this process may use: the cgroup's limit when there is one (a container),

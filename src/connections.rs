@@ -28,6 +28,11 @@ use crate::config::Connections;
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
+/// In the extensions of a request made with HTTP/1.0, whose answers cannot be chunked:
+/// one cut short would end like a complete one, so a route that streams refuses it.
+#[derive(Debug, Clone, Copy)]
+pub struct Http10;
+
 /// A failed `accept` (out of file descriptors, say) is retried after this pause rather than
 /// in a busy loop.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -76,6 +81,9 @@ pub async fn serve<S>(
             let mut service = service.clone();
             let mut request = request.map(|body| IdleBody::new(body, idle, whole));
             request.extensions_mut().insert(Peer(peer));
+            if request.version() == warp::http::Version::HTTP_10 {
+                request.extensions_mut().insert(Http10);
+            }
             service.call(request)
         });
         let io = StallingWrites::new(TokioIo::new(stream), limits.body_idle_timeout);

@@ -71,12 +71,46 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    store.check_create_only().await?;
+    // A store that overwrites what must be created once stops the start. One that does not
+    // answer now is checked again every minute; if it then overwrites, serve stops.
+    let (stop_now, stopped_now) = tokio::sync::oneshot::channel::<StoreError>();
+    let checked = tokio::time::timeout(START_CHECK_DEADLINE, store.check_create_only()).await;
+    let checking = match checked {
+        Ok(Ok(())) => None,
+        Ok(Err(e @ StoreError::NotCreateOnly { .. })) => return Err(e.into()),
+        unanswered => {
+            let why = match unanswered {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {} s", START_CHECK_DEADLINE.as_secs()),
+            };
+            tracing::warn!(
+                error = why,
+                "cannot check now that the lake keeps create-only writes: checked again every minute"
+            );
+            Some(tokio::spawn(check_create_only_later(
+                store.clone(),
+                stop_now,
+            )))
+        }
+    };
+    let overwriting = Arc::new(std::sync::Mutex::new(None));
+    let overwritten = overwriting.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(e) = stopped_now => {
+                tracing::error!(error = %e, "stopping: the lake does not keep create-only writes");
+                *overwritten.lock().expect("never poisoned") = Some(e);
+            }
+        }
+    };
     let metrics = crate::metrics::install();
     let clock = Arc::new(ClockCheck::new(config.clock_tolerance));
     let probe = Arc::new(LakeProbe::new(store.clone(), clock.clone()));
-    // A first reading of the store's clock before anything is received.
-    if let Err(e) = probe.writable().await {
+    // A first reading of the store's clock before anything is received (a store that does
+    // not answer delays the start by START_CHECK_DEADLINE at most).
+    let first_probe = tokio::time::timeout(START_CHECK_DEADLINE, probe.writable()).await;
+    if let Err(e) = first_probe.unwrap_or_else(|_| Err("no answer in time".into())) {
         tracing::warn!(
             error = e,
             "the lake does not take writes now: pushes are answered 503 until it does"
@@ -114,8 +148,9 @@ pub async fn run(
             ));
         }
     }
-    let (newest_commit, sealed) = board.lake_times().await;
-    clock.lake_state(newest_commit, &sealed);
+    let (version, sealed) = board.lake_times().await;
+    let written_at = tokio::time::timeout(START_CHECK_DEADLINE, commits.written_at(version)).await;
+    clock.lake_state(written_at.ok().and_then(Result::ok).flatten(), &sealed);
     if let Some(why) = clock.disagreement() {
         tracing::error!("pushes are refused (503) until the clock agrees with the lake: {why}");
     }
@@ -193,6 +228,9 @@ pub async fn run(
     let _ = stopping.send(true);
     following.abort();
     probing.abort();
+    if let Some(checking) = checking {
+        checking.abort();
+    }
     if let Some(postgres) = postgres {
         let _ = postgres.await;
     }
@@ -212,8 +250,37 @@ pub async fn run(
         }
     }
     tracing::info!("datx stopped");
-    Ok(())
+    match overwriting.lock().expect("never poisoned").take() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
+
+/// Checks every minute, until the store answers, that it keeps create-only writes; sends
+/// the error if it does not.
+async fn check_create_only_later(
+    store: Store,
+    overwrites: tokio::sync::oneshot::Sender<StoreError>,
+) {
+    loop {
+        tokio::time::sleep(crate::health::BACKGROUND_EVERY).await;
+        match store.check_create_only().await {
+            Ok(()) => {
+                tracing::info!("the lake keeps create-only writes");
+                return;
+            }
+            Err(e @ StoreError::NotCreateOnly { .. }) => {
+                let _ = overwrites.send(e);
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// How long `serve` waits, at start, for each check of the lake (create-only writes, the
+/// store's clock): a store that does not answer is checked again later.
+const START_CHECK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long `serve` waits, at start, to read when each stream last delivered.
 const SEEDING_DEADLINE: Duration = Duration::from_secs(10);
@@ -226,11 +293,20 @@ const FOLLOW_COMMITS_EVERY: Duration = Duration::from_secs(2);
 /// the commit log.
 async fn follow_commits(board: Arc<StatusBoard>, commits: CommitLog, clock: Arc<ClockCheck>) {
     let mut failing = false;
+    let mut seen_version = 0;
     loop {
         tokio::time::sleep(FOLLOW_COMMITS_EVERY).await;
         let caught_up = board.catch_up(&commits).await;
-        let (newest_commit, sealed) = board.lake_times().await;
-        clock.lake_state(newest_commit, &sealed);
+        let (version, sealed) = board.lake_times().await;
+        // One HEAD for each new commit, for the time the store gave it.
+        let written_at = match version == seen_version {
+            true => None,
+            false => commits.written_at(version).await.ok().flatten(),
+        };
+        if written_at.is_some() {
+            seen_version = version;
+        }
+        clock.lake_state(written_at, &sealed);
         match caught_up {
             Ok(()) if failing => {
                 failing = false;

@@ -421,6 +421,18 @@ impl Store {
         }
     }
 
+    /// When the store wrote the object at `key`, by its own clock; `None` when there is none.
+    pub async fn written_at(
+        &self,
+        key: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        match self.objects.head(&Path::from(key)).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self.objects.head(&Path::from(key)).await {
             Ok(_) => Ok(true),

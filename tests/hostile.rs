@@ -732,3 +732,91 @@ async fn a_flood_of_health_checks_probes_the_lake_at_most_every_few_seconds() {
     }
     post(&server, "contacts", "myvenue", sample("contacts.json")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stream_past_the_time_limit_to_a_slow_reader_and_never_over_http_1_0() {
+    // A 2 s limit on computing; a client that takes longer than that to read 19 MB still
+    // gets all of it: time waiting for the client is not the query's.
+    let workspace = Workspace::new(&format!(
+        "[sql]\ntoken = \"{SQL_TOKEN}\"\ntimeout = \"2s\"\n{VENUE}"
+    ));
+    let server = workspace.serve();
+    let python = common::python_with(&[]);
+    let (host, port) = server.address.rsplit_once(':').unwrap();
+    let sql = "SELECT repeat('x', 1900) AS x FROM generate_series(1, 10000)";
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            SLOW_READER,
+            "http",
+            host,
+            port,
+            SQL_TOKEN,
+            sql,
+            "65536",
+            "0.02",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        said.trim(),
+        "200 19090002 True",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // HTTP/1.0 has no chunks: an answer cut short would end as a whole one does.
+    let head = format!(
+        "POST /sql HTTP/1.0\r\nAuthorization: Bearer {SQL_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        "SELECT 1".len()
+    );
+    let (status, body) = common::raw_request(&server.address, &head, b"SELECT 1");
+    assert_eq!(status, 505, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_need_more_of_the_budget_at_once_never_wait_for_each_other() {
+    // Each batch after the first is larger than the first: a query that held its share
+    // while waiting for a larger one could wait for another doing the same.
+    let workspace = Workspace::new(&format!(
+        "[sql]\ntoken = \"{SQL_TOKEN}\"\nanswer_memory = \"1MiB\"\ntimeout = \"60s\"\n{VENUE}"
+    ));
+    let server = workspace.serve();
+    let growing = |width: usize| {
+        format!(
+            "SELECT CASE WHEN value <= 8192 THEN 'a' ELSE repeat('x', {width}) END AS x FROM generate_series(1, 16384)"
+        )
+    };
+    for width in [55, 59] {
+        let statement = growing(width);
+        let (first, second) =
+            tokio::join!(http_sql(&server, &statement), http_sql(&server, &statement));
+        for (status, _, body) in [first, second] {
+            assert_eq!(status, 200, "{}", &body[..body.len().min(300)]);
+            assert!(body.ends_with("]\n"), "cut short");
+        }
+    }
+    // One whose later batch, counted twice while it is encoded, is more than the whole
+    // budget is stopped there, not left waiting: its answer, begun, ends short of its last
+    // chunk, and the log names the setting.
+    let cut = reqwest::Client::new()
+        .post(server.url("/sql"))
+        .bearer_auth(SQL_TOKEN)
+        .body(growing(70))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 200);
+    assert!(
+        cut.text().await.is_err(),
+        "an answer cut short read as whole"
+    );
+    // Logged once the answer's body is dropped, just after the client saw its end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("sql.answer_memory") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, _) = http_sql(&server, "SELECT 1").await;
+    assert_eq!(status, 200);
+}

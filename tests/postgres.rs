@@ -883,3 +883,141 @@ print(json.dumps([first, after_idle]))
         "{log}"
     );
 }
+
+/// A PostgreSQL client spoken by hand in Python, signed in as `datx`: `send(kind, body)`,
+/// `message()` (the next message's kind and body), `until_ready()` (the SQLSTATEs of the
+/// errors before the next ReadyForQuery), `cancel()` (a cancel request on a connection of
+/// its own, with this session's key), then `script`.
+fn raw_postgres(address: SocketAddr, script: &str) -> Value {
+    psycopg(
+        address,
+        "datx",
+        SQL_TOKEN,
+        &format!(
+            r#"
+import socket, struct
+host, port = "{}", {}
+s = socket.create_connection((host, port), timeout=60)
+buf = bytearray()
+def send(kind, body):
+    s.sendall(kind + struct.pack('!i', len(body) + 4) + body)
+def fill(n):
+    global buf
+    while len(buf) < n:
+        data = s.recv(65536)
+        assert data, 'closed'
+        buf += data
+def message():
+    global buf
+    fill(5)
+    length = struct.unpack('!i', buf[1:5])[0]
+    fill(1 + length)
+    kind, body = bytes(buf[:1]), bytes(buf[5:1 + length])
+    del buf[:1 + length]
+    return kind, body
+def sqlstate(body):
+    return dict((f[:1], f[1:]) for f in body.split(b'\0') if f)[b'C'].decode()
+def until_ready():
+    errors = []
+    while True:
+        kind, body = message()
+        if kind == b'E':
+            errors.append(sqlstate(body))
+        if kind == b'Z':
+            return errors
+startup = b'user\0datx\0database\0datx\0\0'
+s.sendall(struct.pack('!ii', len(startup) + 8, 196608) + startup)
+key = None
+while True:
+    kind, body = message()
+    if kind == b'R' and struct.unpack('!i', body[:4])[0] == 3:
+        send(b'p', b'{SQL_TOKEN}\0')
+    if kind == b'K':
+        key = body
+    if kind == b'Z':
+        break
+def cancel():
+    c = socket.create_connection((host, port), timeout=10)
+    c.sendall(struct.pack('!ii', 16, 80877102) + key)
+    c.close()
+{script}
+"#,
+            address.ip(),
+            address.port()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_an_answer_while_its_rows_stream() {
+    // Ten million rows, sent as they are produced: the cancel comes once the first rows are
+    // there, and stops the rest (pgwire watches for it only until the first batch).
+    let (_workspace, server) = lake("max_rows = 100000000\nmax_concurrent = 1", "").await;
+    let outcome = raw_postgres(
+        server.postgres_address(),
+        r#"
+send(b'Q', b"SELECT value FROM range(10000000)\0")
+rows, errors, cancelled = 0, [], False
+while True:
+    kind, body = message()
+    if kind == b'D':
+        rows += 1
+        if rows == 1000 and not cancelled:
+            cancel()
+            cancelled = True
+    if kind == b'E':
+        errors.append(sqlstate(body))
+    if kind == b'Z':
+        break
+send(b'Q', b"SELECT 41 + 1\0")
+after = until_ready()
+print(json.dumps([errors, rows < 10000000, after]))
+"#,
+    );
+    assert_eq!(outcome, json!([["57014"], true, []]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_with_the_wrong_number_of_formats_is_refused_not_a_dead_session() {
+    let (_workspace, server) = lake("", "").await;
+    let outcome = raw_postgres(
+        server.postgres_address(),
+        r#"
+send(b'P', b's\0SELECT 1 AS a, 2 AS b, 3 AS c\0' + struct.pack('!h', 0))
+send(b'S', b'')
+parsed = until_ready()
+# Two result formats for three columns, then one parameter format for none.
+send(b'B', b'\0s\0' + struct.pack('!hh', 0, 0) + struct.pack('!hhh', 2, 0, 1))
+send(b'D', b'P\0')
+send(b'E', b'\0' + struct.pack('!i', 0))
+send(b'S', b'')
+wrong_results = until_ready()
+send(b'Q', b"SELECT 41 + 1\0")
+after = until_ready()
+print(json.dumps([parsed, wrong_results, after]))
+"#,
+    );
+    assert_eq!(outcome, json!([[], ["08P01"], []]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_kept_whole_past_the_answer_budget_is_refused_at_once() {
+    // 30,000 rows fetched a hundred at a time are kept in the session; they need more than
+    // the 1 MiB of answers the process has. The query must be refused, not wait for room
+    // its own session holds.
+    let (_workspace, server) = lake("answer_memory = \"1MiB\"\ntimeout = \"60s\"", "").await;
+    let outcome = raw_postgres(
+        server.postgres_address(),
+        r#"
+send(b'P', b"s\0SELECT repeat('x', 20) AS x FROM generate_series(1, 30000)\0" + struct.pack('!h', 0))
+send(b'B', b'\0s\0' + struct.pack('!hhh', 0, 0, 0))
+send(b'E', b'\0' + struct.pack('!i', 100))
+send(b'S', b'')
+limited = until_ready()
+send(b'Q', b"SELECT 41 + 1\0")
+after = until_ready()
+print(json.dumps([limited, after]))
+"#,
+    );
+    assert_eq!(outcome, json!([["53200"], []]));
+}

@@ -505,4 +505,50 @@ async fn a_receiver_whose_clock_is_behind_is_refused_and_a_late_event_is_taken_i
     let again = compact(&workspace, "compact");
     assert!(again.starts_with("0 events consumed"), "{again}");
     assert_checks(&workspace, &ids);
+
+    // A rebuild keeps the ids of the last sealed days, so a later late arrival in the same
+    // day is still found, and only it.
+    let rebuilt = compact(&workspace, "rebuild");
+    assert!(rebuilt.contains("events consumed"), "{rebuilt}");
+    assert_checks(&workspace, &ids);
+    event_stored_days_ago(&workspace, 4, &ticket_checks(2, 5000));
+    ids.extend([5000, 5001]);
+    let printed = compact(&workspace, "compact");
+    assert!(printed.starts_with("1 events consumed"), "{printed}");
+    assert_checks(&workspace, &ids);
+    let verified = workspace.run(&["events", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{said}");
+    assert!(said.contains("2 late arrivals recorded"), "{said}");
+
+    // A compactor two days ahead (its own clock; the file system's is right) neither seals
+    // today nor makes the lake look two days ahead to a receiver with the right clock.
+    let server = workspace.serve();
+    post(&server, "ticketchecks", "myvenue", ticket_checks(1, 6000)).await;
+    ids.insert(6000);
+    drop(server);
+    let ahead = workspace
+        .command(&["compact"])
+        .env("LD_PRELOAD", FAKETIME)
+        .env("FAKETIME", "+2d")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ahead.stdout);
+    assert!(said.starts_with("1 events consumed"), "{}", failed(&ahead));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let digests = walk(&workspace.lake().join("_datx/digests"));
+    assert!(
+        !digests
+            .iter()
+            .any(|d| d.display().to_string().contains(&today)),
+        "a compactor ahead sealed today: {digests:?}"
+    );
+    let server = workspace.serve();
+    post(&server, "ticketchecks", "myvenue", ticket_checks(1, 7000)).await;
+    ids.insert(7000);
+    common::health_becomes(&server, 200).await;
+    drop(server);
+    compact(&workspace, "compact");
+    assert_checks(&workspace, &ids);
 }

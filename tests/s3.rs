@@ -178,10 +178,8 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost(kind: S3
 
     let mut acknowledged = BTreeSet::new();
     let mut refused = 0;
-    let mut next = 5_000_000_i64;
-    let mut send = async |acknowledged: &mut BTreeSet<i64>, refused: &mut usize| {
-        let first = next;
-        next += 100;
+    // Each body is named by its first check id; S-360 sends a refused one again as it was.
+    let send_body = async |first: i64, acknowledged: &mut BTreeSet<i64>, refused: &mut usize| {
         let response = client
             .post(&url)
             .body(ticket_checks(10, first))
@@ -204,6 +202,13 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost(kind: S3
             other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
         }
     };
+    let mut next = 5_000_000_i64;
+    let mut send = async |acknowledged: &mut BTreeSet<i64>, refused: &mut usize| {
+        let first = next;
+        next += 100;
+        send_body(first, acknowledged, refused).await;
+        first
+    };
     for _ in 0..20 {
         send(&mut acknowledged, &mut refused).await;
     }
@@ -216,10 +221,11 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost(kind: S3
         async {
             let mut acknowledged = BTreeSet::new();
             let mut refused = 0;
+            let mut sent = Vec::new();
             for _ in 0..2 {
-                send(&mut acknowledged, &mut refused).await;
+                sent.push(send(&mut acknowledged, &mut refused).await);
             }
-            (acknowledged, refused)
+            (acknowledged, refused, sent)
         },
         async {
             common::health_becomes(&server, 503).await;
@@ -245,16 +251,22 @@ async fn a_stopped_s3_server_gets_503s_and_nothing_acknowledged_is_lost(kind: S3
     );
     assert_eq!(health, 503, "/healthz did not see the stopped bucket");
     assert_eq!(page, (200, Some(3)), "the status page during the outage");
+    let (acknowledged_during, refused_during, sent_during) = during;
     assert_eq!(
-        during,
+        (acknowledged_during, refused_during),
         (BTreeSet::new(), 2),
         "a body was acknowledged during the outage"
     );
     eprintln!("outage lasted {:?}", outage.elapsed());
     s3.resume();
 
-    // Service resumes: new bodies are stored, and compaction catches up with everything
-    // acknowledged, before and after.
+    // Service resumes: the refused bodies come again, as S-360 sends them at its next run
+    // (a PUT cut short by the deadline may have landed once the server came back: the
+    // resend is then recognised), new bodies are stored, and compaction catches up with
+    // everything acknowledged, before and after.
+    for first in sent_during {
+        send_body(first, &mut acknowledged, &mut refused).await;
+    }
     for _ in 0..20 {
         send(&mut acknowledged, &mut refused).await;
     }
@@ -689,6 +701,39 @@ async fn a_pass_lists_no_sealed_day_and_seals_with_digests(kind: S3Kind) {
         }
     }
     assert_exactly(&workspace, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_while_the_store_does_not_answer() {
+    // Nothing listens there: serve starts, refuses pushes with 503, and shows its page.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let workspace = Workspace::on_server(
+        common::shared_s3_of(S3Kind::Moto),
+        VENUE,
+        &[("AWS_ENDPOINT", &endpoint)],
+    );
+    let server = workspace.serve();
+    let refused = reqwest::Client::new()
+        .post(server.url("/s360/ticketchecks/myvenue"))
+        .body(ticket_checks(1, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let page = reqwest::Client::new()
+        .get(server.url("/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        server.log().contains("checked again every minute"),
+        "{}",
+        server.log()
+    );
 }
 
 on_both_servers!(

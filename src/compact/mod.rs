@@ -295,18 +295,15 @@ impl Compactor {
             Mode::Incremental => state.clone(),
             Mode::Rebuild => LakeState::default(),
         };
-        self.clock
-            .lake_state(state.last_committed_at, &state.sealed);
+        let written_at = self.commits.written_at(state.version).await?;
+        self.clock.lake_state(written_at, &state.sealed);
         // A clock that disagrees with the lake's could seal a day that still receives.
         let seal_before = match self.clock.disagreement() {
             Some(why) => {
                 tracing::warn!("no day is sealed in this pass: {why}");
                 NaiveDate::MIN
             }
-            None => {
-                crate::clock::now().date_naive()
-                    - chrono::Duration::days(self.options.seal_after_days)
-            }
+            None => self.clock.lake_today() - chrono::Duration::days(self.options.seal_after_days),
         };
         let mut work = Work::new(self, lease, mode, &view, seal_before);
         let (days, all_days) = self
@@ -1048,6 +1045,16 @@ impl<'a> Work<'a> {
         Ok(())
     }
 
+    /// The first day whose consumed ids a rebuild keeps: enough for the sealed days later
+    /// passes look at again, whichever the last sealed day of a source is.
+    fn rebuild_keeps_from(&self) -> NaiveDate {
+        self.seal_before
+            .checked_sub_days(chrono::Days::new(
+                crate::commit::RECHECKED_SEALED_DAYS as u64 + 1,
+            ))
+            .unwrap_or(NaiveDate::MIN)
+    }
+
     fn add_event(&mut self, event: ConvertedEvent) {
         self.summary.events += 1;
         if event.late {
@@ -1055,8 +1062,9 @@ impl<'a> Work<'a> {
             *self.late.entry(source).or_default() += 1;
             self.summary.late_events += 1;
         }
-        // A rebuild seals old days in its commit: their ids need not be kept.
-        if !(self.mode == Mode::Rebuild && event.key.day < self.seal_before) {
+        // A rebuild seals old days in its commit: their ids need not be kept, but for the
+        // last few, which later passes look at again for late arrivals.
+        if !(self.mode == Mode::Rebuild && event.key.day < self.rebuild_keeps_from()) {
             self.consumed
                 .entry(day_dir(&event.key))
                 .or_default()
@@ -1248,6 +1256,14 @@ impl<'a> Work<'a> {
             }
             .into(),
             reset: self.mode == Mode::Rebuild,
+            kept_sealed_from: match (self.mode, last) {
+                (Mode::Rebuild, true) => self
+                    .sealed
+                    .keys()
+                    .map(|source| (source.clone(), self.rebuild_keeps_from()))
+                    .collect(),
+                _ => BTreeMap::new(),
+            },
             consumed: std::mem::take(&mut self.landed),
             rejected: std::mem::take(&mut self.landed_rejected),
             late: std::mem::take(&mut self.landed_late),

@@ -503,6 +503,9 @@ impl EventLog {
     /// Records that `event`, found in a day already sealed, was taken into the tables
     /// after the day's digest was written: create-only, so a pass that repeats it (after a
     /// crash before its commit) keeps the first record.
+    ///
+    /// An event stored after a pass listed its day but before the day's digest was written
+    /// is in the digest, though no pass consumed it: it is taken in, and needs no record.
     pub async fn record_late_arrival(
         &self,
         event: &StoredEvent,
@@ -514,7 +517,17 @@ impl EventLog {
             .get(&digest::digest_key(key.stream, &key.institution, key.day))
             .await
         {
-            Ok(bytes) => Some(sha256_hex(&bytes)),
+            Ok(bytes) => {
+                let listed = serde_json::from_slice::<StoredDigest>(&bytes)
+                    .ok()
+                    .and_then(|stored| stored.day().ok())
+                    .is_some_and(|day| day.events.iter().any(|e| e.event_id == key.event_id));
+                if listed {
+                    tracing::info!(event = %key, "an event its day's digest lists was consumed after the day was sealed");
+                    return Ok(());
+                }
+                Some(sha256_hex(&bytes))
+            }
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };

@@ -382,19 +382,67 @@ struct Session {
 
 /// Rows of an answer as they are produced: each chunk's share of the answer budget is
 /// given back once its last row is handed to the connection (whose buffer writes out
-/// before it takes more).
+/// before it takes more). A cancel request stops them, and the query with them.
 struct AnswerRows {
     answer: Answer<Vec<DataRow>>,
     rows: std::vec::IntoIter<DataRow>,
     memory: Option<AnswerMemory>,
+    cancel: CancelWatch,
+}
+
+/// The client's cancel request, watched while rows are sent: pgwire watches for it only
+/// until its handler returns, which for a streamed answer is when the first batch is ready.
+enum CancelWatch {
+    Off,
+    Arming(std::pin::Pin<Box<dyn Future<Output = futures::channel::oneshot::Receiver<()>> + Send>>),
+    Armed(futures::channel::oneshot::Receiver<()>),
+}
+
+impl CancelWatch {
+    /// Armed at the first poll of the rows, once pgwire's own watch has ended (arming
+    /// replaces it).
+    // Arming yields the receiver, itself a future: it is awaited by `cancelled`.
+    #[allow(clippy::async_yields_async)]
+    fn of(connection: Option<Arc<ConnectionHandle>>) -> CancelWatch {
+        match connection {
+            None => CancelWatch::Off,
+            Some(handle) => {
+                CancelWatch::Arming(Box::pin(async move { handle.start_query().await }))
+            }
+        }
+    }
+
+    /// Whether the client asked to cancel.
+    fn cancelled(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use std::task::Poll;
+        if let CancelWatch::Arming(arming) = self {
+            match arming.as_mut().poll(cx) {
+                Poll::Ready(receiver) => *self = CancelWatch::Armed(receiver),
+                Poll::Pending => return false,
+            }
+        }
+        let CancelWatch::Armed(receiver) = self else {
+            return false;
+        };
+        match std::pin::Pin::new(receiver).poll(cx) {
+            Poll::Ready(Ok(())) => true,
+            // Another query of the session took the watch over.
+            Poll::Ready(Err(_)) => {
+                *self = CancelWatch::Off;
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
 }
 
 impl AnswerRows {
-    fn new(answer: Answer<Vec<DataRow>>) -> AnswerRows {
+    fn new(answer: Answer<Vec<DataRow>>, connection: Option<Arc<ConnectionHandle>>) -> AnswerRows {
         AnswerRows {
             answer,
             rows: Vec::new().into_iter(),
             memory: None,
+            cancel: CancelWatch::of(connection),
         }
     }
 }
@@ -406,6 +454,12 @@ impl futures::Stream for AnswerRows {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        if self.cancel.cancelled(cx) {
+            // The answer is dropped with the stream, which stops the query.
+            self.cancel = CancelWatch::Off;
+            self.rows = Vec::new().into_iter();
+            return std::task::Poll::Ready(Some(Err(PgWireError::QueryCanceled)));
+        }
         loop {
             if let Some(row) = self.rows.next() {
                 return std::task::Poll::Ready(Some(Ok(row)));
@@ -431,7 +485,7 @@ struct HeldRows {
     rows: std::vec::IntoIter<DataRow>,
     held: Arc<AtomicUsize>,
     bytes: usize,
-    _memory: Vec<AnswerMemory>,
+    _memory: AnswerMemory,
 }
 
 impl futures::Stream for HeldRows {
@@ -600,7 +654,7 @@ impl Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         client.set_state(PgWireConnectionState::QueryInProgress);
-        let cancelled = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        let cancelled = match connection_of(client) {
             Some(handle) => Some(handle.start_query().await),
             None => None,
         };
@@ -647,6 +701,7 @@ impl Session {
         parameters: Vec<datafusion::common::ScalarValue>,
         format: &Format,
         held: bool,
+        connection: Option<Arc<ConnectionHandle>>,
     ) -> PgWireResult<Response> {
         let started = std::time::Instant::now();
         let text = statement.to_string();
@@ -678,21 +733,38 @@ impl Session {
         if !held {
             return Ok(Response::Query(QueryResponse::new(
                 fields,
-                AnswerRows::new(answer),
+                AnswerRows::new(answer, connection),
             )));
         }
-        let mut rows = Vec::new();
-        let mut memory = Vec::new();
+        // Each chunk's share is given back as its rows are kept here: the producer must
+        // never wait for room that this session holds. What is kept is counted in the
+        // session as it arrives, then taken from the budget at once, without waiting.
+        let too_much = |held: usize, bytes: usize| {
+            user_error(
+                "53200",
+                format!(
+                    "this answer ({bytes} bytes so far) and those waiting in this session's open portals ({held} bytes) are more than sql.memory_limit ({} bytes): fetch those to their end or close them",
+                    self.shared.memory_limit
+                ),
+            )
+        };
+        let already = self.held.load(Ordering::Relaxed);
+        let (mut rows, mut bytes) = (Vec::new(), 0);
         let mut answer = answer;
         while let Some(chunk) = answer.next().await {
-            let Held {
-                chunk,
-                memory: share,
-            } = chunk.map_err(query_error)?;
+            let Held { chunk, memory } = chunk.map_err(query_error)?;
+            drop(memory);
+            bytes += RowEncoder::size(&chunk);
+            if already + bytes > self.shared.memory_limit {
+                return Err(too_much(already, bytes));
+            }
             rows.extend(chunk);
-            memory.push(share);
         }
-        let bytes: usize = rows.iter().map(|row| row.data.len() + ROW_OVERHEAD).sum();
+        let budget = self.shared.engine.answer_budget();
+        let memory = budget
+            .try_take(bytes)
+            .map_err(query_error)?
+            .ok_or_else(|| query_error(QueryError::AnswersBusy(budget.bytes())))?;
         let held = self.held.fetch_add(bytes, Ordering::Relaxed);
         let rows = HeldRows {
             rows: rows.into_iter(),
@@ -701,13 +773,7 @@ impl Session {
             _memory: memory,
         };
         if held + bytes > self.shared.memory_limit {
-            return Err(user_error(
-                "53200",
-                format!(
-                    "this answer ({bytes} bytes) and those waiting in this session's open portals ({held} bytes) are more than sql.memory_limit ({} bytes): fetch those to their end or close them",
-                    self.shared.memory_limit
-                ),
-            ));
+            return Err(too_much(held, bytes));
         }
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
@@ -726,7 +792,7 @@ fn show_fields(command: &Command, format: &Format) -> Vec<FieldInfo> {
     names
         .into_iter()
         .enumerate()
-        .map(|(i, name)| FieldInfo::new(name, None, None, Type::TEXT, format.format_for(i)))
+        .map(|(i, name)| FieldInfo::new(name, None, None, Type::TEXT, wire::format_of(format, i)))
         .collect()
 }
 
@@ -743,6 +809,14 @@ fn text_rows(fields: Arc<Vec<FieldInfo>>, values: Vec<Vec<String>>) -> PgWireRes
         fields,
         futures::stream::iter(rows),
     )))
+}
+
+/// The handle a cancel request for `client`'s connection fires.
+fn connection_of<C: ClientInfo>(client: &C) -> Option<Arc<ConnectionHandle>> {
+    client
+        .session_extensions()
+        .get::<Arc<ConnectionHandle>>()
+        .map(|handle| handle.as_ref().clone())
 }
 
 /// The portal an `Execute` names, when it is a query that has not run yet.
@@ -821,7 +895,7 @@ fn sqlstate(error: &QueryError) -> &'static str {
         QueryError::TooManyRows(_) => "54000",
         QueryError::Lake(_) => "58030",
         QueryError::Busy(_) => "53300",
-        QueryError::AnswersBusy(_) => "53200",
+        QueryError::AnswersBusy(_) | QueryError::AnswerTooLarge { .. } => "53200",
         QueryError::Unwritable(_) => "22000",
     }
 }
@@ -865,7 +939,7 @@ impl SimpleQueryHandler for Session {
         self._on_query(client, query).await
     }
 
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -888,8 +962,15 @@ impl SimpleQueryHandler for Session {
                 None => match one_statement(piece) {
                     Ok(mut statement) => {
                         name_the_user(&mut statement, caller.user());
-                        self.query(caller, statement, vec![], &Format::UnifiedText, held)
-                            .await
+                        self.query(
+                            caller,
+                            statement,
+                            vec![],
+                            &Format::UnifiedText,
+                            held,
+                            connection_of(client),
+                        )
+                        .await
                     }
                     Err(e) => Err(query_error(e)),
                 },
@@ -995,7 +1076,7 @@ impl ExtendedQueryHandler for Session {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Prepared>,
         max_rows: usize,
     ) -> PgWireResult<Response>
@@ -1016,8 +1097,13 @@ impl ExtendedQueryHandler for Session {
             Prepared::Query {
                 statement,
                 parameters,
-                ..
+                schema,
             } => {
+                wire::check_formats(
+                    &portal.result_column_format,
+                    schema.fields().len(),
+                    "result",
+                )?;
                 let values = wire::parameters(portal, parameter_types, parameters)?;
                 // Fetched a few rows at a time, the answer waits in the portal: kept whole.
                 self.query(
@@ -1026,6 +1112,7 @@ impl ExtendedQueryHandler for Session {
                     values,
                     &portal.result_column_format,
                     max_rows > 0,
+                    connection_of(client),
                 )
                 .await
             }

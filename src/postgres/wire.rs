@@ -37,10 +37,39 @@ pub fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
                 None,
                 None,
                 wire_type(field.data_type()),
-                format.format_for(i),
+                format_of(format, i),
             )
         })
         .collect()
+}
+
+/// The format of value `i`. pgwire's own lookup indexes a Bind's list of codes as it came,
+/// and panics past its end; a list of the wrong length is refused by [`check_formats`].
+pub fn format_of(format: &Format, i: usize) -> FieldFormat {
+    match format {
+        Format::Individual(codes) => codes
+            .get(i)
+            .map_or(FieldFormat::Text, |&code| FieldFormat::from(code)),
+        unified => unified.format_for(i),
+    }
+}
+
+/// PostgreSQL's rule for a Bind's format codes: none (all text), one (for all), or one for
+/// each of the `count` parameters or columns.
+pub fn check_formats(format: &Format, count: usize, what: &str) -> PgWireResult<()> {
+    match format {
+        Format::Individual(codes) if codes.len() != count => Err(PgWireError::UserError(Box::new(
+            pgwire::error::ErrorInfo::new(
+                "ERROR".into(),
+                "08P01".into(),
+                format!(
+                    "bind message has {} {what} formats but the statement has {count}",
+                    codes.len()
+                ),
+            ),
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A column's name as PostgreSQL gives it: an unnamed function call is named after the
@@ -311,6 +340,11 @@ pub fn parameters<S: Clone>(
     declared: &[Option<Type>],
     expected: &[Option<DataType>],
 ) -> PgWireResult<Vec<ScalarValue>> {
+    check_formats(
+        &portal.parameter_format,
+        portal.parameter_len(),
+        "parameter",
+    )?;
     (0..portal.parameter_len())
         .map(|i| {
             let expected = expected.get(i).cloned().flatten();
@@ -352,7 +386,7 @@ fn arrow_type(wire: &Type) -> Option<DataType> {
 
 fn parameter<S: Clone>(portal: &Portal<S>, i: usize, wire: &Type) -> PgWireResult<ScalarValue> {
     // Text parameters are cast by DataFusion, which reads every type the lake has.
-    if portal.parameter_format.is_text(i) {
+    if format_of(&portal.parameter_format, i) == FieldFormat::Text {
         return Ok(ScalarValue::Utf8(
             portal.parameter::<String>(i, &Type::TEXT)?,
         ));

@@ -37,19 +37,12 @@ impl AnswerBudget {
     }
 
     /// Waits until `bytes` of the budget are free, and holds them until the result drops.
-    /// An amount the whole budget could never hold is refused at once.
+    /// An amount the whole budget could never hold is refused at once. The budget serves
+    /// its waiters in turn; none of them may hold a share while it waits (two that did
+    /// could each wait for the other's), which is why [`AnswerMemory::resize`] gives its
+    /// share back before it asks for a larger one.
     pub async fn take(&self, bytes: usize) -> Result<AnswerMemory, QueryError> {
-        let units = bytes.div_ceil(UNIT).max(1);
-        let refused = || QueryError::MemoryLimit {
-            limit: self.bytes,
-            message: format!(
-                "one batch of the answer holds {bytes} bytes, more than sql.answer_memory"
-            ),
-        };
-        let wanted = u32::try_from(units).map_err(|_| refused())?;
-        if units > self.units_total() {
-            return Err(refused());
-        }
+        let wanted = self.units_for(bytes)?;
         let permit = self
             .units
             .clone()
@@ -57,6 +50,29 @@ impl AnswerBudget {
             .await
             .expect("the budget is never closed");
         Ok(AnswerMemory(Some(permit)))
+    }
+
+    /// `bytes` of the budget if they are free now; `None` if they are not.
+    pub fn try_take(&self, bytes: usize) -> Result<Option<AnswerMemory>, QueryError> {
+        let wanted = self.units_for(bytes)?;
+        Ok(self
+            .units
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .ok()
+            .map(|permit| AnswerMemory(Some(permit))))
+    }
+
+    fn units_for(&self, bytes: usize) -> Result<u32, QueryError> {
+        let units = bytes.div_ceil(UNIT).max(1);
+        let refused = || QueryError::AnswerTooLarge {
+            bytes,
+            budget: self.bytes,
+        };
+        if units > self.units_total() {
+            return Err(refused());
+        }
+        u32::try_from(units).map_err(|_| refused())
     }
 
     /// The whole budget, in bytes.
@@ -79,8 +95,9 @@ impl AnswerBudget {
 pub struct AnswerMemory(Option<OwnedSemaphorePermit>);
 
 impl AnswerMemory {
-    /// Resizes this share to `bytes`: gives back what is no longer needed, or waits for
-    /// the rest.
+    /// Resizes this share to `bytes`: gives back what is no longer needed, or gives the
+    /// share back and waits for the whole of the new size (never holding part of the
+    /// budget while waiting for more).
     pub async fn resize(&mut self, bytes: usize, budget: &AnswerBudget) -> Result<(), QueryError> {
         let wanted = bytes.div_ceil(UNIT).max(1);
         let held = self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
@@ -89,11 +106,8 @@ impl AnswerMemory {
                 drop(permit.split(held - wanted));
             }
         } else if wanted > held {
-            let more = budget.take((wanted - held) * UNIT).await?;
-            match (&mut self.0, more.0) {
-                (Some(permit), Some(extra)) => permit.merge(extra),
-                (slot, extra) => *slot = extra,
-            }
+            self.0 = None;
+            *self = budget.take(bytes).await?;
         }
         Ok(())
     }
@@ -242,7 +256,32 @@ mod tests {
         assert_eq!(budget.free_bytes(), 8 * UNIT);
         second.resize(9 * UNIT, &budget).await.unwrap();
         assert_eq!(budget.free_bytes(), UNIT);
+        assert!(second.resize(11 * UNIT, &budget).await.is_err());
         drop(second);
+        assert_eq!(budget.free_bytes(), 10 * UNIT);
+        assert!(budget.try_take(10 * UNIT).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn two_answers_growing_at_once_never_wait_for_each_other() {
+        // Each holds a share and wants one larger than what is free while the other holds
+        // its own: giving back before waiting lets both through, one after the other.
+        let budget = AnswerBudget::new(10 * UNIT);
+        let (mut a, mut b) = (
+            budget.take(4 * UNIT).await.unwrap(),
+            budget.take(4 * UNIT).await.unwrap(),
+        );
+        let (grown_a, grown_b) = tokio::join!(
+            async {
+                a.resize(7 * UNIT, &budget).await.unwrap();
+                drop(a);
+            },
+            async {
+                b.resize(7 * UNIT, &budget).await.unwrap();
+                drop(b);
+            }
+        );
+        let ((), ()) = (grown_a, grown_b);
         assert_eq!(budget.free_bytes(), 10 * UNIT);
     }
 }

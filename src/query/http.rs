@@ -16,6 +16,7 @@ use super::access::Callers;
 use super::output::{Format, TextEncoder};
 use super::{Answer, AnswerMemory, Held, QueryEngine, QueryError, one_statement};
 use crate::config::Sql;
+use crate::connections::Http10;
 
 /// Seconds a client is asked to wait before trying again when every query slot is taken
 /// or the lake's commits cannot be read.
@@ -44,14 +45,28 @@ impl SqlService {
     ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
         warp::path!("sql")
             .and(warp::post())
+            .and(warp::ext::optional::<Http10>())
             .and(warp::header::optional::<String>(AUTHORIZATION.as_str()))
             .and(warp::header::optional::<String>(ACCEPT.as_str()))
             .and(warp::body::content_length_limit(MAX_STATEMENT_BYTES))
             .and(warp::body::bytes())
             .then(
-                move |authorization: Option<String>, accept: Option<String>, body: Bytes| {
+                move |http10: Option<Http10>,
+                      authorization: Option<String>,
+                      accept: Option<String>,
+                      body: Bytes| {
                     let service = self.clone();
-                    async move { service.handle(authorization, accept, body).await }
+                    async move {
+                        match http10 {
+                            // Streamed answers are chunked: without chunks, one cut short
+                            // would end like a complete one.
+                            Some(Http10) => error_reply(
+                                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                                "answers are streamed: send POST /sql with HTTP/1.1".into(),
+                            ),
+                            None => service.handle(authorization, accept, body).await,
+                        }
+                    }
                 },
             )
     }
@@ -232,6 +247,7 @@ fn status_of(error: &QueryError) -> StatusCode {
         QueryError::Timeout(_)
         | QueryError::MemoryLimit { .. }
         | QueryError::TooManyRows(_)
+        | QueryError::AnswerTooLarge { .. }
         | QueryError::Unwritable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         QueryError::Lake(_) | QueryError::Busy(_) | QueryError::AnswersBusy(_) => {
             StatusCode::SERVICE_UNAVAILABLE

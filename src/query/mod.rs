@@ -74,6 +74,10 @@ pub enum QueryError {
         "the answers on their way to clients hold all of sql.answer_memory ({0} bytes) and none made room in time: try again shortly"
     )]
     AnswersBusy(usize),
+    #[error(
+        "one batch of the answer holds {bytes} bytes, more than sql.answer_memory ({budget} bytes) can ever hold: select fewer or smaller columns"
+    )]
+    AnswerTooLarge { bytes: usize, budget: usize },
     /// A value the client's format cannot carry; the door that encodes knows the details.
     #[error("{0}")]
     Unwritable(Box<dyn std::error::Error + Send + Sync>),
@@ -196,18 +200,15 @@ impl QueryEngine {
             let slot_held = slot.clone();
             let mut producer = self.runtime.spawn(async move {
                 let _slot = slot_held;
-                let produced =
-                    tokio::time::timeout_at(deadline, production.run(first_batch, &chunks)).await;
+                let produced = production
+                    .run(first_batch, &chunks, QueryTime::new(timeout))
+                    .await;
                 // Said before `chunks` closes, so that the door that finds it closed knows why.
                 match produced {
-                    Ok(Ok(())) => {
+                    Ok(()) => {
                         complete_by_producer.store(true, std::sync::atomic::Ordering::Release)
                     }
-                    Ok(Err(e)) => *ended_by_producer.lock().expect("never poisoned") = Some(e),
-                    Err(_) => {
-                        *ended_by_producer.lock().expect("never poisoned") =
-                            Some(QueryError::Timeout(timeout))
-                    }
+                    Err(e) => *ended_by_producer.lock().expect("never poisoned") = Some(e),
                 }
                 drop(chunks);
             });
@@ -476,18 +477,45 @@ struct Production<E: Encoder> {
 
 type ChunkSender<E> = tokio::sync::mpsc::Sender<Held<<E as Encoder>::Chunk>>;
 
+/// What is left of a query's `sql.timeout`: only the time it spends planning and computing
+/// counts, not the time its answer waits for a client reading slowly, or for room in the
+/// answer budget (a client that stops reading is cut off by the write timeouts).
+struct QueryTime {
+    limit: Duration,
+    left: Duration,
+}
+
+impl QueryTime {
+    fn new(limit: Duration) -> QueryTime {
+        QueryTime { limit, left: limit }
+    }
+
+    async fn limit<T>(
+        &mut self,
+        work: impl std::future::Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
+        let started = Instant::now();
+        let done = tokio::time::timeout(self.left, work)
+            .await
+            .map_err(|_| QueryError::Timeout(self.limit))?;
+        self.left = self.left.saturating_sub(started.elapsed());
+        done
+    }
+}
+
 impl<E: Encoder> Production<E> {
     /// Errors before the first batch go to `first_batch`; errors after it are returned.
     async fn run(
         mut self,
         first_batch: tokio::sync::oneshot::Sender<Result<SchemaRef, QueryError>>,
         chunks: &ChunkSender<E>,
+        mut time: QueryTime,
     ) -> Result<(), QueryError> {
         let mut rows = 0;
         // Room for the first batch is found before the answer is said to have started, so
         // that a door can still refuse it (503) rather than cut it short.
         let started = async {
-            let (schema, stream, first) = self.start().await?;
+            let (schema, stream, first) = time.limit(self.start()).await?;
             let first = match first {
                 Some(batch) => {
                     let bytes = self.check(&batch, &mut rows)?;
@@ -525,12 +553,9 @@ impl<E: Encoder> Production<E> {
             drop(batch);
             self.send(chunks, chunk, Some(memory)).await?;
             let mut ahead = self.budget.take(2 * produced).await?;
-            next = match stream
-                .next()
-                .await
-                .transpose()
-                .map_err(QueryError::Failed)?
-            {
+            let produced =
+                time.limit(async { stream.next().await.transpose().map_err(QueryError::Failed) });
+            next = match produced.await? {
                 Some(batch) => {
                     let bytes = self.check(&batch, &mut rows)?;
                     ahead.resize(2 * bytes, &self.budget).await?;

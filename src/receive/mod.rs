@@ -268,7 +268,7 @@ impl Receiver {
         let body = read_limited(headers, body, self.max_body_bytes).await?;
         let records = batch::count_records(&body)?;
         let bytes = body.len();
-        if let Some(why) = self.clock.refusal(&format!("{stream}/{institution}")) {
+        if let Some(why) = self.clock.disagreement() {
             metrics::clock_refusal();
             return Err(Refusal::ClockDisagrees(why));
         }

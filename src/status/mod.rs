@@ -291,10 +291,11 @@ impl StatusBoard {
         self.records_counted.store(true, Ordering::Relaxed);
     }
 
-    /// The newest commit's time and each source's sealed day, as the board last read them.
-    pub async fn lake_times(&self) -> (Option<DateTime<Utc>>, BTreeMap<String, NaiveDate>) {
+    /// The newest commit's version and each source's sealed day, as the board last read
+    /// them.
+    pub async fn lake_times(&self) -> (u64, BTreeMap<String, NaiveDate>) {
         let lake = self.lake.lock().await;
-        (lake.last_committed_at, lake.sealed.clone())
+        (lake.version, lake.sealed.clone())
     }
 
     /// Reads the commits made since the board last looked (one read when there are none)
