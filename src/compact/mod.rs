@@ -572,7 +572,8 @@ impl Compactor {
                 }
                 let mut batches = Vec::new();
                 for file in &group {
-                    batches.extend(files::decode(self.store.get(&file.path).await?, table)?);
+                    let bytes = self.store.get(&file.path).await?;
+                    batches.extend(blocking(move || files::decode(bytes, table)).await?);
                 }
                 let path = files::new_file_key(table, &institution, date);
                 let written = write_file(
@@ -661,7 +662,8 @@ impl FileJob {
                 mut builder,
                 superseded,
             } => {
-                let batches = files::without_rows(builder.finish(), &superseded)?;
+                let batches =
+                    blocking(move || files::without_rows(builder.finish(), &superseded)).await?;
                 write_file(store, epoch, path, table, &institution, date, batches).await
             }
             FileJob::Rewrite(Rewrite { file, path, keys }) => {
@@ -677,8 +679,11 @@ impl FileJob {
                     .table
                     .unique_key()
                     .expect("only keyed tables are rewritten");
-                let batches =
-                    files::without_keys(files::decode(bytes, file.table)?, column, &keys)?;
+                let table = file.table;
+                let batches = blocking(move || {
+                    files::without_keys(files::decode(bytes, table)?, column, &keys)
+                })
+                .await?;
                 write_file(
                     store,
                     epoch,
@@ -692,6 +697,21 @@ impl FileJob {
             }
         }
     }
+}
+
+/// Decodes, filters or finishes Parquet and Arrow data on a blocking thread: the pass's
+/// async threads keep its lease renewed and its reads going meanwhile.
+async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, CompactError>
+where
+    T: Send + 'static,
+    E: Into<CompactError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("decoding does not panic")
+        .map_err(Into::into)
 }
 
 /// Groups files (largest first) into bins of at most `target` bytes.
@@ -1129,7 +1149,7 @@ impl<'a> Work<'a> {
             };
             for file in self.keys.unread_files(row.table, institution, key) {
                 let bytes = self.compactor.store.get(&file.path).await?;
-                let keys = files::key_versions(bytes, column)?;
+                let keys = blocking(move || files::key_versions(bytes, column)).await?;
                 self.keys.file_read(&file, keys);
             }
         }
