@@ -812,12 +812,13 @@ async fn what_metabase_and_dbeaver_send_on_connect_is_answered() {
     assert_eq!(columns.len() - 1, described.len());
     for (row, column) in columns[1..].iter().zip(&described) {
         assert_eq!(row[0], column["column_name"].as_str().unwrap());
+        // As PostgreSQL's format_type names them.
         let wire = match column["data_type"].as_str().unwrap() {
-            "Int64" => "int8",
+            "Int64" => "bigint",
             "Utf8" | "Utf8View" => "text",
-            "Boolean" => "bool",
+            "Boolean" => "boolean",
             "Date32" => "date",
-            t if t.starts_with("Timestamp") => "timestamptz",
+            t if t.starts_with("Timestamp") => "timestamp with time zone",
             other => panic!("a column of type {other}"),
         };
         assert_eq!(row[1], wire, "{row:?}");
@@ -1020,4 +1021,383 @@ print(json.dumps([limited, after]))
 "#,
     );
     assert_eq!(outcome, json!([["53200"], []]));
+}
+
+/// Compiles `tests/postgres_clients/Probe.java` against Debian's pgjdbc and runs it on
+/// `address`: each case's name and what pgjdbc read.
+fn pgjdbc_probe(address: SocketAddr) -> std::collections::BTreeMap<String, String> {
+    const JAR: &str = "/usr/share/java/postgresql.jar";
+    assert!(
+        std::path::Path::new(JAR).exists(),
+        "pgjdbc is Debian's libpostgresql-jdbc-java (.ci/run installs it)"
+    );
+    let classes = tempfile::tempdir().unwrap();
+    let source =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/postgres_clients/Probe.java");
+    let compiled = Command::new("javac")
+        .args(["-cp", JAR, "-d"])
+        .arg(classes.path())
+        .arg(&source)
+        .output()
+        .expect("javac runs");
+    assert!(
+        compiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    let classpath = format!("{JAR}:{}", classes.path().display());
+    let url = format!("jdbc:postgresql://{address}/datx");
+    let ran = Command::new("java")
+        .args(["-cp", &classpath, "Probe", &url, "datx", SQL_TOKEN])
+        .output()
+        .expect("java runs");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    String::from_utf8_lossy(&ran.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_reads_typed_parameters_postgresql_functions_and_types_as_postgresql_answers() {
+    let (_workspace, server) = lake("timeout = \"120s\"", "").await;
+    let read = pgjdbc_probe(server.postgres_address());
+    let of = |name: &str| read.get(name).map(String::as_str).unwrap_or("(missing)");
+    // A double is a double, not truncated to the integer the statement suggests.
+    assert_eq!(of("double_times_two"), "3.0");
+    assert_eq!(of("below_a_float"), of("below_a_float_literal"));
+    // A date pgjdbc sends as untyped text with its zone.
+    assert_eq!(of("set_date"), of("set_date_literal"));
+    assert_eq!(of("set_int_plus_one"), "42");
+    assert_eq!(of("set_boolean"), "true");
+    // PostgreSQL's patterns, zones and types.
+    assert_eq!(of("to_char"), "Thursday, 5 Mar 2026 14:07");
+    // The wall time in Zurich, a timestamp without a zone (pgwire writes the microseconds
+    // even when they are 0, where PostgreSQL leaves them out: the same value).
+    assert_eq!(of("at_time_zone"), "timestamp,2026-12-01 00:30:00.000000");
+    assert_eq!(of("now_type"), "timestamptz,timestamptz");
+    assert_eq!(of("decimal"), "numeric,-1234.5678");
+    // One pid per session, the one pg_backend_pid() names.
+    assert_eq!(of("backend_pids"), "true,true");
+    // A cancel stops the query: the session answers at once, and serve's cores are idle.
+    assert_eq!(of("cancel"), "57014");
+    assert_eq!(of("after_cancel"), "42");
+    let before = server.cpu_seconds();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = server.cpu_seconds() - before;
+    assert!(
+        used < 0.5,
+        "serve used {used:.2} s of CPU in the 2 s after the cancel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_parameters_and_postgresql_functions_answer_as_postgresql_does() {
+    let (_workspace, server) = lake("", "").await;
+    let outcome = psycopg(
+        server.postgres_address(),
+        "datx",
+        SQL_TOKEN,
+        r#"
+import decimal
+with psycopg.connect(DSN, autocommit=True) as c:
+    def one(sql, *args):
+        return c.execute(sql, args or None).fetchone()[0]
+    float_parameter = one("SELECT count(*) FROM orders WHERE sale_amount < %s", 40000.5)
+    float_literal = one("SELECT count(*) FROM orders WHERE sale_amount < 40000.5")
+    out = {
+        "float": float_parameter == float_literal,
+        "product": one("SELECT %s * 2", 1.5),
+        "bool": one("SELECT %s", True),
+        "numeric": str(one("SELECT %s + 1", decimal.Decimal("1.25"))),
+        # Metabase's month buckets in the venue's zone: 23:30 UTC on 30 November is
+        # already December in Zurich.
+        "bucket": str(one("SELECT date_trunc('month', TIMESTAMPTZ '2026-11-30 23:30:00+00' AT TIME ZONE 'Europe/Zurich')")),
+        "to_char": one("SELECT to_char(TIMESTAMPTZ '2026-03-05 14:07:09+00', 'YYYY-MM-DD HH24:MI')"),
+    }
+    try:
+        one("SELECT to_char(now(), 'J')")
+        out["refused"] = None
+    except psycopg.errors.Error as e:
+        out["refused"] = "is not evaluated here" in str(e)
+print(json.dumps(out))
+"#,
+    );
+    assert_eq!(
+        outcome,
+        json!({
+            "float": true,
+            "product": 3.0,
+            "bool": true,
+            "numeric": "2.2500000000",
+            "bucket": "2026-12-01 00:00:00",
+            "to_char": "2026-03-05 14:07",
+            "refused": true,
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_sends_what_a_query_reads_in_text_and_csv_within_the_tokens_scope() {
+    let (workspace, server) = lake("", "").await;
+    let address = server.postgres_address();
+    // `_raw` holds quotes, commas and backslashes: the formats' escaping is exercised.
+    let query = "SELECT ticket_check_id, institution, access_time, _raw, NULL AS nothing FROM ticket_checks ORDER BY institution, ticket_check_id";
+    let selected = csv_rows(&psql(address, "datx", SQL_TOKEN, &["-c", query]));
+    assert!(selected.len() > 80, "{selected:?}");
+
+    // psql's \copy, in CSV with a header: the rows psql prints for the query itself.
+    let copied = common::succeeded(psql(
+        address,
+        "datx",
+        SQL_TOKEN,
+        &[
+            "-c",
+            &format!("\\copy ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"),
+        ],
+    ));
+    assert_eq!(csv_reader(&copied.stdout), selected);
+
+    // psycopg's copy, in text and CSV, row by row as PostgreSQL sends them; a table by
+    // name; a scoped token copies only its institution; COPY FROM and a file are refused.
+    let outcome = psycopg(
+        address,
+        "datx",
+        SQL_TOKEN,
+        &format!(
+            r#"
+out = {{}}
+with psycopg.connect(DSN, autocommit=True) as c:
+    cur = c.cursor()
+    with cur.copy("COPY ({query}) TO STDOUT") as copy:
+        out["text"] = [list(row) for row in copy.rows()]
+    out["text_rowcount"] = cur.rowcount
+    with cur.copy("COPY ticket_checks (ticket_check_id, institution) TO STDOUT (FORMAT csv)") as copy:
+        # psycopg parses rows of the text format only: CSV comes as data blocks, a row a line.
+        out["table"] = sum(bytes(block).count(b"\n") for block in copy)
+    for refused in ["COPY ticket_checks FROM STDIN", "COPY ticket_checks TO '/tmp/x'", "COPY (SELECT 1) TO STDOUT (FORMAT binary)"]:
+        try:
+            with cur.copy(refused) as copy:
+                list(copy)
+            out[refused] = None
+        except psycopg.errors.Error as e:
+            out[refused] = e.sqlstate
+    out["after"] = c.execute("SELECT 1").fetchone()[0]
+print(json.dumps(out))
+"#
+        ),
+    );
+    let text = outcome["text"].as_array().unwrap();
+    assert_eq!(text.len() + 1, selected.len());
+    for (copied, read) in text.iter().zip(&selected[1..]) {
+        let copied: Vec<String> = copied
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(&copied, read);
+        assert!(copied[3].starts_with('{'), "{copied:?}");
+    }
+    assert!(text.iter().all(|row| row[4].is_null()));
+    assert_eq!(outcome["text_rowcount"], json!(text.len()));
+    let checks = sql_rows(&workspace, "SELECT count(*) AS n FROM ticket_checks");
+    assert_eq!(outcome["table"], checks[0]["n"]);
+    assert_eq!(outcome["COPY ticket_checks FROM STDIN"], json!("25006"));
+    assert_eq!(outcome["COPY ticket_checks TO '/tmp/x'"], json!("25006"));
+    assert_eq!(
+        outcome["COPY (SELECT 1) TO STDOUT (FORMAT binary)"],
+        json!("0A000")
+    );
+    assert_eq!(outcome["after"], json!(1));
+
+    let scoped = common::succeeded(psql(
+        address,
+        "alpha_analyst",
+        ALPHA_TOKEN,
+        &["-c", "\\copy ticket_checks (institution) TO STDOUT"],
+    ));
+    let institutions = String::from_utf8_lossy(&scoped.stdout).into_owned();
+    let alpha = sql_rows(
+        &workspace,
+        "SELECT count(*) AS n FROM ticket_checks WHERE institution = 'alpha'",
+    );
+    assert_eq!(
+        institutions.lines().count().to_string(),
+        alpha[0]["n"].to_string()
+    );
+    assert!(
+        institutions.lines().all(|line| line == "alpha"),
+        "{institutions}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_are_read_as_fetched_by_psycopg_and_psql_within_the_tokens_scope() {
+    let (workspace, server) = lake("", "").await;
+    let address = server.postgres_address();
+    let expected: Vec<Value> = sql_rows(
+        &workspace,
+        "SELECT ticket_check_id AS id, institution FROM ticket_checks ORDER BY ticket_check_id, institution",
+    )
+    .into_iter()
+    .map(|row| json!([row["id"], row["institution"]]))
+    .collect();
+    assert!(expected.len() > 80);
+    let script = r#"
+out = {}
+query = "SELECT ticket_check_id, institution FROM ticket_checks WHERE ticket_check_id > %s ORDER BY ticket_check_id, institution"
+with psycopg.connect(DSN) as c:
+    # A named cursor: DECLARE in a transaction, then FETCH FORWARD itersize at a time.
+    with c.cursor(name="checks") as cur:
+        cur.itersize = 7
+        cur.execute(query, (0,))
+        out["columns"] = [d.name for d in cur.description]
+        first = cur.fetchmany(5)
+        out["rows"] = [list(r) for r in first + cur.fetchall()]
+    with c.cursor(name="typed", binary=True) as cur:
+        cur.execute("SELECT count(*), 1.5::float8, true FROM ticket_checks")
+        out["binary"] = list(cur.fetchone())
+    c.rollback()
+    try:
+        c.execute("FETCH 1 FROM typed")
+        out["after_rollback"] = None
+    except psycopg.errors.Error as e:
+        out["after_rollback"] = e.sqlstate
+with psycopg.connect(DSN, autocommit=True) as c:
+    try:
+        with c.cursor(name="outside") as cur:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+        out["outside"] = None
+    except psycopg.errors.Error as e:
+        out["outside"] = e.sqlstate
+    with c.cursor(name="held", withhold=True) as cur:
+        cur.execute(query, (0,))
+        out["held"] = sum(1 for _ in cur)
+    out["after"] = c.execute("SELECT 1").fetchone()[0]
+print(json.dumps(out))
+"#;
+    let outcome = psycopg(address, "datx", SQL_TOKEN, script);
+    assert_eq!(
+        outcome["columns"],
+        json!(["ticket_check_id", "institution"])
+    );
+    assert_eq!(outcome["rows"], Value::Array(expected.clone()));
+    let checks = expected.len();
+    assert_eq!(outcome["binary"], json!([checks, 1.5, true]));
+    assert_eq!(outcome["after_rollback"], json!("34000"));
+    assert_eq!(outcome["outside"], json!("25P01"));
+    assert_eq!(outcome["held"], json!(checks));
+    assert_eq!(outcome["after"], json!(1));
+
+    // psql, a statement at a time and several in one query (a fetch followed by others
+    // is read whole); a scoped token's cursor sees only its institution.
+    let paged = csv_rows(&psql(
+        address,
+        "alpha_analyst",
+        ALPHA_TOKEN,
+        &[
+            "-c",
+            "BEGIN",
+            "-c",
+            "DECLARE c CURSOR FOR SELECT ticket_check_id, institution FROM ticket_checks ORDER BY ticket_check_id, institution",
+            "-c",
+            "FETCH 3 FROM c",
+            "-c",
+            "FETCH 2 FROM c; FETCH FORWARD 1 FROM c; CLOSE c",
+            "-c",
+            "COMMIT",
+        ],
+    ));
+    let alpha: Vec<&Value> = expected.iter().filter(|row| row[1] == "alpha").collect();
+    let fetched: Vec<Vec<String>> = paged
+        .into_iter()
+        .filter(|row| row.len() == 2 && row[0] != "ticket_check_id")
+        .collect();
+    assert_eq!(fetched.len(), 6, "{fetched:?}");
+    for (row, expected) in fetched.iter().zip(&alpha) {
+        assert_eq!(row[0], expected[0].to_string());
+        assert_eq!(row[1], "alpha");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_sends_binary_parameters_of_the_described_types_pools_and_cancels() {
+    // One query at a time: a cancelled query that went on would hold the only slot.
+    let (_workspace, server) = lake("timeout = \"60s\"\nmax_concurrent = 1", "").await;
+    let address = server.postgres_address();
+    let python = common::python_with(&[PSYCOPG, ("asyncpg", "asyncpg==0.32.0")]);
+    let dsn = format!(
+        "postgresql://datx:{SQL_TOKEN}@{}:{}/datx",
+        address.ip(),
+        address.port()
+    );
+    let script = r#"
+import asyncio, datetime, decimal, json, os, asyncpg
+async def main():
+    dsn = os.environ["DSN"]
+    out = {}
+    c = await asyncpg.connect(dsn)
+    # asyncpg asks for each parameter's type, then sends it in binary as exactly that.
+    out["int"] = await c.fetchval("SELECT $1::int + 1", 41)
+    out["float"] = await c.fetchval("SELECT $1::float8 * 2", 1.5)
+    out["bool"] = await c.fetchval("SELECT NOT $1::bool", False)
+    out["bigint"] = await c.fetchval("SELECT count(*) FROM ticket_checks WHERE ticket_check_id > $1::bigint", 0) > 0
+    out["date"] = str(await c.fetchval("SELECT $1::date", datetime.date(2026, 11, 30)))
+    # Equal to PostgreSQL's 2.50, at DataFusion's scale of 10.
+    out["numeric"] = await c.fetchval("SELECT $1::numeric * 2", decimal.Decimal("1.25")) == decimal.Decimal("2.5")
+    out["text"] = await c.fetchval("SELECT upper($1)", "alpha")
+    out["typeof"] = await c.fetchval("SELECT pg_typeof(1.5::float8)")
+    pids = {await c.fetchval("SELECT pg_backend_pid()")}
+    # A pool resets each connection it takes back (pg_advisory_unlock_all, CLOSE ALL...).
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    for n in range(3):
+        async with pool.acquire() as p:
+            out[f"pooled{n}"] = await p.fetchval("SELECT $1::int", n)
+            pids.add(await p.fetchval("SELECT pg_backend_pid()"))
+    await pool.close()
+    out["own_pids"] = len(pids) == 2
+    # A timeout cancels the query; the session answers its next statement.
+    try:
+        await c.fetchval("SELECT sum(value) FROM range(1000000000000)", timeout=1)
+        out["cancelled"] = False
+    except asyncio.TimeoutError:
+        out["cancelled"] = True
+    out["after"] = await c.fetchval("SELECT $1::int * 2", 21)
+    await c.close()
+    print(json.dumps(out))
+asyncio.run(main())
+"#;
+    let output = Command::new(python)
+        .args(["-c", script])
+        .env("DSN", dsn)
+        .output()
+        .expect("python runs");
+    let output = common::succeeded(output);
+    let outcome: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        outcome,
+        json!({
+            "int": 42,
+            "float": 3.0,
+            "bool": true,
+            "bigint": true,
+            "date": "2026-11-30",
+            "numeric": true,
+            "text": "ALPHA",
+            "typeof": "double precision",
+            "pooled0": 0,
+            "pooled1": 1,
+            "pooled2": 2,
+            "own_pids": true,
+            "cancelled": true,
+            "after": 42,
+        })
+    );
 }

@@ -10,7 +10,9 @@ use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
-use pgwire::api::{ClientInfo, ConnectionManager, PgWireConnectionState};
+use pgwire::api::{
+    ClientInfo, ConnectionManager, PgWireConnectionState, RandomPidSecretKeyGenerator,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
@@ -87,13 +89,14 @@ impl SignIn {
     pub fn new(
         callers: Callers,
         signed_in: SignedIn,
+        pids: Arc<RandomPidSecretKeyGenerator>,
         connections: Arc<ConnectionManager>,
         tls_required: bool,
         activity: Arc<Activity>,
     ) -> SignIn {
         let check = PasswordCheck { callers, signed_in };
         SignIn {
-            password: password_handler(check, connections),
+            password: password_handler(check, connections).with_pid_secret_key_generator(pids),
             tls_required,
             activity,
         }

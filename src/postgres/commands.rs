@@ -44,7 +44,6 @@ impl Command {
             "RELEASE" => Command::Ignored("RELEASE"),
             "DISCARD" => Command::Ignored("DISCARD ALL"),
             "DEALLOCATE" => Command::Ignored("DEALLOCATE"),
-            "CLOSE" => Command::Ignored("CLOSE CURSOR"),
             "UNLISTEN" => Command::Ignored("UNLISTEN"),
             "SET" => set(&words[1..]),
             "RESET" => match upper_rest(1).as_str() {
@@ -137,7 +136,7 @@ fn unquote(value: &str) -> String {
 }
 
 /// The text without its comments, which a client may put before a command.
-fn strip_comments(text: &str) -> String {
+pub fn strip_comments(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while !rest.is_empty() {

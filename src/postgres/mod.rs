@@ -8,6 +8,8 @@
 
 mod auth;
 mod commands;
+mod copy;
+mod cursors;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -38,6 +40,7 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::{Describe, Execute};
+use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::simplequery::Query;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -48,8 +51,9 @@ use crate::config::{Postgres, PostgresTls, Sql};
 use crate::query::access::{Caller, Callers};
 use crate::query::http::MAX_STATEMENT_BYTES;
 use crate::query::pg_catalog;
-use crate::query::{Answer, AnswerMemory, Encoder, Held, QueryEngine, QueryError};
+use crate::query::{Answer, AnswerMemory, Batches, Encoder, Held, QueryEngine, QueryError};
 use commands::Command;
+use cursors::{Cursor, CursorStatement, Cursors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -78,6 +82,9 @@ struct Shared {
     max_rows: usize,
     /// Bytes of answers one session may hold in portals it has not fetched to their end.
     memory_limit: usize,
+    /// Gives each session its own process id (pgwire's default starts each sign-in's own
+    /// counter, so every session was 100000) and a random cancel key.
+    pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
     query_timeout: Duration,
 }
 
@@ -124,6 +131,7 @@ impl PostgresServer {
                 connections: Arc::new(ConnectionManager::new()),
                 max_rows: sql.max_rows,
                 memory_limit: sql.memory_limit,
+                pids: Arc::default(),
                 query_timeout: sql.timeout,
             }),
         })
@@ -165,11 +173,13 @@ impl PostgresServer {
                 signed_in: signed_in.clone(),
                 settings: Arc::default(),
                 held: Arc::default(),
+                cursors: Cursors::default(),
             });
             let handlers = Handlers {
                 startup: Arc::new(auth::SignIn::new(
                     self.shared.callers.clone(),
                     signed_in,
+                    self.shared.pids.clone(),
                     self.shared.connections.clone(),
                     self.config.tls_required,
                     activity.clone(),
@@ -378,6 +388,8 @@ struct Session {
     settings: Arc<Mutex<BTreeMap<String, String>>>,
     /// Bytes of answers held in this session's portals until fetched to their end.
     held: Arc<AtomicUsize>,
+    /// The cursors `DECLARE` opened.
+    cursors: Cursors,
 }
 
 /// Rows of an answer as they are produced: each chunk's share of the answer budget is
@@ -543,6 +555,11 @@ const ROW_OVERHEAD: usize = 48;
 #[derive(Debug, Clone)]
 pub enum Prepared {
     Command(Command),
+    /// A cursor statement; for a `DECLARE`, the types of its query's parameters.
+    Cursor {
+        statement: CursorStatement,
+        parameters: Vec<Option<DataType>>,
+    },
     Query {
         statement: Statement,
         parameters: Vec<Option<DataType>>,
@@ -560,24 +577,130 @@ impl Session {
             .ok_or(PgWireError::UserNameRequired)
     }
 
-    /// Parses one statement: a session command, or a query described by the engine.
-    async fn prepare(&self, caller: &Caller, text: &str) -> Result<Prepared, QueryError> {
-        check_length(text)?;
+    /// Parses one statement: a session command, or a query described by the engine. Each
+    /// parameter the client declared a type for is read as that type (`$1` becomes
+    /// `CAST($1 AS DOUBLE)` for a float8), so that the statement computes with the value
+    /// sent, never with one cast to what the statement alone would suggest (`$1 * 2` with
+    /// 1.5 is 3, not 2).
+    async fn prepare(
+        &self,
+        caller: &Caller,
+        pid: i32,
+        text: &str,
+        declared: &[Option<Type>],
+    ) -> PgWireResult<Prepared> {
+        check_length(text).map_err(query_error)?;
+        if copy::is_copy(text) {
+            return Err(copy_alone());
+        }
+        if cursors::is_cursor_statement(text) {
+            let mut statement = cursors::parse(text)?;
+            let CursorStatement::Declare { query, .. } = &mut statement else {
+                return Ok(Prepared::Cursor {
+                    statement,
+                    parameters: vec![],
+                });
+            };
+            say_who_asks(query, caller.user(), pid);
+            wire::read_parameters_as_declared(query, declared);
+            let parameters = self.parameter_types(query, caller, declared).await?.0;
+            return Ok(Prepared::Cursor {
+                statement,
+                parameters,
+            });
+        }
         if let Some(command) = Command::parse(text) {
             return Ok(Prepared::Command(command));
         }
-        let mut statement = one_statement(text)?;
-        name_the_user(&mut statement, caller.user());
+        let mut statement = one_statement(text).map_err(query_error)?;
+        say_who_asks(&mut statement, caller.user(), pid);
+        wire::read_parameters_as_declared(&mut statement, declared);
+        let (parameters, schema) = self.parameter_types(&statement, caller, declared).await?;
+        Ok(Prepared::Query {
+            statement,
+            parameters,
+            schema,
+        })
+    }
+
+    /// The types of `statement`'s parameters, as the client declared them or else as the
+    /// engine infers them, and the schema of its answer.
+    async fn parameter_types(
+        &self,
+        statement: &Statement,
+        caller: &Caller,
+        declared: &[Option<Type>],
+    ) -> PgWireResult<(Vec<Option<DataType>>, SchemaRef)> {
         let described = self
             .shared
             .engine
             .describe(statement.clone(), caller.visibility())
-            .await?;
-        Ok(Prepared::Query {
-            statement,
-            parameters: described.parameters,
-            schema: described.schema,
-        })
+            .await
+            .map_err(query_error)?;
+        let cast = wire::types_from_casts(statement);
+        let count = described.parameters.len().max(declared.len());
+        let parameters = (0..count)
+            .map(|i| {
+                let declared = declared.get(i).cloned().flatten();
+                declared
+                    .as_ref()
+                    .and_then(wire::arrow_type)
+                    .or_else(|| described.parameters.get(i).cloned().flatten())
+                    .or_else(|| cast.get(&i).cloned())
+            })
+            .collect();
+        Ok((parameters, described.schema))
+    }
+
+    /// Runs a cursor statement. `in_block`: whether the session is in a transaction
+    /// block, where a cursor without `WITH HOLD` must be declared. A declared cursor's
+    /// schema is returned beside the answer, for the portal a client may describe.
+    async fn cursor_statement(
+        &self,
+        statement: &CursorStatement,
+        values: Vec<datafusion::common::ScalarValue>,
+        format: &Format,
+        in_block: bool,
+    ) -> PgWireResult<(Response, Option<SchemaRef>)> {
+        match statement {
+            CursorStatement::Declare { name, hold, query } => {
+                if !hold && !in_block {
+                    return Err(user_error(
+                        "25P01",
+                        "DECLARE CURSOR can only be used in transaction blocks (or WITH HOLD)"
+                            .into(),
+                    ));
+                }
+                self.cursors.check_room(name)?;
+                let caller = self.caller()?;
+                let started = std::time::Instant::now();
+                // Read as fetched, in bounded memory: not held to `max_rows`, which
+                // bounds an answer received as one result.
+                let result = self
+                    .shared
+                    .engine
+                    .run(query.clone(), values, caller.visibility(), None, Batches)
+                    .await;
+                record_query(caller, &result, started, &query.to_string());
+                let cursor = Cursor::new(result.map_err(query_error)?, *hold);
+                let schema = cursor.schema.clone();
+                self.cursors.open(name, cursor)?;
+                Ok((
+                    Response::Execution(Tag::new("DECLARE CURSOR")),
+                    Some(schema),
+                ))
+            }
+            CursorStatement::Fetch { name, count } => {
+                let (fields, rows) = self.cursors.fetch(name, *count, format)?;
+                let mut response = QueryResponse::new(fields, rows);
+                response.set_command_tag("FETCH");
+                Ok((Response::Query(response), None))
+            }
+            CursorStatement::Close(name) => {
+                self.cursors.close(name.as_deref())?;
+                Ok((Response::Execution(Tag::new("CLOSE CURSOR")), None))
+            }
+        }
     }
 
     /// Runs a session command.
@@ -586,7 +709,10 @@ impl Session {
         let tag = Tag::new(command.tag());
         Ok(match command {
             Command::Begin => Response::TransactionStart(tag),
-            Command::Commit | Command::Rollback => Response::TransactionEnd(tag),
+            Command::Commit | Command::Rollback => {
+                self.cursors.end_transaction();
+                Response::TransactionEnd(tag)
+            }
             Command::Set { name, value } => {
                 let new = !settings.contains_key(name);
                 if value.len() > MAX_SETTING_BYTES || (new && settings.len() >= MAX_SETTINGS) {
@@ -719,15 +845,7 @@ impl Session {
                 },
             )
             .await;
-        let code = result.as_ref().map_or_else(sqlstate, |_| "00000");
-        tracing::info!(
-            token = caller.name(),
-            sqlstate = code,
-            ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-            sql = %text.chars().take(200).collect::<String>(),
-            "postgres"
-        );
-        crate::metrics::postgres_query(caller.name(), code, started.elapsed());
+        record_query(caller, &result, started, &text);
         let answer = result.map_err(query_error)?;
         let fields = Arc::new(wire::fields(&answer.schema, format));
         if !held {
@@ -777,6 +895,29 @@ impl Session {
         }
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
+}
+
+/// Logs a statement's outcome and counts it in the metrics, by token and SQLSTATE.
+fn record_query<T>(
+    caller: &Caller,
+    result: &Result<T, QueryError>,
+    started: std::time::Instant,
+    text: &str,
+) {
+    let code = result.as_ref().map_or_else(sqlstate, |_| "00000");
+    record_outcome(caller, code, started, text);
+}
+
+/// Logs and counts a statement's outcome by its SQLSTATE.
+fn record_outcome(caller: &Caller, code: &str, started: std::time::Instant, text: &str) {
+    tracing::info!(
+        token = caller.name(),
+        sqlstate = code,
+        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        sql = %text.chars().take(200).collect::<String>(),
+        "postgres"
+    );
+    crate::metrics::postgres_query(caller.name(), code, started.elapsed());
 }
 
 fn show_fields(command: &Command, format: &Format) -> Vec<FieldInfo> {
@@ -833,7 +974,15 @@ where
         return None;
     };
     let fresh = matches!(*portal.state().lock().await, PortalExecutionState::Initial);
-    (fresh && matches!(portal.statement.statement, Prepared::Query { .. })).then_some(portal)
+    let streams = matches!(
+        portal.statement.statement,
+        Prepared::Query { .. }
+            | Prepared::Cursor {
+                statement: CursorStatement::Fetch { .. },
+                ..
+            }
+    );
+    (fresh && streams).then_some(portal)
 }
 
 /// Refuses statement text longer than `POST /sql` takes: SQL, not data. (The protocol has
@@ -845,18 +994,36 @@ fn check_length(text: &str) -> Result<(), QueryError> {
     }
 }
 
-/// `current_user`, `session_user` and `user` name the signed-in user, whom the engine's
-/// sessions do not know: they become that name, as a literal.
-fn name_the_user(statement: &mut Statement, user: &str) {
+/// What only the session knows, which the engine's sessions do not: `current_user`,
+/// `session_user`, `user` and `current_role` name the signed-in user, and
+/// `pg_backend_pid()` is this session's own process id (the one its cancel key carries).
+/// Each becomes a literal.
+fn say_who_asks(statement: &mut Statement, user: &str, pid: i32) {
     use datafusion::sql::sqlparser::ast::{Expr, FunctionArguments, Value, visit_expressions_mut};
     if let Statement::Statement(inner) = statement {
         let _ = visit_expressions_mut(inner.as_mut(), |expr| {
-            if let Expr::Function(function) = expr
-                && matches!(function.args, FunctionArguments::None)
-                && ["current_user", "session_user", "user", "current_role"]
-                    .contains(&function.name.to_string().to_ascii_lowercase().as_str())
-            {
-                *expr = Expr::value(Value::SingleQuotedString(user.to_string()));
+            if let Expr::Function(function) = expr {
+                let name = function.name.to_string().to_ascii_lowercase();
+                let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+                let no_arguments = match &function.args {
+                    FunctionArguments::None => true,
+                    FunctionArguments::List(list) => list.args.is_empty(),
+                    FunctionArguments::Subquery(_) => false,
+                };
+                if matches!(function.args, FunctionArguments::None)
+                    && ["current_user", "session_user", "user", "current_role"].contains(&name)
+                {
+                    *expr = Expr::value(Value::SingleQuotedString(user.to_string()));
+                } else if no_arguments && name == "pg_backend_pid" {
+                    // An int4, as PostgreSQL's.
+                    *expr = Expr::Cast {
+                        kind: datafusion::sql::sqlparser::ast::CastKind::Cast,
+                        expr: Box::new(Expr::value(Value::Number(pid.to_string(), false))),
+                        data_type: datafusion::sql::sqlparser::ast::DataType::Int(None),
+                        array: false,
+                        format: None,
+                    };
+                }
             }
             std::ops::ControlFlow::<()>::Continue(())
         });
@@ -900,6 +1067,14 @@ fn sqlstate(error: &QueryError) -> &'static str {
     }
 }
 
+/// COPY runs as a query of its own in the simple protocol, as psql and drivers send it.
+fn copy_alone() -> PgWireError {
+    user_error(
+        "0A000",
+        "COPY ... TO STDOUT must be sent alone, as a simple query (with no parameters)".into(),
+    )
+}
+
 fn user_error(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".to_string(),
@@ -936,6 +1111,9 @@ impl SimpleQueryHandler for Session {
     {
         // Busy until the answer is written, so a client that stops reading is seen as stuck.
         let _busy = self.activity.busy();
+        if copy::is_copy(&query.query) && commands::split(&query.query).len() == 1 {
+            return self.copy_out(client, &query.query).await;
+        }
         self._on_query(client, query).await
     }
 
@@ -952,16 +1130,33 @@ impl SimpleQueryHandler for Session {
         }
         let mut responses = Vec::new();
         let pieces = commands::split(query);
+        let mut in_block = client.transaction_status() != TransactionStatus::Idle;
         // As in PostgreSQL, the statements of one simple query run until the first error.
         for (i, piece) in pieces.iter().enumerate() {
             // pgwire sends the answers once all have run: only the last one streams, the
             // others are kept whole, each after its query has given back its slot.
             let held = i + 1 < pieces.len();
-            let answered = match Command::parse(piece) {
-                Some(command) => self.command(&command, &Format::UnifiedText),
+            let command = match cursors::is_cursor_statement(piece) {
+                true => None,
+                false => Command::parse(piece),
+            };
+            let answered = match command {
+                Some(command) => {
+                    in_block = match command {
+                        Command::Begin => true,
+                        Command::Commit | Command::Rollback => false,
+                        _ => in_block,
+                    };
+                    self.command(&command, &Format::UnifiedText)
+                }
+                None if copy::is_copy(piece) => Err(copy_alone()),
+                None if cursors::is_cursor_statement(piece) => {
+                    self.simple_cursor_statement(caller, client, piece, held, in_block)
+                        .await
+                }
                 None => match one_statement(piece) {
                     Ok(mut statement) => {
-                        name_the_user(&mut statement, caller.user());
+                        say_who_asks(&mut statement, caller.user(), client.pid_and_secret_key().0);
                         self.query(
                             caller,
                             statement,
@@ -988,31 +1183,74 @@ impl SimpleQueryHandler for Session {
     }
 }
 
+impl Session {
+    /// A cursor statement of a simple query. A fetch that is not the query's last
+    /// statement is read whole now: the statements after it may use the same cursor.
+    async fn simple_cursor_statement<C: ClientInfo>(
+        &self,
+        caller: &Caller,
+        client: &C,
+        piece: &str,
+        held: bool,
+        in_block: bool,
+    ) -> PgWireResult<Response> {
+        let mut statement = cursors::parse(piece)?;
+        if let CursorStatement::Declare { query, .. } = &mut statement {
+            say_who_asks(query, caller.user(), client.pid_and_secret_key().0);
+        }
+        let (response, _) = self
+            .cursor_statement(&statement, vec![], &Format::UnifiedText, in_block)
+            .await?;
+        let Response::Query(mut fetched) = response else {
+            return Ok(response);
+        };
+        if !held {
+            return Ok(Response::Query(fetched));
+        }
+        let (mut rows, mut bytes) = (Vec::new(), 0);
+        while let Some(row) = fetched.data_rows().next().await {
+            let row = row?;
+            bytes += row.data.len() + ROW_OVERHEAD;
+            if bytes > self.shared.memory_limit {
+                return Err(user_error(
+                    "53200",
+                    format!(
+                        "a FETCH followed by other statements in one query is kept whole, and this one passed sql.memory_limit ({} bytes): send it alone",
+                        self.shared.memory_limit
+                    ),
+                ));
+            }
+            rows.push(Ok(row));
+        }
+        let mut whole = QueryResponse::new(fetched.row_schema(), futures::stream::iter(rows));
+        whole.set_command_tag("FETCH");
+        Ok(Response::Query(whole))
+    }
+}
+
 #[async_trait]
 impl QueryParser for Session {
     type Statement = Prepared;
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
         let _busy = self.activity.busy();
         let caller = self.caller()?;
-        self.prepare(caller, sql)
-            .await
-            .map(Some)
-            .map_err(query_error)
+        let pid = client.pid_and_secret_key().0;
+        self.prepare(caller, pid, sql, types).await.map(Some)
     }
 
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(match statement {
             Prepared::Command(_) => vec![],
-            Prepared::Query { parameters, .. } => parameters
+            Prepared::Query { parameters, .. } | Prepared::Cursor { parameters, .. } => parameters
                 .iter()
                 .map(|p| p.as_ref().map_or(Type::TEXT, wire::wire_type))
                 .collect(),
@@ -1031,6 +1269,11 @@ impl QueryParser for Session {
             }
             Prepared::Command(_) => vec![],
             Prepared::Query { schema, .. } => wire::fields(schema, &format),
+            Prepared::Cursor {
+                statement: CursorStatement::Fetch { name, .. },
+                ..
+            } => wire::fields(&*self.cursors.schema(name)?, &format),
+            Prepared::Cursor { .. } => vec![],
         })
     }
 }
@@ -1094,6 +1337,34 @@ impl ExtendedQueryHandler for Session {
         } = portal.statement.as_ref();
         match statement {
             Prepared::Command(command) => self.command(command, &portal.result_column_format),
+            Prepared::Cursor {
+                statement,
+                parameters,
+            } => {
+                let values = wire::parameters(portal, parameter_types, parameters)?;
+                let in_block = client.transaction_status() != TransactionStatus::Idle;
+                let (response, declared) = self
+                    .cursor_statement(statement, values, &portal.result_column_format, in_block)
+                    .await?;
+                // The cursor is also a portal of its name, which psycopg describes.
+                if let (CursorStatement::Declare { name, query, .. }, Some(schema)) =
+                    (statement, declared)
+                {
+                    let described = Prepared::Query {
+                        statement: query.clone(),
+                        parameters: vec![],
+                        schema,
+                    };
+                    let stored = StoredStatement::new(name.clone(), described, vec![]);
+                    client
+                        .portal_store()
+                        .put_portal(Arc::new(Portal::new_cursor(name.clone(), Arc::new(stored))));
+                }
+                if let CursorStatement::Close(Some(name)) = statement {
+                    client.portal_store().rm_portal(name);
+                }
+                Ok(response)
+            }
             Prepared::Query {
                 statement,
                 parameters,

@@ -1,6 +1,7 @@
 //! Values on the wire: an answer's Arrow columns as PostgreSQL rows (text or binary, as
 //! the client asked), and a client's parameters as DataFusion values.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -11,6 +12,7 @@ use arrow::datatypes::{
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use datafusion::common::ScalarValue;
+use datafusion::sql::parser::Statement;
 use pgwire::api::Type;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
@@ -117,6 +119,8 @@ enum Column {
     Date(arrow::array::Date32Array),
     /// Microseconds; `true` for an instant (with a time zone).
     Timestamp(arrow::array::TimestampMicrosecondArray, bool),
+    /// Decimals, as the text they display as (exactly their digits and scale).
+    Numeric(arrow::array::StringArray),
     TextArray(arrow::array::ListArray),
     Int8Array(arrow::array::ListArray),
     Int4Array(arrow::array::ListArray),
@@ -170,6 +174,7 @@ impl Column {
                     instant,
                 )
             }
+            Type::NUMERIC => Column::Numeric(cast(&DataType::Utf8)?.as_string::<i32>().clone()),
             Type::TEXT_ARRAY => {
                 Column::TextArray(cast(&list_of(DataType::Utf8))?.as_list::<i32>().clone())
             }
@@ -214,6 +219,7 @@ impl Column {
                 v => encoder.encode_field(&v),
             },
             Column::Text(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
+            Column::Numeric(a) => encoder.encode_field(&value(a, row, |a, i| Numeric(a.value(i)))),
             Column::Bytes(a) => encoder.encode_field(&value(a, row, |a, i| a.value(i))),
             Column::Date(a) => match value(a, row, |a, i| a.value(i)) {
                 None => encoder.encode_field(&None::<NaiveDate>),
@@ -253,6 +259,106 @@ impl Column {
                 a.value(i).as_boolean().iter().collect::<Vec<_>>()
             })),
         }
+    }
+}
+
+/// A decimal's text (`-12345.678`), written as PostgreSQL's NUMERIC: in text as it is, in
+/// binary as base-10000 digits with their weight, sign and scale.
+#[derive(Debug, Clone, Copy)]
+struct Numeric<'a>(&'a str);
+
+impl Numeric<'_> {
+    /// The binary form: digit count, weight of the first digit, sign, display scale, then
+    /// the digits (each 0 to 9999), without leading or trailing zero digits.
+    fn binary(self) -> Result<Vec<u8>, String> {
+        let text = self.0.trim();
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix('+').unwrap_or(text)),
+        };
+        let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+        if whole.is_empty() && fraction.is_empty()
+            || !whole
+                .chars()
+                .chain(fraction.chars())
+                .all(|c| c.is_ascii_digit())
+        {
+            return Err(format!("{:?} is not a decimal", self.0));
+        }
+        let scale = u16::try_from(fraction.len()).map_err(|_| "scale too large".to_string())?;
+        // Whole digits padded on the left, fraction digits on the right, to groups of 4.
+        let whole = whole.trim_start_matches('0');
+        let pad = (4 - whole.len() % 4) % 4;
+        let whole = format!("{}{whole}", "0".repeat(pad));
+        let fraction = format!("{fraction}{}", "0".repeat((4 - fraction.len() % 4) % 4));
+        let group = |digits: &str| -> Vec<i16> {
+            digits
+                .as_bytes()
+                .chunks(4)
+                .map(|chunk| {
+                    chunk
+                        .iter()
+                        .fold(0i16, |n, digit| n * 10 + i16::from(digit - b'0'))
+                })
+                .collect()
+        };
+        let whole_groups = group(&whole);
+        let mut digits = whole_groups.clone();
+        digits.extend(group(&fraction));
+        let mut weight = whole_groups.len() as i32 - 1;
+        // Leading zero groups (a value under 1) move the weight down.
+        let leading = digits.iter().take_while(|d| **d == 0).count();
+        digits.drain(..leading);
+        weight -= leading as i32;
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        if digits.is_empty() {
+            weight = 0;
+        }
+        let mut out = Vec::with_capacity(8 + digits.len() * 2);
+        out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+        out.extend_from_slice(&(weight as i16).to_be_bytes());
+        let sign: u16 = if negative && !digits.is_empty() {
+            0x4000
+        } else {
+            0
+        };
+        out.extend_from_slice(&sign.to_be_bytes());
+        out.extend_from_slice(&scale.to_be_bytes());
+        for digit in digits {
+            out.extend_from_slice(&digit.to_be_bytes());
+        }
+        Ok(out)
+    }
+}
+
+impl postgres_types::ToSql for Numeric<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.binary()?);
+        Ok(postgres_types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+impl pgwire::types::ToSqlText for Numeric<'_> {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+        _format_options: &pgwire::types::format::FormatOptions,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(postgres_types::IsNull::No)
     }
 }
 
@@ -356,6 +462,24 @@ pub fn parameters<S: Clone>(
                 .or_else(|| expected.as_ref().map(wire_type))
                 .unwrap_or(Type::TEXT);
             let value = parameter(portal, i, &wire)?;
+            // A value of a type the client declared is read as that type: the statement
+            // casts it where it needs another.
+            let declared = declared
+                .get(i)
+                .cloned()
+                .flatten()
+                .filter(|t| sql_type(t).is_some());
+            if declared.is_some() {
+                return Ok(value);
+            }
+            // pgjdbc sends a date it was not told the type of as `2026-11-30 +00`.
+            let value = match (&expected, value) {
+                (Some(DataType::Date32), ScalarValue::Utf8(Some(text))) => {
+                    let day = text.split_whitespace().next().unwrap_or_default();
+                    ScalarValue::Utf8(Some(day.to_string()))
+                }
+                (_, value) => value,
+            };
             match expected.or_else(|| arrow_type(&wire)) {
                 Some(to) if value.data_type() != to => value.cast_to(&to).map_err(|e| {
                     PgWireError::ApiError(
@@ -368,8 +492,106 @@ pub fn parameters<S: Clone>(
         .collect()
 }
 
+/// Wraps each placeholder whose type the client declared in a cast to that type, so that
+/// the statement is planned with it (`$1 * 2` with a float8 is a float product).
+pub fn read_parameters_as_declared(statement: &mut Statement, declared: &[Option<Type>]) {
+    use datafusion::sql::sqlparser::ast::{CastKind, Expr, Value, visit_expressions_mut};
+    let Statement::Statement(inner) = statement else {
+        return;
+    };
+    let _ = visit_expressions_mut(inner.as_mut(), |expr| {
+        if let Expr::Value(value) = expr
+            && let Value::Placeholder(name) = &value.value
+            && let Some(position) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            && let Some(Some(wire)) = position.checked_sub(1).and_then(|i| declared.get(i))
+            && let Some(data_type) = sql_type(wire)
+        {
+            let placeholder = expr.clone();
+            *expr = Expr::Cast {
+                kind: CastKind::Cast,
+                expr: Box::new(placeholder),
+                data_type,
+                array: false,
+                format: None,
+            };
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The types that casts of undeclared placeholders give them (`$1::int + 1`, `CAST($2 AS
+/// DATE)`), by position from 0: what a client that asks the server for the types
+/// (asyncpg, which sends binary values of exactly the described type) must be told, where
+/// DataFusion infers none.
+pub fn types_from_casts(statement: &Statement) -> BTreeMap<usize, DataType> {
+    use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions};
+    let mut types = BTreeMap::new();
+    if let Statement::Statement(inner) = statement {
+        let _ = visit_expressions(inner.as_ref(), |expr| {
+            if let Expr::Cast {
+                expr: cast,
+                data_type,
+                ..
+            } = expr
+                && let Expr::Value(value) = cast.as_ref()
+                && let Value::Placeholder(name) = &value.value
+                && let Some(position) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+                && let Some(i) = position.checked_sub(1)
+                && let Some(arrow) = arrow_type_of_sql(data_type)
+            {
+                types.entry(i).or_insert(arrow);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+    types
+}
+
+/// The Arrow type a SQL cast names, for the types parameters are read as.
+fn arrow_type_of_sql(sql: &datafusion::sql::sqlparser::ast::DataType) -> Option<DataType> {
+    use datafusion::sql::sqlparser::ast::{DataType as Sql, TimezoneInfo};
+    Some(match sql {
+        Sql::Boolean | Sql::Bool => DataType::Boolean,
+        Sql::SmallInt(_) | Sql::Int2(_) => DataType::Int16,
+        Sql::Int(_) | Sql::Integer(_) | Sql::Int4(_) => DataType::Int32,
+        Sql::BigInt(_) | Sql::Int8(_) => DataType::Int64,
+        Sql::Real | Sql::Float4 => DataType::Float32,
+        Sql::Double(_) | Sql::DoublePrecision | Sql::Float8 => DataType::Float64,
+        Sql::Text | Sql::Varchar(_) | Sql::CharacterVarying(_) | Sql::String(_) => DataType::Utf8,
+        // DataFusion's own reading of an unqualified NUMERIC.
+        Sql::Numeric(_) | Sql::Decimal(_) | Sql::Dec(_) => DataType::Decimal128(38, 10),
+        Sql::Date => DataType::Date32,
+        Sql::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        }
+        Sql::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
+        _ => return None,
+    })
+}
+
+/// The SQL type of a declared parameter type (`None` for a type read as the statement
+/// expects, such as text, whose values are cast like literals).
+fn sql_type(wire: &Type) -> Option<datafusion::sql::sqlparser::ast::DataType> {
+    use datafusion::sql::sqlparser::ast::{DataType as Sql, ExactNumberInfo, TimezoneInfo};
+    Some(match *wire {
+        Type::BOOL => Sql::Boolean,
+        Type::INT2 => Sql::SmallInt(None),
+        Type::INT4 => Sql::Int(None),
+        Type::INT8 => Sql::BigInt(None),
+        Type::FLOAT4 => Sql::Real,
+        Type::FLOAT8 => Sql::DoublePrecision,
+        Type::NUMERIC => Sql::Numeric(ExactNumberInfo::None),
+        Type::DATE => Sql::Date,
+        Type::TIMESTAMP => Sql::Timestamp(None, TimezoneInfo::None),
+        Type::TIMESTAMPTZ => Sql::Timestamp(None, TimezoneInfo::WithTimeZone),
+        _ => return None,
+    })
+}
+
 /// The Arrow type a declared parameter type is read as, where the statement says nothing.
-fn arrow_type(wire: &Type) -> Option<DataType> {
+pub fn arrow_type(wire: &Type) -> Option<DataType> {
     Some(match *wire {
         Type::BOOL => DataType::Boolean,
         Type::INT2 => DataType::Int16,
@@ -418,6 +640,17 @@ fn parameter<S: Clone>(portal: &Portal<S>, i: usize, wire: &Type) -> PgWireResul
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
             ScalarValue::Utf8(portal.parameter::<String>(i, wire)?)
         }
+        // As its decimal text, which is then cast as a text parameter is.
+        Type::NUMERIC => ScalarValue::Utf8(
+            portal
+                .parameters
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|bytes| numeric_text(&bytes))
+                .transpose()
+                .map_err(|e| PgWireError::ApiError(format!("parameter ${}: {e}", i + 1).into()))?,
+        ),
         _ => {
             return Err(PgWireError::ApiError(
                 format!(
@@ -431,6 +664,60 @@ fn parameter<S: Clone>(portal: &Portal<S>, i: usize, wire: &Type) -> PgWireResul
     })
 }
 
+/// A binary NUMERIC (PostgreSQL's `numeric_send`: digit count, weight, sign, scale, then
+/// base-10000 digits) as its decimal text.
+fn numeric_text(bytes: &[u8]) -> Result<String, String> {
+    let word = |i: usize| {
+        bytes
+            .get(2 * i..2 * i + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| format!("a binary numeric of {} bytes is cut short", bytes.len()))
+    };
+    let (count, weight) = (word(0)?, i64::from(word(1)?));
+    let (sign, scale) = (word(2)? as u16, word(3)? as u16 as usize);
+    let negative = match sign {
+        0x0000 => false,
+        0x4000 => true,
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        other => return Err(format!("a binary numeric has the sign {other:#x}")),
+    };
+    let digits = (0..usize::try_from(count).map_err(|_| "a negative digit count")?)
+        .map(|k| word(4 + k))
+        .collect::<Result<Vec<i16>, String>>()?;
+    // Digit j counts 10000^(weight - j).
+    let digit = |j: i64| match usize::try_from(j) {
+        Ok(j) => digits.get(j).copied().unwrap_or(0),
+        Err(_) => 0,
+    };
+    let mut text = String::new();
+    if negative {
+        text.push('-');
+    }
+    match weight < 0 {
+        true => text.push('0'),
+        false => {
+            text.push_str(&digit(0).to_string());
+            for j in 1..=weight {
+                text.push_str(&format!("{:04}", digit(j)));
+            }
+        }
+    }
+    if scale > 0 {
+        let mut fraction = String::new();
+        let mut j = weight + 1;
+        while fraction.len() < scale {
+            fraction.push_str(&format!("{:04}", digit(j)));
+            j += 1;
+        }
+        fraction.truncate(scale);
+        text.push('.');
+        text.push_str(&fraction);
+    }
+    Ok(text)
+}
+
 fn failed(e: arrow::error::ArrowError) -> PgWireError {
     PgWireError::ApiError(Box::new(e))
 }
@@ -438,6 +725,28 @@ fn failed(e: arrow::error::ArrowError) -> PgWireError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_as_postgresql_numeric() {
+        // The binary forms PostgreSQL's numeric_send gives for the same values.
+        let binary = |text: &str| Numeric(text).binary().unwrap();
+        let words =
+            |values: &[i16]| -> Vec<u8> { values.iter().flat_map(|v| v.to_be_bytes()).collect() };
+        assert_eq!(binary("12345.678"), words(&[3, 1, 0, 3, 1, 2345, 6780]));
+        assert_eq!(
+            binary("-0.0012"),
+            [words(&[1, -1]), vec![0x40, 0], words(&[4, 12])].concat()
+        );
+        assert_eq!(binary("1.50"), words(&[2, 0, 0, 2, 1, 5000]));
+        assert_eq!(binary("0.00"), words(&[0, 0, 0, 2]));
+        assert_eq!(binary("20000"), words(&[1, 1, 0, 0, 2]));
+        assert!(Numeric("1e5").binary().is_err());
+        // And read back, as a client's binary parameter.
+        for text in ["12345.678", "-0.0012", "1.50", "0.00", "20000", "7", "0.5"] {
+            assert_eq!(numeric_text(&binary(text)).unwrap(), text);
+        }
+        assert!(numeric_text(&[0, 1]).is_err());
+    }
 
     #[test]
     fn function_columns_are_named_as_postgres_names_them() {

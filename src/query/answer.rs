@@ -95,6 +95,11 @@ impl AnswerBudget {
 pub struct AnswerMemory(Option<OwnedSemaphorePermit>);
 
 impl AnswerMemory {
+    /// No share at all.
+    pub fn none() -> AnswerMemory {
+        AnswerMemory(None)
+    }
+
     /// Resizes this share to `bytes`: gives back what is no longer needed, or gives the
     /// share back and waits for the whole of the new size (never holding part of the
     /// budget while waiting for more).

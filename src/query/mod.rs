@@ -12,6 +12,7 @@ mod guard;
 pub mod http;
 pub mod output;
 pub mod pg_catalog;
+mod pg_functions;
 mod table;
 mod views;
 
@@ -378,8 +379,14 @@ impl QueryEngine {
         if std::env::var_os("DATAFUSION_EXECUTION_TARGET_PARTITIONS").is_none() {
             config = config.with_target_partitions(self.target_partitions);
         }
+        // Sessions are in UTC, as PostgreSQL clients are told: `now()` and a cast to
+        // `timestamptz` are instants, not wall times without a zone.
+        if config.options().execution.time_zone.is_none() {
+            config.options_mut().execution.time_zone = Some("UTC".into());
+        }
         let session = SessionContext::new_with_config_rt(config, runtime);
         guard::install(&session, self.limits.memory_limit).map_err(QueryError::Invalid)?;
+        pg_functions::install(&session).map_err(QueryError::Invalid)?;
         for table in Table::ALL {
             let committed = snapshot.files.get(&table).cloned().unwrap_or_default();
             let files = match visible {
@@ -442,6 +449,7 @@ async fn read_only_plan(
     mut statement: Statement,
 ) -> Result<LogicalPlan, QueryError> {
     pg_catalog::rewrite(&mut statement);
+    pg_functions::rewrite(&mut statement);
     let plan = session
         .state()
         .statement_to_plan(statement)
@@ -628,13 +636,15 @@ impl<E: Encoder> Production<E> {
         chunk: E::Chunk,
         memory: Option<AnswerMemory>,
     ) -> Result<(), QueryError> {
-        let size = E::size(&chunk);
         let memory = match memory {
             Some(mut memory) => {
-                memory.resize(size, &self.budget).await?;
+                memory.resize(E::size(&chunk), &self.budget).await?;
                 memory
             }
-            None => self.budget.take(size).await?,
+            // A header or footer (a CSV header, a JSON bracket) is not counted: the
+            // producer holds its batch's share when it sends one, and waiting for more
+            // while holding a share is how two answers wait for each other.
+            None => AnswerMemory::none(),
         };
         // A door that stopped reading (its client went away) stops the query.
         chunks.send(Held { chunk, memory }).await.map_err(|_| {

@@ -116,6 +116,39 @@ fn type_named(name: &str) -> &'static PgType {
         .expect("the name is one of TYPES")
 }
 
+/// The type `name` names, as `to_regtype` reads it: its internal name (`int4`) or its SQL
+/// name (`integer`), with or without `pg_catalog.`; `None` for a type the lake does not
+/// have (`hstore`).
+fn type_called(name: &str) -> Option<&'static PgType> {
+    let name = name.trim().to_ascii_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    TYPES.iter().find(|t| t.name == name || sql_name(t) == name)
+}
+
+/// A type's name as PostgreSQL displays a `regtype` (`pg_typeof`, `format_type`).
+fn sql_name(t: &PgType) -> &'static str {
+    match t.name {
+        "bool" => "boolean",
+        "int2" => "smallint",
+        "int4" => "integer",
+        "int8" => "bigint",
+        "float4" => "real",
+        "float8" => "double precision",
+        "varchar" => "character varying",
+        "char" => "\"char\"",
+        "time" => "time without time zone",
+        "timestamp" => "timestamp without time zone",
+        "timestamptz" => "timestamp with time zone",
+        "_bool" => "boolean[]",
+        "_int2" => "smallint[]",
+        "_int4" => "integer[]",
+        "_int8" => "bigint[]",
+        "_text" => "text[]",
+        "_float8" => "double precision[]",
+        name => name,
+    }
+}
+
 /// The PostgreSQL type a column of `data_type` is sent as. Anything without a close
 /// PostgreSQL match (decimals, intervals, nested values) is sent as its text.
 pub fn pg_type_of(data_type: &DataType) -> &'static PgType {
@@ -127,6 +160,10 @@ pub fn pg_type_of(data_type: &DataType) -> &'static PgType {
         DataType::Float16 | DataType::Float32 => "float4",
         DataType::Float64 => "float8",
         DataType::Date32 | DataType::Date64 => "date",
+        DataType::Decimal32(_, _)
+        | DataType::Decimal64(_, _)
+        | DataType::Decimal128(_, _)
+        | DataType::Decimal256(_, _) => "numeric",
         DataType::Timestamp(_, Some(_)) => "timestamptz",
         DataType::Timestamp(_, None) => "timestamp",
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea",
@@ -1233,13 +1270,44 @@ fn functions() -> Vec<SessionFunction> {
                     .into_iter()
                     .map(|oid| {
                         let oid = u32::try_from(oid?).ok()?;
-                        Some(type_by_oid(oid).map_or("???", |t| t.name).to_string())
+                        Some(type_by_oid(oid).map_or("???", sql_name).to_string())
                     })
                     .collect(),
             )
         }),
         function("format", any(), DataType::Utf8, format),
         function("array_upper", any(), DataType::Int64, array_upper),
+        function("array_lower", any(), DataType::Int64, array_lower),
+        function("quote_ident", any(), DataType::Utf8, |args| {
+            let names = last_text(args)?;
+            strings(
+                names
+                    .iter()
+                    .map(|name| name.as_deref().map(quote_identifier))
+                    .collect(),
+            )
+        }),
+        function("to_regtype", any(), DataType::Int64, |args| {
+            let oids: Vec<Option<i64>> = last_text(args)?
+                .iter()
+                .map(|name| type_called(name.as_deref()?).map(|t| i64::from(t.oid)))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(
+                arrow::array::Int64Array::from(oids),
+            )))
+        }),
+        // The type of the argument as PostgreSQL names it (its `regtype` as text).
+        function("pg_typeof", any(), DataType::Utf8, |args| {
+            let name = match args.arg_fields.first().map(|f| f.data_type()) {
+                None | Some(DataType::Null) => "unknown",
+                Some(data_type) => sql_name(pg_type_of(data_type)),
+            };
+            utf8(name)
+        }),
+        // Pools call it when a connection goes back (asyncpg): no session holds a lock.
+        function("pg_advisory_unlock_all", nullary(), DataType::Utf8, |_| {
+            constant(ScalarValue::Utf8(None))
+        }),
         function("pg_postmaster_start_time", nullary(), timestamp(), |_| {
             constant(ScalarValue::TimestampMicrosecond(
                 Some(started_at()),
@@ -1295,6 +1363,7 @@ fn functions() -> Vec<SessionFunction> {
         "pg_get_viewdef",
         "pg_get_triggerdef",
         "pg_get_function_identity_arguments",
+        "pg_get_function_arguments",
         "pg_get_function_result",
         "pg_get_partkeydef",
         "pg_tablespace_location",
@@ -1369,6 +1438,20 @@ fn quote_identifier(name: &str) -> String {
         true => name.to_string(),
         false => format!("\"{}\"", name.replace('"', "\"\"")),
     }
+}
+
+/// `array_lower(array, 1)`: 1 for a list with elements, NULL for an empty one or another
+/// dimension.
+fn array_lower(args: &ScalarFunctionArgs) -> Result<ColumnarValue> {
+    let ColumnarValue::Array(upper) = array_upper(args)? else {
+        return constant(ScalarValue::Int64(None));
+    };
+    let lower: arrow::array::Int64Array = upper
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|upper| upper.map(|_| 1))
+        .collect();
+    Ok(ColumnarValue::Array(Arc::new(lower)))
 }
 
 /// `array_upper(array, 1)`: the length of a one-based list, NULL for another dimension.
@@ -1561,6 +1644,19 @@ impl VisitorMut for PostgresSpellings {
                 if let Some(replacement) = recast(inner, data_type, kind) {
                     *expr = replacement;
                 }
+            }
+            // psql's `\d name` compares names `COLLATE pg_catalog.default`: the default and
+            // "C" compare bytes, as every comparison here does. Another collation is left
+            // for DataFusion to refuse.
+            Expr::Collate {
+                expr: inner,
+                collation,
+            } if matches!(
+                idents(collation).last().map(String::as_str),
+                Some("default" | "c" | "posix")
+            ) =>
+            {
+                *expr = std::mem::replace(inner.as_mut(), Expr::value(Value::Null));
             }
             _ => {}
         }

@@ -326,6 +326,24 @@ impl Server {
         format!("http://{}{path}", self.address)
     }
 
+    /// CPU time the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the server runs");
+        // utime and stime: the 12th and 13th fields after the command's parenthesis.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11..13]
+            .iter()
+            .filter_map(|t| t.parse::<f64>().ok())
+            .sum();
+        // SAFETY: sysconf only reads a system constant.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
     /// A figure of the server's `/proc/{pid}/status`, in MiB: `VmRSS` (resident now) or
     /// `VmHWM` (the most it has been resident).
     pub fn memory_mib(&self, figure: &str) -> f64 {
