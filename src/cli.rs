@@ -3,6 +3,7 @@
 //! Owns how results are shown to a person (tables, JSON lines) and exit codes. It must
 //! never implement storage or HTTP behaviour itself: each command calls one module.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 
 use crate::compact::{Compactor, PassSummary};
 use crate::config::Config;
-use crate::eventlog::{EventFilter, EventLog};
+use crate::eventlog::{ChainLink, EventFilter, EventLog, PublicKey, VerifyWith};
 use crate::query::output::{Format, TextEncoder};
 use crate::query::{Batches, QueryEngine, Visibility};
 use crate::replay::{ReplayError, ReplayOptions, TargetAuth};
@@ -233,22 +234,33 @@ enum EventsCommand {
         #[arg(long)]
         body: bool,
     },
-    /// Check every body against its envelope, every sealed day against its digest, the
-    /// chain of digests, and (with --public-key) their signatures; exits with status 1 and
-    /// the list of what does not match
+    /// Check every body against its envelope and receipt, every sealed day against its
+    /// digest, the chain of digests and its head, and every signature; exits with status 1
+    /// and the list of what does not match. The format is written in docs/audit-format.md
     Verify {
         #[command(flatten)]
         filter: FilterArgs,
-        /// The auditor's copy of the signing public key (hex, as `datx audit public-key`
-        /// prints it): every digest must carry a valid signature by it. Repeat it (or
-        /// separate keys with commas) to accept the keys used before a rotation
+        /// The auditor's copy of a signing public key (hex, as `datx audit public-key`
+        /// prints it), optionally with the days it signed: HEX@2026-01-01..2026-06-30
+        /// (either end may be left out). Every digest, receipt, head and late arrival's
+        /// record must carry a valid signature by a key whose period covers its day. Repeat
+        /// it (or separate keys with commas) for the keys before and after a rotation
         #[arg(
             long,
-            value_name = "HEX",
+            value_name = "HEX[@FROM..UNTIL]",
             env = "DATX_AUDIT_PUBLIC_KEY",
             value_delimiter = ','
         )]
-        public_key: Vec<String>,
+        public_key: Vec<PublicKey>,
+        /// Check without a public key: the lake against itself only, which anyone able to
+        /// write to it can make pass. Without a key and without this, verify refuses
+        #[arg(long, conflicts_with = "public_key")]
+        unsigned: bool,
+        /// The auditor's record of chain heads, kept outside the lake: every head it holds
+        /// must still be in its chain (a chain may grow, never shrink or fork). Created
+        /// when missing, and brought up to the chains' ends after a run without mismatches
+        #[arg(long, value_name = "FILE")]
+        heads: Option<PathBuf>,
     },
 }
 
@@ -427,8 +439,16 @@ async fn run(command: Command, config: Config) -> Result<ExitCode, String> {
                     list(&log, &filter.into_filter(), format).await
                 }
                 EventsCommand::Show { id, body } => show(&log, id, body).await,
-                EventsCommand::Verify { filter, public_key } => {
-                    verify(&log, &filter.into_filter(), &public_key).await
+                EventsCommand::Verify {
+                    filter,
+                    public_key,
+                    unsigned,
+                    heads,
+                } => {
+                    if public_key.is_empty() && !unsigned {
+                        return Err("no --public-key: without the auditor's copy of the key, verify can show that the lake agrees with itself, not that it is what was received (anyone who can write to the lake can rewrite it to pass). Give --public-key HEX (datx audit public-key prints it), or --unsigned to check only that".into());
+                    }
+                    verify(&log, &filter.into_filter(), &public_key, heads.as_deref()).await
                 }
             }
         }
@@ -862,39 +882,82 @@ async fn show(log: &EventLog, id: Uuid, body_only: bool) -> Result<ExitCode, Str
 async fn verify(
     log: &EventLog,
     filter: &EventFilter,
-    public_keys: &[String],
+    public_keys: &[PublicKey],
+    heads_file: Option<&std::path::Path>,
 ) -> Result<ExitCode, String> {
-    let public_keys = public_keys
-        .iter()
-        .map(|hex_key| {
-            hex::decode(hex_key.trim())
-                .ok()
-                .filter(|key| key.len() == 32)
-                .ok_or_else(|| format!("--public-key {hex_key:?} is not 64 hex digits"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let recorded_heads = match heads_file {
+        Some(path) => read_heads_file(path)?,
+        None => BTreeMap::new(),
+    };
     // Which days must have a digest: those the compactor has recorded as digested.
     let (state, _) = crate::commit::CommitLog::new(log.store().clone())
         .load()
         .await
         .map_err(|e| e.to_string())?;
-    let report = log
-        .verify(filter, &state.digested, &public_keys)
-        .await
-        .map_err(|e| e.to_string())?;
+    let with = VerifyWith {
+        keys: public_keys,
+        digested: &state.digested,
+        recorded_heads: &recorded_heads,
+    };
+    let report = log.verify(filter, &with).await.map_err(|e| e.to_string())?;
     for mismatch in &report.mismatches {
         println!("MISMATCH {}: {}", mismatch.key, mismatch.problem);
     }
-    let signatures = match public_keys.is_empty() {
-        false => format!("{} signatures verified", report.signatures),
-        true => "signatures not checked (no --public-key)".to_string(),
+    for (source, head) in &report.heads {
+        println!("HEAD {source} {} {}", head.date, head.sha256);
+    }
+    let signed = !public_keys.is_empty();
+    let signatures = match signed {
+        true => format!("{} signatures verified", report.signatures),
+        false => "signatures not checked (--unsigned)".to_string(),
+    };
+    let receipts = match (report.receipts_since, signed) {
+        (None, _) => "no receipts (the lake records none signed)".to_string(),
+        (Some(since), true) => format!(
+            "{} receipts verified, required since {since}",
+            report.receipts
+        ),
+        (Some(since), false) => format!("receipts required since {since}: present, not verified"),
+    };
+    let heads = match (heads_file, report.recorded_heads_found) {
+        (Some(_), found) => format!(
+            "{} chain heads checked, {found} of {} recorded heads still in their chains",
+            report.heads_checked,
+            recorded_heads.len()
+        ),
+        (None, _) => format!(
+            "{} chain heads checked (no --heads file)",
+            report.heads_checked
+        ),
     };
     let late = match report.late_arrivals {
         0 => String::new(),
         n => format!(", {n} late arrivals recorded in sealed days"),
     };
+    if let Some(path) = heads_file {
+        // Only a run that checked whole chains with a key may move the auditor's record.
+        let whole = filter.since.is_none() && filter.until.is_none();
+        match report.mismatches.is_empty() && signed && whole {
+            true => {
+                let mut heads = recorded_heads;
+                heads.extend(report.heads.clone());
+                write_heads_file(path, &heads)?;
+                println!("heads recorded in {}", path.display());
+            }
+            false => println!(
+                "{} left as it was: only a run with --public-key over whole chains (no --since or --until) and without mismatches moves the recorded heads",
+                path.display()
+            ),
+        }
+    }
+    // Said before the summary, which stays the last line.
+    if !signed {
+        println!(
+            "UNSIGNED: this shows the lake agrees with itself, not that it is what was received: anyone able to write to the lake can rewrite it to pass. Check with --public-key for that."
+        );
+    }
     println!(
-        "{} events ({} bytes) checked over {} days; {} sealed days checked against their digests and chain{late}, {signatures}; {} mismatched",
+        "{} events ({} bytes) checked over {} days; {} sealed days checked against their digests and chain{late}; {signatures}; {receipts}; {heads}; {} mismatched",
         report.events,
         report.bytes,
         report.days,
@@ -906,4 +969,39 @@ async fn verify(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The auditor's record of chain heads: `{"heads": {"{stream}/{institution}": {"date":
+/// "YYYY-MM-DD", "sha256": "..."}}}`; a file that does not exist yet records none.
+fn read_heads_file(path: &std::path::Path) -> Result<BTreeMap<String, ChainLink>, String> {
+    #[derive(serde::Deserialize)]
+    struct HeadsFile {
+        heads: BTreeMap<String, ChainLink>,
+    }
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<HeadsFile>(&bytes)
+            .map(|file| file.heads)
+            .map_err(|e| {
+                format!(
+                    "--heads {}: not a file of recorded heads: {e}",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("--heads {}: {e}", path.display())),
+    }
+}
+
+/// Writes the record of heads whole, through a temporary file renamed over it: a run cut
+/// short leaves the previous record.
+fn write_heads_file(
+    path: &std::path::Path,
+    heads: &BTreeMap<String, ChainLink>,
+) -> Result<(), String> {
+    let text =
+        serde_json::to_vec_pretty(&serde_json::json!({ "heads": heads })).expect("heads serialise");
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| format!("--heads {}: {e}", path.display()))
 }

@@ -116,7 +116,8 @@ pub async fn run(
             "the lake does not take writes now: pushes are answered 503 until it does"
         );
     }
-    let log = EventLog::new(store.clone());
+    // Receipts are signed with the `[audit]` key (checked when the configuration loaded).
+    let log = EventLog::new(store.clone()).with_signer(config.audit_signer().ok().flatten());
     let commits = CommitLog::new(store.clone());
     let started = chrono::Utc::now();
     // A stream with no body in the days read has been quiet at least that long: a restart

@@ -140,7 +140,14 @@ async fn verify_names_every_alteration_of_the_sealed_log() {
     let (code, said) = verify(&workspace, &public_key);
     assert_eq!(code, Some(0), "{said}");
     // Three sealed days of three streams and institutions: nine digests, all signed.
-    assert!(said.contains("9 sealed days checked against their digests and chain, 9 signatures verified; 0 mismatched"), "{said}");
+    assert!(
+        said.contains("9 sealed days checked against their digests and chain; 9 signatures verified; 15 receipts verified, required since"),
+        "{said}"
+    );
+    assert!(
+        said.contains("; 3 chain heads checked (no --heads file); 0 mismatched"),
+        "{said}"
+    );
 
     let lake = workspace.lake();
     let digests = |lake: &Path, source: &str| files_under(&lake.join("_datx/digests").join(source));
@@ -314,6 +321,535 @@ async fn verify_names_every_alteration_of_the_sealed_log() {
     let both = format!("{other_key},{public_key}");
     let (code, said) = verify(&workspace, &both);
     assert_eq!(code, Some(0), "{said}");
+}
+
+/// An event as a receiver would have stored it `when`, but written straight into the
+/// lake: consistent in itself (ids, hash, size, records), with whatever `receipt` it is
+/// given.
+fn forge_event(
+    lake: &Path,
+    when: chrono::DateTime<chrono::Utc>,
+    (stream, institution): (&str, &str),
+    body: &[u8],
+    receipt: Option<Value>,
+) -> PathBuf {
+    let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        when.timestamp() as u64,
+        when.timestamp_subsec_nanos(),
+    ));
+    let millis = u64::from_str_radix(&id.simple().to_string()[..12], 16).unwrap();
+    let at = chrono::DateTime::from_timestamp_millis(millis as i64).unwrap();
+    let mut envelope = serde_json::json!({
+        "event_id": id.to_string(),
+        "stream": stream,
+        "institution": institution,
+        "received_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "sha256": sha256_hex(body),
+        "records": serde_json::from_slice::<Value>(body).unwrap().as_array().unwrap().len(),
+        "body_bytes": body.len(),
+    });
+    if let Some(receipt) = receipt {
+        envelope["receipt"] = receipt;
+    }
+    let path = lake
+        .join("events")
+        .join(stream)
+        .join(institution)
+        .join(at.format("%Y-%m-%d").to_string())
+        .join(format!("{id}.event"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut stored = serde_json::to_vec(&envelope).unwrap();
+    stored.push(b'\n');
+    stored.extend_from_slice(body);
+    std::fs::write(&path, stored).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_event_has_no_receipt_that_verifies_even_once_its_day_is_sealed() {
+    let (workspace, public_key) = sealed_lake().await;
+    let lake = workspace.lake();
+    // Five days ago is a day not sealed yet (the lake is sealed through ten days ago):
+    // one event written there without a receipt, and one wearing the receipt of a real
+    // event.
+    let five_days_ago = chrono::Utc::now() - chrono::Duration::days(5);
+    let bare = forge_event(
+        &lake,
+        five_days_ago,
+        ("orders", "othervenue"),
+        &orders(2, 7_000_000),
+        None,
+    );
+    let real = &files_under(&lake.join("events/orders/othervenue"))[0];
+    let stored = std::fs::read(real).unwrap();
+    let newline = stored.iter().position(|&b| b == b'\n').unwrap();
+    let real_envelope: Value = serde_json::from_slice(&stored[..newline]).unwrap();
+    let borrowed = forge_event(
+        &lake,
+        five_days_ago,
+        ("orders", "othervenue"),
+        &orders(2, 7_100_000),
+        Some(real_envelope["receipt"].clone()),
+    );
+    // The next pass takes them in, seals their day and signs its digest over both.
+    compact(&workspace, "compact");
+    let day = (chrono::Utc::now() - chrono::Duration::days(5))
+        .format("%Y-%m-%d")
+        .to_string();
+    let digest = lake.join(format!("_datx/digests/orders/othervenue/{day}.json"));
+    let digest_text = std::fs::read_to_string(&digest).unwrap();
+    assert!(digest_text.contains("signature"), "{digest_text}");
+    let (code, said) = verify(&workspace, &public_key);
+    assert_eq!(code, Some(1), "{said}");
+    let named = |path: &Path| path.strip_prefix(&lake).unwrap().display().to_string();
+    assert!(
+        said.contains(&format!(
+            "MISMATCH {}: it has no receipt, though every event received since",
+            named(&bare)
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "MISMATCH {}: its receipt fails: its signature does not match",
+            named(&borrowed)
+        )),
+        "{said}"
+    );
+    // Without a key verify cannot check a receipt, but sees that one is missing.
+    let unsigned = workspace.run(&["events", "verify", "--unsigned"]);
+    let said = stdout(&unsigned);
+    assert_eq!(unsigned.status.code(), Some(1), "{said}");
+    assert!(said.contains("it has no receipt"), "{said}");
+    assert!(!said.contains("its receipt fails"), "{said}");
+    assert!(said.contains("UNSIGNED: "), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_without_a_key_refuses_unless_told_and_then_says_what_it_could_not_check() {
+    let (workspace, public_key) = sealed_lake().await;
+    let refused = workspace.run(&["events", "verify"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("no --public-key") && said.contains("--unsigned"),
+        "{said}"
+    );
+    let unsigned = workspace.run(&["events", "verify", "--unsigned"]);
+    let said = stdout(&unsigned);
+    assert_eq!(unsigned.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("signatures not checked (--unsigned)"),
+        "{said}"
+    );
+    assert!(said.contains("present, not verified"), "{said}");
+    assert!(
+        said.contains("UNSIGNED: this shows the lake agrees with itself"),
+        "{said}"
+    );
+    // A key's period: the days it signed.
+    let days_ago = |n: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(n))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let (code, said) = verify(&workspace, &format!("{public_key}@{}..", days_ago(12)));
+    assert_eq!(code, Some(0), "{said}");
+    // A key whose period ended eleven days ago: the receipts it made then still count,
+    // the later ones do not, nor do the digests it signed today, whatever day they digest.
+    let (code, said) = verify(&workspace, &format!("{public_key}@..{}", days_ago(11)));
+    assert_eq!(code, Some(1), "{said}");
+    let receipt_fails = |day: &str| {
+        said.lines().any(|line| {
+            line.starts_with(&format!("MISMATCH events/orders/othervenue/{day}/"))
+                && line.contains("its receipt fails")
+        })
+    };
+    assert!(receipt_fails(&days_ago(10)), "{said}");
+    assert!(
+        !receipt_fails(&days_ago(11)) && !receipt_fails(&days_ago(12)),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "digests/orders/othervenue/{}.json: the digest's signature fails: it is signed by {public_key}@..{}, whose period does not cover {}, the day it was signed",
+            days_ago(12),
+            days_ago(11),
+            days_ago(0)
+        )),
+        "{said}"
+    );
+    let bad = workspace.run(&[
+        "events",
+        "verify",
+        "--public-key",
+        &format!("{public_key}@2026-13-01.."),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a date"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_names_in_a_sealed_day_are_named_by_verify_and_stop_nothing() {
+    let (workspace, public_key) = sealed_lake().await;
+    let lake = workspace.lake();
+    let event = files_under(&lake.join("events/ticketchecks/myvenue"))[0].clone();
+    let id = event.file_stem().unwrap().to_str().unwrap().to_string();
+    let upper = event.with_file_name(format!("{}.event", id.to_uppercase()));
+    let foreign = event.with_file_name("foo.event");
+    std::fs::copy(&event, &upper).unwrap();
+    std::fs::copy(&event, &foreign).unwrap();
+    let (code, said) = verify(&workspace, &public_key);
+    assert_eq!(code, Some(1), "{said}");
+    for stray in [&upper, &foreign] {
+        let name = stray.strip_prefix(&lake).unwrap().display().to_string();
+        assert!(
+            said.contains(&format!("MISMATCH {name}: not an event of the layout")),
+            "{said}"
+        );
+    }
+    for command in [&["events", "list"][..], &["compact"][..]] {
+        let output = workspace.run(command);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let listed = stdout(&workspace.run(&["events", "list", "--format", "json"]));
+    assert_eq!(listed.lines().count(), 15, "{listed}");
+}
+
+/// Sets, in every commit and checkpoint, how far `source` is sealed and digested.
+fn rewrite_commit_log(lake: &Path, source: &str, day: &str) {
+    for dir in ["_datx/commits", "_datx/checkpoints"] {
+        if !lake.join(dir).exists() {
+            continue;
+        }
+        for path in files_under(&lake.join(dir)) {
+            let mut commit: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for field in ["sealed", "digested"] {
+                if let Some(map) = commit.get_mut(field).and_then(Value::as_object_mut)
+                    && map.contains_key(source)
+                {
+                    map.insert(source.to_string(), day.into());
+                }
+            }
+            std::fs::write(&path, serde_json::to_vec(&commit).unwrap()).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_cut_at_its_end_is_caught_by_its_signed_head_and_by_the_auditors_record() {
+    let key = stdout(&Workspace::new("").run(&["audit", "new-key"]))
+        .trim()
+        .to_string();
+    let workspace = Workspace::with_env(
+        &format!(
+            "{}[audit]\nsigning_key_env = \"TEST_AUDIT_KEY\"\n",
+            venues_on_past_days()
+        ),
+        &[("TEST_AUDIT_KEY", &key)],
+    );
+    receive_on_past_days(&workspace, &[12, 11, 10]).await;
+    let public_key = stdout(&workspace.run(&["audit", "public-key"]))
+        .trim()
+        .to_string();
+    let lake = workspace.lake();
+    let heads_file = workspace.path().join("auditor-heads.json");
+    let verify_heads = |extra: &[&str]| {
+        let mut args = vec![
+            "events".to_string(),
+            "verify".into(),
+            "--public-key".into(),
+            public_key.clone(),
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = workspace.run(&args);
+        (output.status.code(), stdout(&output))
+    };
+    let day = |n: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(n))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    // A first pass, nine days ago, seals the first day; the auditor records the heads.
+    let first = workspace
+        .command(&["compact"])
+        .env("DATX_TEST_CLOCK_SHIFT", "-9days")
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let head_path = lake.join("_datx/heads/ticketchecks/myvenue.json");
+    let old_head = std::fs::read(&head_path).unwrap();
+    let heads_arg = heads_file.to_str().unwrap();
+    let (code, said) = verify_heads(&["--heads", heads_arg]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("HEAD ticketchecks/myvenue {}", day(12))),
+        "{said}"
+    );
+    // Today's pass seals the other two; the record follows the chains.
+    compact(&workspace, "compact");
+    let (code, said) = verify_heads(&["--heads", heads_arg]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("3 of 3 recorded heads still in their chains"),
+        "{said}"
+    );
+    let recorded = std::fs::read_to_string(&heads_file).unwrap();
+    assert!(recorded.contains(&day(10)), "{recorded}");
+
+    // The last day cut off, events and digest, and the commit log edited to match.
+    let backup = workspace.path().join("lake-backup");
+    copy_dir(&lake, &backup);
+    std::fs::remove_file(lake.join(format!(
+        "_datx/digests/ticketchecks/myvenue/{}.json",
+        day(10)
+    )))
+    .unwrap();
+    std::fs::remove_dir_all(lake.join(format!("events/ticketchecks/myvenue/{}", day(10)))).unwrap();
+    rewrite_commit_log(&lake, "ticketchecks/myvenue", &day(11));
+    let (code, said) = verify_heads(&[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!("_datx/heads/ticketchecks/myvenue.json: the head names the digest of {}, which is missing: the chain was cut at its end", day(10))),
+        "{said}"
+    );
+    // With the head removed too, the chain has none.
+    std::fs::remove_file(&head_path).unwrap();
+    let (code, said) = verify_heads(&[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("the chain has no head"), "{said}");
+    // With an older head put back (validly signed, from the first pass), only the
+    // auditor's record still knows where the chain ended.
+    std::fs::write(&head_path, &old_head).unwrap();
+    let (code, said) = verify_heads(&[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "an older head passes without a record of heads: {said}"
+    );
+    let (code, said) = verify_heads(&["--heads", heads_arg]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!("the head recorded by an earlier run, the digest of {}, is no longer in the chain: the chain was cut", day(10))),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&heads_file).unwrap(),
+        recorded,
+        "a failed run moves no recorded head"
+    );
+    std::fs::remove_dir_all(&lake).unwrap();
+    std::fs::rename(&backup, &lake).unwrap();
+    assert_eq!(verify_heads(&["--heads", heads_arg]).0, Some(0));
+}
+
+/// The checker in `tests/audit_check.py`, written from `docs/audit-format.md` alone, on
+/// `lake`: its exit code and what it printed.
+fn independent_check(
+    lake: &Path,
+    public_key: &str,
+    expected: Option<&Path>,
+) -> (Option<i32>, String) {
+    let python = common::python_with(&[("cryptography", "cryptography==50.0.2")]);
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/audit_check.py"))
+        .arg(lake)
+        .args(["--public-key", public_key]);
+    if let Some(expected) = expected {
+        command.arg("--expected").arg(expected);
+    }
+    let output = command.output().expect("python runs");
+    let said = format!(
+        "{}{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checker_written_from_the_specification_agrees_with_verify_on_the_test_vectors() {
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/audit_vectors");
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(vectors.join("expected.json")).unwrap()).unwrap();
+    let public_key = expected["public_key"].as_str().unwrap().to_string();
+    let workspace = Workspace::new("");
+    let lake = workspace.lake();
+    copy_dir(&vectors.join("lake"), &lake);
+    let (code, said) = verify(&workspace, &public_key);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, checked) =
+        independent_check(&lake, &public_key, Some(&vectors.join("expected.json")));
+    assert_eq!(code, Some(0), "{checked}");
+    // Both see every digest: days sealed before receipts existed, and after.
+    let roots = expected["roots"].as_object().unwrap();
+    assert!(roots.len() >= 4, "{roots:?}");
+    for (path, root) in roots {
+        assert!(
+            checked.contains(&format!("ROOT {path} {}", root.as_str().unwrap())),
+            "{checked}"
+        );
+    }
+    assert!(
+        said.contains(&format!("{} sealed days checked", roots.len())),
+        "{said}"
+    );
+    for line in said.lines().filter(|line| line.starts_with("HEAD ")) {
+        let (source, date) = {
+            let mut parts = line.split_whitespace().skip(1);
+            (parts.next().unwrap(), parts.next().unwrap())
+        };
+        assert!(
+            roots.contains_key(&format!("_datx/digests/{source}/{date}.json")),
+            "{line}"
+        );
+    }
+    // Both catch an event forged into an old day that had none (before receipts began),
+    // and a whole stream removed with its digests, its head left.
+    let lake_before = workspace.path().join("lake-before");
+    copy_dir(&lake, &lake_before);
+    // 2026-11-20: between the vectors' sealed days of 2026-11-15 and 2026-11-28.
+    let between = "2026-11-20T10:00:00Z".parse().unwrap();
+    let old_day = forge_event(
+        &lake,
+        between,
+        ("orders", "othervenue"),
+        &orders(1, 8_000_000),
+        None,
+    );
+    let day_dir = old_day
+        .parent()
+        .unwrap()
+        .strip_prefix(&lake)
+        .unwrap()
+        .display()
+        .to_string();
+    let (code, said) = verify(&workspace, &public_key);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "MISMATCH {day_dir}: the day has events but no digest"
+        )),
+        "{said}"
+    );
+    let (code, checked) = independent_check(&lake, &public_key, None);
+    assert_eq!(code, Some(1), "{checked}");
+    assert!(
+        checked.contains(&format!(
+            "PROBLEM {day_dir}: events in a day without a digest"
+        )),
+        "{checked}"
+    );
+    std::fs::remove_dir_all(old_day.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(lake.join("events/contacts")).unwrap();
+    std::fs::remove_dir_all(lake.join("_datx/digests/contacts")).unwrap();
+    let (code, said) = verify(&workspace, &public_key);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("MISMATCH _datx/heads/contacts/myvenue.json: the head names the digest of"),
+        "{said}"
+    );
+    let (code, checked) = independent_check(&lake, &public_key, None);
+    assert_eq!(code, Some(1), "{checked}");
+    assert!(
+        checked.contains("PROBLEM _datx/heads/contacts/myvenue.json: names the digest of"),
+        "{checked}"
+    );
+    std::fs::remove_dir_all(&lake).unwrap();
+    std::fs::rename(&lake_before, &lake).unwrap();
+    // And both catch one byte changed in a body with a receipt, and in an old day's.
+    for (name, receipted) in [
+        ("with a receipt", true),
+        ("of a day before receipts", false),
+    ] {
+        let event = files_under(&lake.join("events"))
+            .into_iter()
+            .find(|path| {
+                std::fs::read_to_string(path)
+                    .unwrap()
+                    .contains("\"receipt\"")
+                    == receipted
+            })
+            .unwrap();
+        let original = std::fs::read(&event).unwrap();
+        let mut altered = original.clone();
+        let last = altered.len() - 2;
+        altered[last] = if altered[last] == b'1' { b'2' } else { b'1' };
+        std::fs::write(&event, &altered).unwrap();
+        assert_eq!(
+            verify(&workspace, &public_key).0,
+            Some(1),
+            "datx, an event {name}"
+        );
+        let (code, checked) = independent_check(&lake, &public_key, None);
+        assert_eq!(code, Some(1), "the checker, an event {name}: {checked}");
+        std::fs::write(&event, &original).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_agrees_on_a_lake_written_now_and_loads_the_key_datx_makes() {
+    let (workspace, public_key) = sealed_lake().await;
+    let lake = workspace.lake();
+    let (code, checked) = independent_check(&lake, &public_key, None);
+    assert_eq!(code, Some(0), "{checked}");
+    assert!(
+        checked.contains(
+            "checked 15 events, 9 digests, 13 signatures, 15 receipts, 3 heads; 0 problems"
+        ),
+        "{checked}"
+    );
+    forge_event(
+        &lake,
+        chrono::Utc::now(),
+        ("contacts", "myvenue"),
+        &sample("contacts.json"),
+        None,
+    );
+    let (code, checked) = independent_check(&lake, &public_key, None);
+    assert_eq!(code, Some(1), "{checked}");
+    assert!(
+        checked.contains("no receipt, though receipts are required since"),
+        "{checked}"
+    );
+    // A key `audit new-key` prints, loaded by Python's `cryptography`, is the key datx signs with.
+    let key = stdout(&workspace.run(&["audit", "new-key"]))
+        .trim()
+        .to_string();
+    let signer = Workspace::with_env("[audit]\nsigning_key_env = \"K\"\n", &[("K", &key)]);
+    let datx_public = stdout(&signer.run(&["audit", "public-key"]))
+        .trim()
+        .to_string();
+    let python = common::python_with(&[("cryptography", "cryptography==50.0.2")]);
+    let loaded = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import base64, sys\n\
+from cryptography.hazmat.primitives import serialization as s\n\
+key = s.load_der_private_key(base64.b64decode(sys.argv[1]), None)\n\
+print(key.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw).hex())",
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert_eq!(stdout(&loaded).trim(), datx_public);
 }
 
 /// The event ids `events list` prints with `args`, as JSON lines.

@@ -157,7 +157,7 @@ fn read_only_commands_on_a_missing_lake_fail_and_create_nothing() {
     for args in [
         &["sql", "SELECT count(*) FROM contacts"][..],
         &["events", "list"][..],
-        &["events", "verify"][..],
+        &["events", "verify", "--unsigned"][..],
     ] {
         let output = workspace.run(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -28,7 +28,7 @@ use crate::batch;
 use crate::clock::ClockCheck;
 use crate::commit::{Commit, CommitError, CommitLog, DataFile, LakeState};
 use crate::config::Config;
-use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError, Signer};
+use crate::eventlog::{Canonical, EventKey, EventLog, EventLogError};
 use crate::lease::{Lease, LeaseError};
 use crate::store::{Durability, Store, StoreError};
 use crate::stream::Stream;
@@ -164,8 +164,10 @@ pub struct Compactor {
     /// the next pass claims the next version with a `lease` commit before it removes any
     /// file of its epoch.
     fence_next: std::sync::atomic::AtomicBool,
-    /// Signs the digests of sealed days, when `[audit]` names a key.
-    signer: Option<Signer>,
+    /// The chains whose head this process has found or written current: a lake sealed
+    /// before heads existed gets its heads at the first pass, then each sealing replaces
+    /// them.
+    heads_current: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Days are sealed only while this process's clock agrees with the lake's.
     clock: Arc<ClockCheck>,
 }
@@ -173,7 +175,8 @@ pub struct Compactor {
 impl Compactor {
     pub fn new(store: Store, config: &Config) -> Compactor {
         Compactor {
-            log: EventLog::new(store.clone()),
+            // `serve`, `compact` and `rebuild` refuse to start when the key is missing.
+            log: EventLog::new(store.clone()).with_signer(config.audit_signer().ok().flatten()),
             commits: CommitLog::new(store.clone()),
             store,
             zones: config
@@ -185,8 +188,7 @@ impl Compactor {
             owner: lease_owner(),
             last_state: std::sync::Mutex::new(None),
             fence_next: std::sync::atomic::AtomicBool::new(false),
-            // `serve`, `compact` and `rebuild` refuse to start when the key is missing.
-            signer: config.audit_signer().ok().flatten(),
+            heads_current: Default::default(),
             clock: Arc::new(ClockCheck::new(config.clock_tolerance)),
         }
     }
@@ -311,10 +313,10 @@ impl Compactor {
             .await?;
         // One stream of pending events across all days, in batches: two batches are read
         // and converted ahead while the current one is added, so both cores stay busy.
-        let (log, view, signer) = (&self.log, &view, self.signer.as_ref());
+        let (log, view) = (&self.log, &view);
         let batches = futures::stream::iter(days)
             .flat_map(move |day| pending_of_day(view, day))
-            .map_ok(move |group| read_and_convert(log, group, signer))
+            .map_ok(move |group| read_and_convert(log, group))
             .try_buffered(2)
             .boxed();
         work.add_all(batches, &mut state).await?;
@@ -387,6 +389,7 @@ impl Compactor {
         mode: Mode,
     ) -> Result<BTreeMap<String, NaiveDate>, CompactError> {
         let mut digested = BTreeMap::new();
+        let receipts_since = self.log.receipts_since().await?;
         for ((stream, institution), unsealed_days) in unsealed {
             let source = format!("{stream}/{institution}");
             let through = [state.sealed_through(&source), sealing.get(&source).copied()]
@@ -418,16 +421,66 @@ impl Compactor {
                 for day in missing {
                     let link = self
                         .log
-                        .write_digest(*stream, institution, day, previous, self.signer.as_ref())
+                        .write_digest(*stream, institution, day, previous, receipts_since)
                         .await?;
                     previous = Some(link);
                 }
+                if let Some(last) = &previous {
+                    self.log.write_head(*stream, institution, last).await?;
+                    self.heads_current
+                        .lock()
+                        .expect("never poisoned")
+                        .insert(source.clone());
+                }
             }
+            self.bring_head_up(*stream, institution, &source).await?;
             if mode == Mode::Rebuild || done.is_none_or(|done| through > done) {
                 digested.insert(source, through);
             }
         }
         Ok(digested)
+    }
+
+    /// Writes the head of a chain that has none, or one behind its last digest (a lake
+    /// sealed before heads existed, or a pass that died between a digest and its head);
+    /// once per chain and process.
+    async fn bring_head_up(
+        &self,
+        stream: Stream,
+        institution: &str,
+        source: &str,
+    ) -> Result<(), CompactError> {
+        if self
+            .heads_current
+            .lock()
+            .expect("never poisoned")
+            .contains(source)
+        {
+            return Ok(());
+        }
+        let Some(&last) = self.log.digest_dates(stream, institution).await?.last() else {
+            return Ok(());
+        };
+        let head = self.log.read_head(stream, institution).await?;
+        let current = matches!(&head, Some(Ok((head, _))) if head.date >= last);
+        if !current {
+            let Some(link) = self
+                .log
+                .digest_before(stream, institution, last.succ_opt().unwrap_or(last))
+                .await?
+            else {
+                return Ok(());
+            };
+            if let Some(Err(problem)) = &head {
+                tracing::warn!(stream = %stream, institution, problem, "the chain head was unreadable; written anew");
+            }
+            self.log.write_head(stream, institution, &link).await?;
+        }
+        self.heads_current
+            .lock()
+            .expect("never poisoned")
+            .insert(source.to_string());
+        Ok(())
     }
 
     fn zone(&self, institution: &str) -> Tz {
@@ -791,10 +844,9 @@ fn pending_of_day(
 async fn read_and_convert(
     log: &EventLog,
     group: Vec<PendingEvent>,
-    signer: Option<&Signer>,
 ) -> Result<Vec<ConvertedEvent>, CompactError> {
     let read: Vec<ReadEvent> = futures::stream::iter(group)
-        .map(|(key, tz, late)| read_event(log, key, tz, late.then_some(signer)))
+        .map(|(key, tz, late)| read_event(log, key, tz, late))
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
@@ -816,12 +868,12 @@ struct ReadEvent {
     late: bool,
 }
 
-/// `late` holds the signer of late arrivals' records for an event of a sealed day.
+/// `late`: the event is in a sealed day, and its late arrival is recorded.
 async fn read_event(
     log: &EventLog,
     key: EventKey,
     tz: Tz,
-    late: Option<Option<&Signer>>,
+    late: bool,
 ) -> Result<ReadEvent, CompactError> {
     let event = match log.read(&key).await {
         Ok(event) => event,
@@ -836,7 +888,7 @@ async fn read_event(
                 body: Some(stored),
                 damaged: Some(format!("the stored event is damaged: {source}")),
                 repaired: None,
-                late: late.is_some(),
+                late,
                 key,
                 tz,
             });
@@ -845,11 +897,11 @@ async fn read_event(
     };
     let canonical = log.is_canonical(&event).await?;
     // Recorded before the commit that takes it in: once consumed, it has its record.
-    if let Some(signer) = late {
-        log.record_late_arrival(&event, signer).await?;
+    if late {
+        log.record_late_arrival(&event).await?;
     }
     Ok(ReadEvent {
-        late: late.is_some(),
+        late,
         received_at_micros: event.envelope.received_at.timestamp_micros(),
         size: event.body.len(),
         repaired: (canonical == Canonical::Repaired).then_some(event.envelope.sha256),

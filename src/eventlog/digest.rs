@@ -9,8 +9,7 @@
 //! auditor who keeps the public key elsewhere can tell a rewritten chain from the real one.
 //! This module must never change an event or an existing digest.
 
-use chrono::NaiveDate;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -24,6 +23,10 @@ pub struct DigestEntry {
     pub sha256: String,
     pub body_bytes: usize,
     pub records: usize,
+    /// The signature of the event's receipt (lowercase hex), when it was received with
+    /// receipts signed: the leaf then commits to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 /// The digest before this one in the chain of a stream and institution.
@@ -44,6 +47,14 @@ pub struct DayDigest {
     pub events: Vec<DigestEntry>,
     pub merkle_root: String,
     pub previous: Option<ChainLink>,
+    /// Since when every event must carry a receipt, as the lake's record of it said when
+    /// the day was sealed (absent before receipts were signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts_since: Option<DateTime<Utc>>,
+    /// When the digest was written and signed (absent in digests of earlier versions): a
+    /// key's period is checked against its day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_at: Option<DateTime<Utc>>,
 }
 
 /// An event found in a day after the day was sealed, and taken into the tables then: a
@@ -83,26 +94,6 @@ pub fn late_arrival_dir(stream: Stream, institution: &str, date: Option<NaiveDat
     }
 }
 
-/// A digest object as stored: the digest's JSON, kept as the exact bytes that were signed
-/// (re-serialising could differ once the format grows a field), and its Ed25519 signature
-/// when a key was set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredDigest {
-    digest: Box<serde_json::value::RawValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<DigestSignature>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DigestSignature {
-    pub algorithm: String,
-    /// The signer's public key, lowercase hex: informative only, an auditor checks against
-    /// the key they keep.
-    pub public_key: String,
-    /// Over the digest's JSON bytes as stored.
-    pub value: String,
-}
-
 pub fn digest_key(stream: Stream, institution: &str, date: NaiveDate) -> String {
     format!(
         "{}/{date}.json",
@@ -116,12 +107,19 @@ pub fn digest_dir(stream: Stream, institution: &str) -> String {
 }
 
 impl DayDigest {
+    /// The day the digest was signed on: when it was sealed, or for digests that do not
+    /// say, the day it digests.
+    pub fn signed_on(&self) -> NaiveDate {
+        self.sealed_at.map_or(self.date, |at| at.date_naive())
+    }
+
     pub fn new(
         stream: Stream,
         institution: &str,
         date: NaiveDate,
         events: Vec<DigestEntry>,
         previous: Option<ChainLink>,
+        receipts_since: Option<DateTime<Utc>>,
     ) -> DayDigest {
         DayDigest {
             stream: stream.to_string(),
@@ -130,55 +128,16 @@ impl DayDigest {
             merkle_root: merkle_root(&events),
             events,
             previous,
+            receipts_since,
+            sealed_at: Some(crate::clock::now()),
         }
     }
 }
 
-impl StoredDigest {
-    /// `digest` (a day's digest, or a late arrival's record), signed when there is a signer.
-    pub fn new(digest: &impl Serialize, signer: Option<&Signer>) -> StoredDigest {
-        let json = serde_json::to_string(digest).expect("a digest serialises");
-        let digest = serde_json::value::RawValue::from_string(json).expect("valid JSON");
-        let signature = signer.map(|signer| signer.sign(digest.get().as_bytes()));
-        StoredDigest { digest, signature }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a digest serialises")
-    }
-
-    /// What the digest states.
-    pub fn day(&self) -> Result<DayDigest, serde_json::Error> {
-        serde_json::from_str(self.digest.get())
-    }
-
-    /// What a late arrival's record states.
-    pub fn late_arrival(&self) -> Result<LateArrival, serde_json::Error> {
-        serde_json::from_str(self.digest.get())
-    }
-
-    /// Whether the signature is valid for one of `public_keys` (the current key and the
-    /// ones before a rotation); `Err` says why not.
-    pub fn check_signature(&self, public_keys: &[Vec<u8>]) -> Result<(), String> {
-        let Some(signature) = &self.signature else {
-            return Err("it is not signed".into());
-        };
-        let value = hex::decode(&signature.value).map_err(|_| "its signature is not hex")?;
-        let signed = self.digest.get().as_bytes();
-        public_keys
-            .iter()
-            .any(|key| {
-                UnparsedPublicKey::new(&ED25519, key)
-                    .verify(signed, &value)
-                    .is_ok()
-            })
-            .then_some(())
-            .ok_or_else(|| "its signature does not match the public key".to_string())
-    }
-}
-
-/// Hash of one event in the Merkle tree: its id, SHA-256, size and record count, with the
-/// leaf prefix of RFC 6962 so that a leaf can never pass for an inner node.
+/// Hash of one event in the Merkle tree: its id, SHA-256, size and record count (and its
+/// receipt's signature when it has one), with the leaf prefix of RFC 6962 so that a leaf
+/// can never pass for an inner node. Without a receipt the leaf is what it was before
+/// receipts, so days sealed then keep their roots.
 fn leaf_hash(entry: &DigestEntry) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update([0u8]);
@@ -186,6 +145,9 @@ fn leaf_hash(entry: &DigestEntry) -> [u8; 32] {
     hasher.update(entry.sha256.as_bytes());
     hasher.update((entry.body_bytes as u64).to_be_bytes());
     hasher.update((entry.records as u64).to_be_bytes());
+    if let Some(receipt) = &entry.receipt {
+        hasher.update(receipt.as_bytes());
+    }
     hasher.finalize().into()
 }
 
@@ -216,48 +178,10 @@ pub fn merkle_root(events: &[DigestEntry]) -> String {
     hex::encode(level[0])
 }
 
-/// The Ed25519 key digests are signed with, from PKCS#8 (as `datx audit new-key` prints it,
-/// base64).
-#[derive(Debug)]
-pub struct Signer {
-    key: Ed25519KeyPair,
-}
-
-impl Signer {
-    pub fn from_base64(text: &str) -> Result<Signer, String> {
-        use base64::Engine;
-        let pkcs8 = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| "is not base64 (make one with `datx audit new-key`)".to_string())?;
-        let key = Ed25519KeyPair::from_pkcs8(&pkcs8)
-            .map_err(|_| "is not an Ed25519 key in PKCS#8 (make one with `datx audit new-key`)")?;
-        Ok(Signer { key })
-    }
-
-    /// A new key, as base64 PKCS#8.
-    pub fn new_key() -> String {
-        use base64::Engine;
-        let random = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&random).expect("the system has randomness");
-        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
-    }
-
-    pub fn public_key_hex(&self) -> String {
-        hex::encode(self.key.public_key().as_ref())
-    }
-
-    fn sign(&self, bytes: &[u8]) -> DigestSignature {
-        DigestSignature {
-            algorithm: "ed25519".into(),
-            public_key: self.public_key_hex(),
-            value: hex::encode(self.key.sign(bytes).as_ref()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eventlog::signing::{PublicKey, SignedDocument, Signer};
 
     fn entry(n: u8) -> DigestEntry {
         DigestEntry {
@@ -265,21 +189,25 @@ mod tests {
             sha256: format!("{n:064x}"),
             body_bytes: n as usize,
             records: 1,
+            receipt: None,
         }
     }
 
     #[test]
-    fn the_merkle_root_changes_with_any_event_and_their_order() {
+    fn the_merkle_root_changes_with_any_event_its_receipt_and_their_order() {
         let events: Vec<DigestEntry> = (0..5).map(entry).collect();
         let root = merkle_root(&events);
         let mut altered = events.clone();
         altered[4].records = 2;
         let mut reordered = events.clone();
         reordered.swap(0, 1);
+        let mut receipted = events.clone();
+        receipted[2].receipt = Some("ab".repeat(64));
         let roots = [
             merkle_root(&altered),
             merkle_root(&reordered),
             merkle_root(&events[..4]),
+            merkle_root(&receipted),
             merkle_root(&[]),
         ];
         assert!(roots.iter().all(|other| *other != root), "{roots:?}");
@@ -287,35 +215,29 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_holds_for_its_key_only_and_not_for_an_altered_digest() {
+    fn a_stored_digest_reads_back_and_its_signature_fails_once_altered() {
         let signer = Signer::from_base64(&Signer::new_key()).unwrap();
-        let other = Signer::from_base64(&Signer::new_key()).unwrap();
+        let key: PublicKey = signer.public_key_hex().parse().unwrap();
         let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-        let digest = DayDigest::new(Stream::Orders, "v", date, vec![entry(1)], None);
-        let stored = StoredDigest::new(&digest, Some(&signer));
-        let key = hex::decode(signer.public_key_hex()).unwrap();
-        let read: StoredDigest = serde_json::from_slice(&stored.encode()).unwrap();
-        assert_eq!(read.check_signature(std::slice::from_ref(&key)), Ok(()));
-        assert_eq!(read.day().unwrap(), digest);
-        let other_key = hex::decode(other.public_key_hex()).unwrap();
+        let digest = DayDigest::new(Stream::Orders, "v", date, vec![entry(1)], None, None);
+        let stored = SignedDocument::new(&digest, Some(&signer)).encode();
+        let read: SignedDocument = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(read.read::<DayDigest>().unwrap(), digest);
+        assert_eq!(
+            read.check_signature(std::slice::from_ref(&key), date),
+            Ok(())
+        );
+        // The signature covers the document's bytes as they stand in the file.
+        let text = String::from_utf8(stored).unwrap();
+        let altered = text.replacen("\"records\":1", "\"records\":7", 1);
+        assert_ne!(altered, text);
+        let forged: SignedDocument = serde_json::from_str(&altered).unwrap();
         assert!(
-            read.check_signature(std::slice::from_ref(&other_key))
+            forged
+                .check_signature(std::slice::from_ref(&key), date)
                 .is_err()
         );
-        // After a rotation, the auditor holds both keys.
-        assert_eq!(read.check_signature(&[other_key, key.clone()]), Ok(()));
-        let mut altered = digest.clone();
-        altered.events[0].records = 7;
-        let forged = StoredDigest {
-            signature: read.signature.clone(),
-            ..StoredDigest::new(&altered, None)
-        };
-        assert!(forged.check_signature(std::slice::from_ref(&key)).is_err());
-        assert!(
-            StoredDigest::new(&digest, None)
-                .check_signature(std::slice::from_ref(&key))
-                .is_err()
-        );
-        assert!(Signer::from_base64("bm90IGEga2V5").is_err());
+        let unsigned = SignedDocument::new(&digest, None);
+        assert!(unsigned.check_signature(&[key], date).is_err());
     }
 }

@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::signing::Signature;
 use crate::stream::{Stream, check_institution};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,6 +117,9 @@ pub struct Envelope {
     pub sha256: String,
     pub records: usize,
     pub body_bytes: usize,
+    /// The receiver's signed receipt of the body, when receipts are signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Signature>,
 }
 
 impl Envelope {
@@ -128,6 +132,7 @@ impl Envelope {
             sha256,
             records,
             body_bytes,
+            receipt: None,
         }
     }
 

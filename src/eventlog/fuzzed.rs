@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 
 use super::envelope::{Envelope, EventKey};
-use super::{StoredDigest, parse_marker};
+use super::{PublicKey, SignedDocument, parse_marker};
 use crate::stream::Stream;
 
 /// A key datx writes, to mutate.
@@ -57,8 +57,11 @@ proptest! {
     fn any_stored_bytes_decode_to_an_envelope_or_an_error(stored in proptest::collection::vec(any::<u8>(), 0..600)) {
         let _ = Envelope::decode(bytes::Bytes::from(stored.clone()));
         let _ = parse_marker(&stored, Stream::Contacts, "myvenue");
-        let _ = serde_json::from_slice::<StoredDigest>(&stored)
-            .map(|digest| (digest.day().ok(), digest.late_arrival().ok(), digest.check_signature(&[vec![0; 32]])));
+        let key: PublicKey = "00".repeat(32).parse().unwrap();
+        let _ = serde_json::from_slice::<SignedDocument>(&stored).map(|document| {
+            let day = chrono::NaiveDate::MIN;
+            (document.read::<super::DayDigest>().ok(), document.read::<super::LateArrival>().ok(), document.check_signature(std::slice::from_ref(&key), day))
+        });
     }
 
     #[test]

@@ -10,6 +10,10 @@ pub mod digest;
 mod envelope;
 #[cfg(test)]
 mod fuzzed;
+pub mod head;
+pub mod receipt;
+pub mod signing;
+mod verify;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,8 +24,10 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use digest::{ChainLink, DayDigest, DigestEntry, LateArrival, Signer, StoredDigest};
+pub use digest::{ChainLink, DayDigest, DigestEntry, LateArrival};
 pub use envelope::{Envelope, EnvelopeError, EventKey};
+pub use signing::{PublicKey, SignedDocument, Signer};
+pub use verify::{Mismatch, VerifyReport, VerifyWith};
 
 use crate::batch;
 use crate::store::{Created, Durability, Store, StoreError};
@@ -101,27 +107,6 @@ impl EventFilter {
     }
 }
 
-/// What `verify` checked and found.
-#[derive(Debug, Default)]
-pub struct VerifyReport {
-    pub events: usize,
-    pub bytes: u64,
-    pub days: usize,
-    /// Sealed days checked against their digests, and how many signatures were verified.
-    pub digests: usize,
-    pub signatures: usize,
-    /// Events stored in a sealed day after its digest, whose late arrival is recorded.
-    pub late_arrivals: usize,
-    pub mismatches: Vec<Mismatch>,
-}
-
-/// What `verify` found wrong with one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mismatch {
-    pub key: String,
-    pub problem: String,
-}
-
 /// An envelope line is a few hundred bytes: ids, a 64-character institution at most, a
 /// hash and three numbers.
 const ENVELOPE_MAX_BYTES: u64 = 4096;
@@ -133,6 +118,13 @@ const VERIFY_CONCURRENCY: usize = 16;
 pub struct EventLog {
     store: Store,
     strays: Arc<StrayWarnings>,
+    /// Signs receipts, digests, late arrivals' records and chain heads, when `[audit]`
+    /// names a key.
+    signer: Option<Arc<Signer>>,
+    /// The lake's receipts' start once read: it never changes after it is written.
+    receipts_since: Arc<std::sync::OnceLock<DateTime<Utc>>>,
+    /// This process has seen the record of receipts in the lake, or written it.
+    receipts_begun: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Stray files already reported by this process: each is logged once, not at every pass.
@@ -181,7 +173,20 @@ impl EventLog {
         EventLog {
             store,
             strays: Arc::default(),
+            signer: None,
+            receipts_since: Arc::default(),
+            receipts_begun: Arc::default(),
         }
+    }
+
+    /// This log, signing with `signer` when there is one.
+    pub fn with_signer(mut self, signer: Option<Signer>) -> EventLog {
+        self.signer = signer.map(Arc::new);
+        self
+    }
+
+    fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
     }
 
     pub fn store(&self) -> &Store {
@@ -248,7 +253,12 @@ impl EventLog {
                 }
             }
         };
-        let envelope = Envelope::new(&key, sha256.clone(), records, body.len());
+        let mut envelope = Envelope::new(&key, sha256.clone(), records, body.len());
+        // Signed before the event is stored, so no event of a receiver with a key lacks it.
+        if let Some(signer) = self.signer() {
+            self.begin_receipts(signer).await?;
+            envelope.receipt = Some(receipt::sign(&envelope, signer));
+        }
         let event = key.to_string();
         let (_, written) = futures::try_join!(
             self.store.sync(&marker),
@@ -465,7 +475,7 @@ impl EventLog {
         institution: &str,
         date: NaiveDate,
         previous: Option<ChainLink>,
-        signer: Option<&Signer>,
+        receipts_since: Option<DateTime<Utc>>,
     ) -> Result<ChainLink, EventLogError> {
         let key = digest::digest_key(stream, institution, date);
         // Kept as it is when there (a pass that wrote it died before its commit), without
@@ -481,8 +491,8 @@ impl EventLog {
             Err(e) => return Err(e.into()),
         }
         let entries = self.digest_entries(stream, institution, date).await?;
-        let digest = DayDigest::new(stream, institution, date, entries, previous);
-        let stored = StoredDigest::new(&digest, signer);
+        let digest = DayDigest::new(stream, institution, date, entries, previous, receipts_since);
+        let stored = SignedDocument::new(&digest, self.signer());
         let bytes = Bytes::from(stored.encode());
         let bytes = match self
             .store
@@ -506,11 +516,7 @@ impl EventLog {
     ///
     /// An event stored after a pass listed its day but before the day's digest was written
     /// is in the digest, though no pass consumed it: it is taken in, and needs no record.
-    pub async fn record_late_arrival(
-        &self,
-        event: &StoredEvent,
-        signer: Option<&Signer>,
-    ) -> Result<(), EventLogError> {
+    pub async fn record_late_arrival(&self, event: &StoredEvent) -> Result<(), EventLogError> {
         let key = &event.key;
         let digest_sha256 = match self
             .store
@@ -518,9 +524,9 @@ impl EventLog {
             .await
         {
             Ok(bytes) => {
-                let listed = serde_json::from_slice::<StoredDigest>(&bytes)
+                let listed = serde_json::from_slice::<SignedDocument>(&bytes)
                     .ok()
-                    .and_then(|stored| stored.day().ok())
+                    .and_then(|stored| stored.read::<DayDigest>().ok())
                     .is_some_and(|day| day.events.iter().any(|e| e.event_id == key.event_id));
                 if listed {
                     tracing::info!(event = %key, "an event its day's digest lists was consumed after the day was sealed");
@@ -541,10 +547,11 @@ impl EventLog {
                 sha256: event.envelope.sha256.clone(),
                 body_bytes: event.envelope.body_bytes,
                 records: event.envelope.records,
+                receipt: receipt_of(&event.envelope),
             },
             recorded_at: Utc::now(),
         };
-        let stored = StoredDigest::new(&record, signer);
+        let stored = SignedDocument::new(&record, self.signer());
         let at = digest::late_arrival_key(key.stream, &key.institution, key.day, key.event_id);
         self.store
             .create(&at, Bytes::from(stored.encode()), Durability::Synced)
@@ -554,48 +561,6 @@ impl EventLog {
             "an event was stored in a day already sealed (a receiver's clock was behind): taken into the tables, and recorded as a late arrival"
         );
         Ok(())
-    }
-
-    /// The late arrivals recorded for a stream and institution, by day: each record's key,
-    /// and what it states (or why it cannot be read).
-    async fn late_arrivals(
-        &self,
-        stream: Stream,
-        institution: &str,
-    ) -> Result<std::collections::BTreeMap<NaiveDate, Vec<RecordedLate>>, EventLogError> {
-        let keys: Vec<String> = self
-            .store
-            .list(&digest::late_arrival_dir(stream, institution, None))
-            .map_ok(|meta| meta.location.to_string())
-            .try_collect()
-            .await?;
-        let mut by_day: std::collections::BTreeMap<NaiveDate, Vec<RecordedLate>> =
-            Default::default();
-        for key in keys {
-            let bytes = self.store.get(&key).await?;
-            let read = serde_json::from_slice::<StoredDigest>(&bytes)
-                .and_then(|stored| Ok((stored.late_arrival()?, stored)))
-                .map_err(|e| e.to_string());
-            // The day is the directory's: a record moved to another day must not pass.
-            let day = key
-                .rsplit('/')
-                .nth(1)
-                .and_then(|day| day.parse::<NaiveDate>().ok());
-            match day {
-                Some(day) => by_day
-                    .entry(day)
-                    .or_default()
-                    .push(RecordedLate { key, read }),
-                None => by_day
-                    .entry(NaiveDate::MIN)
-                    .or_default()
-                    .push(RecordedLate {
-                        key,
-                        read: Err("not under a day's directory".into()),
-                    }),
-            }
-        }
-        Ok(by_day)
     }
 
     /// Every event of a day as a digest records it, from the envelopes.
@@ -610,6 +575,7 @@ impl EventLog {
             .map(|key| async move { self.read_envelope(&key).await })
             .buffered(VERIFY_CONCURRENCY)
             .map_ok(|envelope| DigestEntry {
+                receipt: receipt_of(&envelope),
                 event_id: envelope.event_id,
                 sha256: envelope.sha256,
                 body_bytes: envelope.body_bytes,
@@ -617,6 +583,116 @@ impl EventLog {
             })
             .try_collect()
             .await
+    }
+
+    /// Replaces the chain head of a stream and institution with `last`, its newest digest
+    /// (already stored), signed when there is a signer.
+    pub async fn write_head(
+        &self,
+        stream: Stream,
+        institution: &str,
+        last: &ChainLink,
+    ) -> Result<(), EventLogError> {
+        let chain_head = head::ChainHead {
+            stream: stream.to_string(),
+            institution: institution.to_string(),
+            date: last.date,
+            digest_sha256: last.sha256.clone(),
+            sealed_at: crate::clock::now(),
+        };
+        // Only forward: a compactor that lost its lease must not move a head back.
+        if let Some(Ok((current, _))) = self.read_head(stream, institution).await?
+            && current.date > last.date
+        {
+            tracing::warn!(stream = %stream, institution, head = %current.date, ours = %last.date, "the chain head is ahead of this pass; left as it is");
+            return Ok(());
+        }
+        let stored = SignedDocument::new(&chain_head, self.signer());
+        self.store
+            .replace(
+                &head::head_key(stream, institution),
+                Bytes::from(stored.encode()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The chain head of a stream and institution as stored: `None` when there is none,
+    /// `Some(Err)` when it cannot be read.
+    pub async fn read_head(
+        &self,
+        stream: Stream,
+        institution: &str,
+    ) -> Result<Option<Result<(head::ChainHead, SignedDocument), String>>, EventLogError> {
+        match self.store.get(&head::head_key(stream, institution)).await {
+            Ok(bytes) => Ok(Some(read_signed(&bytes))),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Since when the lake's events carry receipts, as its record says (read once it is
+    /// there: it never changes).
+    pub async fn receipts_since(&self) -> Result<Option<DateTime<Utc>>, EventLogError> {
+        if let Some(since) = self.receipts_since.get() {
+            return Ok(Some(*since));
+        }
+        let since = self
+            .receipts_begin()
+            .await?
+            .and_then(|read| read.ok())
+            .map(|(begin, _)| begin.since);
+        if let Some(since) = since {
+            let _ = self.receipts_since.set(since);
+        }
+        Ok(since)
+    }
+
+    /// Records, before this process's first receipt, that receipts are signed from now on,
+    /// unless the lake says so already (create-only: the first record stays). Only a
+    /// receiver does this, so a compactor with the key never makes receipts required of
+    /// receivers that have none.
+    async fn begin_receipts(&self, signer: &Signer) -> Result<(), EventLogError> {
+        if self
+            .receipts_begun
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        // To the millisecond, as event ids are.
+        let now = crate::clock::now();
+        let begin = receipt::ReceiptsBegin {
+            since: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now),
+            public_key: signer.public_key_hex(),
+        };
+        let stored = SignedDocument::new(&begin, Some(signer));
+        let created = self
+            .store
+            .create(
+                receipt::RECEIPTS_KEY,
+                Bytes::from(stored.encode()),
+                Durability::Synced,
+            )
+            .await?;
+        if created == Created::New {
+            tracing::info!(since = %begin.since, "receipts are signed from now on: every event received since must carry one");
+        }
+        self.receipts_begun
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The lake's record of when receipts began: `None` when there is none, `Some(Err)`
+    /// when it cannot be read.
+    async fn receipts_begin(
+        &self,
+    ) -> Result<Option<Result<(receipt::ReceiptsBegin, SignedDocument), String>>, EventLogError>
+    {
+        match self.store.get(receipt::RECEIPTS_KEY).await {
+            Ok(bytes) => Ok(Some(read_signed(&bytes))),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The days of a stream and institution that have a digest, oldest first.
@@ -758,435 +834,28 @@ impl EventLog {
         }
         Err(EventLogError::UnknownEvent(event_id))
     }
-
-    /// Checks the log: every body against its envelope (SHA-256, size, records), every
-    /// sealed day against its digest (an event missing, added or altered is named), the
-    /// chain of digests of each stream and institution, and, given the auditor's public
-    /// keys (the current one and those before a rotation), each digest's signature. `digested` says, by `{stream}/{institution}`, through
-    /// which day every day must have a digest. Whole days are checked: `filter`'s instants
-    /// choose days. Storage failures are errors, not mismatches.
-    pub async fn verify(
-        &self,
-        filter: &EventFilter,
-        digested: &std::collections::BTreeMap<String, NaiveDate>,
-        public_keys: &[Vec<u8>],
-    ) -> Result<VerifyReport, EventLogError> {
-        let mut report = VerifyReport::default();
-        let mut sources = self.sources(filter).await?;
-        // A source whose every event was removed still has its digests.
-        for stream in Stream::ALL {
-            let digest_root = format!("_datx/digests/{stream}");
-            for institution in self.store.list_dirs(&digest_root).await? {
-                if filter.takes_source(stream, &institution)
-                    && !sources.contains(&(stream, institution.clone()))
-                {
-                    sources.push((stream, institution));
-                }
-            }
-        }
-        // And a source whose events and digests were all removed is still in the commits.
-        for source in digested.keys() {
-            let Some((stream, institution)) =
-                source.split_once('/').and_then(|(stream, institution)| {
-                    Some((stream.parse::<Stream>().ok()?, institution))
-                })
-            else {
-                continue;
-            };
-            if filter.takes_source(stream, institution)
-                && !sources.contains(&(stream, institution.to_string()))
-            {
-                sources.push((stream, institution.to_string()));
-            }
-        }
-        report.mismatches.extend(self.strays(filter).await?);
-        for (stream, institution) in sources {
-            let source = format!("{stream}/{institution}");
-            let event_days = self.days(stream, &institution).await?;
-            let digest_dates = self.digest_dates(stream, &institution).await?;
-            let mut late = self.late_arrivals(stream, &institution).await?;
-            // Records under no day's directory, or under a day without a digest, vouch for
-            // nothing.
-            for (day, records) in &late {
-                if digest_dates.binary_search(day).is_err() && filter.takes_day(*day) {
-                    for record in records {
-                        report.mismatches.push(Mismatch {
-                            key: record.key.clone(),
-                            problem: "a late arrival's record for a day without a digest".into(),
-                        });
-                    }
-                }
-            }
-            // The last digested day always had events: its digest ends the chain, and a
-            // chain cut short (that day's events and digest removed) shows here.
-            if let Some(&through) = digested.get(&source)
-                && filter.takes_day(through)
-                && digest_dates.binary_search(&through).is_err()
-                && event_days.binary_search(&through).is_err()
-            {
-                report.mismatches.push(Mismatch {
-                    key: digest::digest_key(stream, &institution, through),
-                    problem: "the last digested day has neither its events nor its digest: the end of the chain was removed".into(),
-                });
-            }
-            let mut days: Vec<NaiveDate> = event_days
-                .iter()
-                .chain(&digest_dates)
-                .copied()
-                .filter(|&day| filter.takes_day(day))
-                .collect();
-            days.sort();
-            days.dedup();
-            let mut prior = match days.first() {
-                Some(&first) => self.digest_before(stream, &institution, first).await?,
-                None => None,
-            };
-            for day in days {
-                report.days += 1;
-                let keys = match event_days.binary_search(&day) {
-                    Ok(_) => self.keys_of_day(stream, &institution, day).await?,
-                    Err(_) => Vec::new(),
-                };
-                let checked: Vec<CheckedEvent> = futures::stream::iter(keys)
-                    .map(|key| async move { self.check_event(key).await })
-                    .buffered(VERIFY_CONCURRENCY)
-                    .try_collect()
-                    .await?;
-                for event in &checked {
-                    report.events += 1;
-                    report.bytes += event.bytes as u64;
-                    report.mismatches.extend(event.problem.clone());
-                }
-                let has_digest = digest_dates.binary_search(&day).is_ok();
-                if !has_digest {
-                    if digested.get(&source).is_some_and(|through| day <= *through) {
-                        report.mismatches.push(Mismatch {
-                            key: digest::digest_key(stream, &institution, day),
-                            problem: "the day is sealed but its digest is missing".into(),
-                        });
-                    }
-                    continue;
-                }
-                report.digests += 1;
-                let key = digest::digest_key(stream, &institution, day);
-                let bytes = self.store.get(&key).await?;
-                let link = ChainLink {
-                    date: day,
-                    sha256: sha256_hex(&bytes),
-                };
-                let read = serde_json::from_slice::<StoredDigest>(&bytes)
-                    .and_then(|stored| Ok((stored.day()?, stored)));
-                let records = late.remove(&day).unwrap_or_default();
-                let problems = match read {
-                    Err(e) => vec![format!("the digest is unreadable: {e}")],
-                    Ok((digest, stored)) => {
-                        let arrivals = LateArrivals {
-                            records: &records,
-                            digest_sha256: &link.sha256,
-                            public_keys,
-                        };
-                        let mut problems = digest_problems(
-                            &digest,
-                            stream,
-                            &institution,
-                            day,
-                            &prior,
-                            &checked,
-                            &arrivals,
-                            &mut report.late_arrivals,
-                        );
-                        if !public_keys.is_empty() {
-                            match stored.check_signature(public_keys) {
-                                Ok(()) => report.signatures += 1,
-                                Err(reason) => {
-                                    problems.push(format!("the digest's signature fails: {reason}"))
-                                }
-                            }
-                        }
-                        problems
-                    }
-                };
-                report
-                    .mismatches
-                    .extend(problems.into_iter().map(|problem| Mismatch {
-                        key: key.clone(),
-                        problem,
-                    }));
-                prior = Some(link);
-            }
-        }
-        Ok(report)
-    }
-
-    /// Every object under `events/` that is not an event of the layout (and not a
-    /// temporary file of the store): an event renamed, or a file put there by hand. Each is
-    /// a mismatch: nothing reads it, so what it holds is in no table and no digest.
-    async fn strays(&self, filter: &EventFilter) -> Result<Vec<Mismatch>, EventLogError> {
-        let keys: Vec<String> = self
-            .store
-            .list("events")
-            .map_ok(|meta| meta.location.to_string())
-            .try_filter(|key| {
-                let stray = !is_temporary(key) && key.parse::<EventKey>().is_err();
-                futures::future::ready(stray)
-            })
-            .try_collect()
-            .await?;
-        let mut strays: Vec<Mismatch> = keys
-            .into_iter()
-            .filter(|key| {
-                // A stray under a stream and institution the filter leaves out is not shown.
-                let mut parts = key.split('/').skip(1);
-                let (stream, institution) = (parts.next(), parts.next());
-                let stream_taken = match stream.and_then(|s| s.parse::<Stream>().ok()) {
-                    Some(stream) => filter.stream.is_none_or(|wanted| wanted == stream),
-                    None => true,
-                };
-                let institution_taken = match (&filter.institution, institution) {
-                    (Some(wanted), Some(institution)) => wanted == institution,
-                    _ => true,
-                };
-                stream_taken && institution_taken
-            })
-            .map(|key| Mismatch {
-                problem: "not an event of the layout (events/{stream}/{institution}/{YYYY-MM-DD}/{UUIDv7}.event, lowercase): a stray file, or an event renamed; nothing reads it".into(),
-                key,
-            })
-            .collect();
-        strays.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(strays)
-    }
-
-    async fn check_event(&self, key: EventKey) -> Result<CheckedEvent, EventLogError> {
-        let event = match self.read(&key).await {
-            Ok(event) => event,
-            Err(EventLogError::Corrupt { key: path, source }) => {
-                return Ok(CheckedEvent {
-                    key,
-                    envelope: None,
-                    bytes: 0,
-                    problem: Some(Mismatch {
-                        key: path,
-                        problem: source.to_string(),
-                    }),
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        let envelope = &event.envelope;
-        let mut problems = Vec::new();
-        let actual_sha = sha256_hex(&event.body);
-        if actual_sha != envelope.sha256 {
-            problems.push(format!(
-                "body SHA-256 is {actual_sha}, envelope says {}",
-                envelope.sha256
-            ));
-        }
-        if event.body.len() != envelope.body_bytes {
-            problems.push(format!(
-                "body has {} bytes, envelope says {}",
-                event.body.len(),
-                envelope.body_bytes
-            ));
-        }
-        match batch::count_records(&event.body) {
-            Ok(records) if records == envelope.records => {}
-            Ok(records) => problems.push(format!(
-                "body has {records} records, envelope says {}",
-                envelope.records
-            )),
-            Err(e) => problems.push(format!("body is no longer an S-360 body: {e}")),
-        }
-        if !envelope.matches(&key) {
-            problems.push("envelope does not match the event's key".to_string());
-        }
-        // The id is minted at receipt: the envelope's time and the day the event is filed
-        // under follow from it, and a change to either would move the event in time.
-        if envelope.received_at != key.received_at() {
-            problems.push(format!(
-                "envelope says received at {}, its id says {}",
-                envelope.received_at,
-                key.received_at()
-            ));
-        }
-        if EventKey::day_of(key.event_id) != Some(key.day) {
-            problems.push("the event is filed under another day than its id's".to_string());
-        }
-        Ok(CheckedEvent {
-            problem: (!problems.is_empty()).then(|| Mismatch {
-                key: key.to_string(),
-                problem: problems.join("; "),
-            }),
-            bytes: event.body.len(),
-            envelope: Some(event.envelope),
-            key,
-        })
-    }
 }
 
-/// A late arrival's record as `verify` found it.
-struct RecordedLate {
-    key: String,
-    read: Result<(LateArrival, StoredDigest), String>,
+/// A signed document's file read as what it states, with the document itself for its
+/// signature; `Err` says why it cannot be.
+fn read_signed<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, SignedDocument), String> {
+    // As written, and as the specification has a reader find the signed bytes.
+    if !bytes.starts_with(b"{\"digest\":") {
+        return Err("it does not begin with {\"digest\":".into());
+    }
+    serde_json::from_slice::<SignedDocument>(bytes)
+        .and_then(|stored| Ok((stored.read::<T>()?, stored)))
+        .map_err(|e| e.to_string())
 }
 
-/// The late arrivals recorded for one sealed day, and what they must match.
-struct LateArrivals<'a> {
-    records: &'a [RecordedLate],
-    /// The day's digest as stored now.
-    digest_sha256: &'a str,
-    public_keys: &'a [Vec<u8>],
-}
-
-impl LateArrivals<'_> {
-    /// Whether `event`'s late arrival is recorded, and the record vouches for it; `Err`
-    /// says what is wrong with a record that names it.
-    fn vouch(&self, event: &CheckedEvent) -> Option<Result<(), String>> {
-        let id = event.key.event_id;
-        let record = self.records.iter().find(|record| {
-            record
-                .read
-                .as_ref()
-                .is_ok_and(|(late, _)| late.event.event_id == id)
-        })?;
-        let (late, stored) = record.read.as_ref().ok()?;
-        let mut problems = Vec::new();
-        if late.stream != event.key.stream.as_str()
-            || late.institution != event.key.institution
-            || late.date != event.key.day
-        {
-            problems.push("its record speaks of another day or source".to_string());
-        }
-        if let Some(envelope) = &event.envelope
-            && (envelope.sha256 != late.event.sha256
-                || envelope.body_bytes != late.event.body_bytes
-                || envelope.records != late.event.records)
-        {
-            problems.push("it was altered since its late arrival was recorded".to_string());
-        }
-        if late.digest_sha256.as_deref() != Some(self.digest_sha256) {
-            problems.push("its record names another version of the day's digest".to_string());
-        }
-        if !self.public_keys.is_empty()
-            && let Err(reason) = stored.check_signature(self.public_keys)
-        {
-            problems.push(format!("its record's signature fails: {reason}"));
-        }
-        Some(match problems.is_empty() {
-            true => Ok(()),
-            false => Err(problems.join("; ")),
-        })
-    }
-}
-
-/// One event as `verify` read it.
-struct CheckedEvent {
-    key: EventKey,
-    /// `None` when the stored event cannot be read as one.
-    envelope: Option<Envelope>,
-    bytes: usize,
-    problem: Option<Mismatch>,
-}
-
-/// What is wrong with a day's digest: against its place (key), its chain (`prior`, the
-/// digest before it as found), its own Merkle root, and the day's events as stored.
-#[allow(clippy::too_many_arguments)]
-fn digest_problems(
-    digest: &DayDigest,
-    stream: Stream,
-    institution: &str,
-    day: NaiveDate,
-    prior: &Option<ChainLink>,
-    events: &[CheckedEvent],
-    late: &LateArrivals,
-    late_count: &mut usize,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    if digest.stream != stream.as_str() || digest.institution != institution || digest.date != day {
-        problems.push(format!(
-            "the digest speaks of {}/{} on {}",
-            digest.stream, digest.institution, digest.date
-        ));
-    }
-    if digest::merkle_root(&digest.events) != digest.merkle_root {
-        problems.push("the digest's Merkle root does not match its own list of events (the digest was altered)".into());
-    }
-    match (&digest.previous, prior) {
-        (None, None) => {}
-        (Some(named), Some(found)) if named == found => {}
-        (Some(named), Some(found)) if named.date == found.date => problems.push(format!(
-            "the digest of {} it follows was altered or replaced (its SHA-256 is {}, this digest recorded {})",
-            named.date, found.sha256, named.sha256
-        )),
-        (Some(named), _) => problems.push(format!(
-            "the digest of {} it follows is missing{}",
-            named.date,
-            prior
-                .as_ref()
-                .map(|found| format!(" (the one before it is of {})", found.date))
-                .unwrap_or_default()
-        )),
-        (None, Some(found)) => problems.push(format!(
-            "it names no digest before it, but the digest of {} comes first (a digest was inserted or rewritten)",
-            found.date
-        )),
-    }
-    let recorded: std::collections::HashMap<Uuid, &DigestEntry> = digest
-        .events
-        .iter()
-        .map(|entry| (entry.event_id, entry))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    for event in events {
-        let id = event.key.event_id;
-        seen.insert(id);
-        let Some(entry) = recorded.get(&id) else {
-            match late.vouch(event) {
-                Some(Ok(())) => *late_count += 1,
-                Some(Err(problem)) => problems.push(format!(
-                    "event {id} is recorded as a late arrival, but {problem}"
-                )),
-                None => problems.push(format!(
-                    "event {id} is not in the digest: it was added after the day was sealed"
-                )),
-            }
-            continue;
-        };
-        let Some(envelope) = &event.envelope else {
-            continue;
-        };
-        if envelope.sha256 != entry.sha256
-            || envelope.body_bytes != entry.body_bytes
-            || envelope.records != entry.records
-        {
-            problems.push(format!(
-                "event {id} was altered: the digest recorded SHA-256 {}, {} bytes, {} records; it is now {}, {} bytes, {} records",
-                entry.sha256, entry.body_bytes, entry.records, envelope.sha256, envelope.body_bytes, envelope.records
-            ));
-        }
-    }
-    for entry in &digest.events {
-        if !seen.contains(&entry.event_id) {
-            problems.push(format!(
-                "event {} in the digest is missing from the log",
-                entry.event_id
-            ));
-        }
-    }
-    for record in late.records {
-        match &record.read {
-            Err(e) => problems.push(format!("{}: the record is unreadable: {e}", record.key)),
-            Ok((arrival, _)) if !seen.contains(&arrival.event.event_id) => problems.push(format!(
-                "{}: the late arrival it records, event {}, is missing from the log",
-                record.key, arrival.event.event_id
-            )),
-            Ok((arrival, _)) if recorded.contains_key(&arrival.event.event_id) => problems.push(
-                format!("{}: records as late an event the digest lists", record.key),
-            ),
-            Ok(_) => {}
-        }
-    }
-    problems
+/// What a digest records of an event's receipt: its signature's hex.
+fn receipt_of(envelope: &Envelope) -> Option<String> {
+    envelope
+        .receipt
+        .as_ref()
+        .map(|signature| signature.value.clone())
 }
 
 /// The event a marker's text names, if it is a key of the marker's own stream and
