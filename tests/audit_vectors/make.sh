@@ -26,7 +26,7 @@ import json, sys
 for name in ["ticketchecks", "orders", "contacts"]:
     data = json.load(open(f"{sys.argv[1]}/{name}.json"))
     records = data if isinstance(data, list) else [data]
-    for i in range(4):
+    for i in range(12):
         json.dump([dict(r, vector=i) for r in records], open(f"{name}{i}.json", "w"))
 PY
 export VECTOR_KEY="$("$old" audit new-key)"
@@ -40,11 +40,12 @@ push() { # BINARY SHIFT stream:institution:file...
   done
   kill "$pid"; wait "$pid" || true
 }
-push "$old" -20days ticketchecks:myvenue:ticketchecks0.json orders:othervenue:orders0.json contacts:myvenue:contacts0.json
-push "$old" -19days ticketchecks:myvenue:ticketchecks1.json orders:othervenue:orders1.json
+# Days of one to five events, so that the trees have inner nodes and odd last nodes.
+push "$old" -20days ticketchecks:myvenue:ticketchecks0.json ticketchecks:myvenue:ticketchecks1.json ticketchecks:myvenue:ticketchecks2.json orders:othervenue:orders0.json contacts:myvenue:contacts0.json
+push "$old" -19days ticketchecks:myvenue:ticketchecks3.json orders:othervenue:orders1.json orders:othervenue:orders2.json
 DATX_TEST_CLOCK_SHIFT=-16days "$old" compact > /dev/null
-push "$new" -6days ticketchecks:myvenue:ticketchecks2.json orders:othervenue:orders2.json contacts:myvenue:contacts2.json
-push "$new" -5days ticketchecks:myvenue:ticketchecks3.json orders:othervenue:orders3.json contacts:myvenue:contacts3.json
+push "$new" -6days ticketchecks:myvenue:ticketchecks4.json ticketchecks:myvenue:ticketchecks5.json ticketchecks:myvenue:ticketchecks6.json ticketchecks:myvenue:ticketchecks7.json ticketchecks:myvenue:ticketchecks8.json orders:othervenue:orders3.json contacts:myvenue:contacts1.json contacts:myvenue:contacts2.json
+push "$new" -5days ticketchecks:myvenue:ticketchecks9.json orders:othervenue:orders4.json orders:othervenue:orders5.json orders:othervenue:orders6.json contacts:myvenue:contacts3.json
 "$new" compact > /dev/null
 # The audit trail only: no tables, markers, lock or probes.
 rm -rf lake/tables lake/_datx/seen lake/_datx/pending lake/_datx/health lake/_datx/probes lake/_datx/compactor.lock
