@@ -778,6 +778,25 @@ async fn what_metabase_and_dbeaver_send_on_connect_is_answered() {
         assert_eq!(outcome["failures"], json!([]), "{tool}");
         assert!(outcome["ran"].as_u64().unwrap() >= 10, "{tool}: {outcome}");
     }
+    // psql's meta-commands a newcomer types first, each with what it must list.
+    for (command, expected) in [
+        ("\\l", "datx"),
+        ("\\dt", "ticket_checks"),
+        ("\\dv", "orders_current"),
+        ("\\dn", "public"),
+    ] {
+        let rows = csv_rows(&psql(address, "datx", SQL_TOKEN, &["-c", command]));
+        assert!(
+            rows.iter().flatten().any(|cell| cell == expected),
+            "{command}: {rows:?}"
+        );
+    }
+    let functions = csv_rows(&psql(address, "datx", SQL_TOKEN, &["-c", "\\df"]));
+    assert_eq!(
+        functions.len(),
+        1,
+        "\\df lists no function of the lake: {functions:?}"
+    );
     // What the answers say is the lake: the tables and views a BI tool lists, and the
     // columns it shows for contacts, with the types the rows arrive as.
     let tables = csv_rows(&psql(

@@ -747,7 +747,12 @@ fn catalog_tables(relations: &[Relation]) -> BTreeMap<&'static str, Arc<dyn Tabl
             column("daticulocale", Utf8, null_text(1)),
             column("daticurules", Utf8, null_text(1)),
             column("datcollversion", Utf8, null_text(1)),
-            column("datacl", Utf8, null_text(1)),
+            // An array, as psql's `\l` joins it with array_to_string: no privileges set.
+            {
+                let acl = DataType::List(Arc::new(Field::new_list_field(Utf8, true)));
+                let none = ScalarValue::try_from(&acl).expect("a list has a null");
+                column("datacl", acl, vec![none])
+            },
         ]),
     );
     let roles = || {
@@ -1805,9 +1810,14 @@ fn recast(inner: &Expr, data_type: &ast::DataType, kind: &CastKind) -> Option<Ex
         "oid" | "regtype" | "regnamespace" | "regrole" | "xid" | "cid" | "tid" => {
             ast::DataType::BigInt(None)
         }
-        "name" | "char" | "bpchar" | "int2vector" | "oidvector" | "aclitem" | "pg_node_tree" => {
-            ast::DataType::Text
-        }
+        // psql casts to `pg_catalog.text` (`\d name`), which DataFusion does not read
+        // qualified.
+        "name" | "char" | "bpchar" | "int2vector" | "oidvector" | "aclitem" | "pg_node_tree"
+        | "text" | "varchar" => ast::DataType::Text,
+        "int2" => ast::DataType::SmallInt(None),
+        "int4" => ast::DataType::Int(None),
+        "int8" => ast::DataType::BigInt(None),
+        "bool" => ast::DataType::Boolean,
         _ => return None,
     };
     Some(Expr::Cast {
