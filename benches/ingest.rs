@@ -1,10 +1,11 @@
 //! Ingest benchmark: durable batches per second over loopback HTTP, against the ceiling of
 //! the same durable appends made without HTTP.
 //!
-//! For each concurrency (1, 16, 64) it runs two phases for a bounded time, each on a fresh
-//! lake: `http` posts 50-record ticket-check bodies to the real server, `ceiling` calls the
-//! event log's append with the same bytes from the same number of tasks. Every body is
-//! distinct, so every request is a new durable event (no duplicate shortcut).
+//! For each concurrency (1, 16, 64) it runs three phases for a bounded time, each on a
+//! fresh lake: `http` posts 50-record ticket-check bodies to the real server, `signed` the
+//! same with receipts signed (an `[audit]` key), `ceiling` calls the event log's append
+//! with the same bytes from the same number of tasks. Every body is distinct, so every
+//! request is a new durable event (no duplicate shortcut).
 //!
 //! Then push latency under SQL load: one pusher alone, then beside eight clients that read
 //! 190 MB answers of `POST /sql` as fast as they can (on threads of their own, as other
@@ -52,10 +53,12 @@ async fn main() {
         root.path().display()
     );
     println!(
-        "{:>11}  {:>13}  {:>8}  {:>8}  {:>16}  {:>8}  {:>8}  {:>13}",
+        "{:>11}  {:>13}  {:>8}  {:>8}  {:>15}  {:>8}  {:>16}  {:>8}  {:>8}  {:>13}",
         "concurrency",
         "http batch/s",
         "p50 ms",
+        "p99 ms",
+        "signed batch/s",
         "p99 ms",
         "ceiling batch/s",
         "p50 ms",
@@ -67,21 +70,30 @@ async fn main() {
         .pool_max_idle_per_host(128)
         .build()
         .unwrap();
+    let audit_key = datx::eventlog::Signer::new_key();
     for concurrency in CONCURRENCIES {
-        // HTTP: the real server, in this process, on an ephemeral loopback port.
-        let store = fresh_lake(root.path(), &format!("http-{concurrency}"));
-        let config = Config::parse(
-            &format!("compact_every = \"off\"\n[institutions.{INSTITUTION}]\nauth = \"none\"\n"),
-            std::path::Path::new("bench.toml"),
+        // HTTP: the real server, in this process, on an ephemeral loopback port; then the
+        // same with every receipt signed.
+        let mut http = http_phase(
             root.path(),
-            &|_| None,
+            &format!("http-{concurrency}"),
+            &client,
+            &bodies,
+            concurrency,
+            duration,
+            None,
         )
-        .unwrap();
-        let server = common::LocalServer::start(config, store).await;
-        let url = format!("http://{}/s360/ticketchecks/{INSTITUTION}", server.address);
-        let post = common::poster(&client, &bodies, &url);
-        let mut http = run_phase(concurrency, duration, post).await;
-        server.stop().await;
+        .await;
+        let mut signed = http_phase(
+            root.path(),
+            &format!("signed-{concurrency}"),
+            &client,
+            &bodies,
+            concurrency,
+            duration,
+            Some(&audit_key),
+        )
+        .await;
 
         // Ceiling: the same appends, same bytes, same tasks, no HTTP.
         let log = EventLog::new(fresh_lake(root.path(), &format!("ceiling-{concurrency}")));
@@ -99,10 +111,12 @@ async fn main() {
         let mut ceiling = run_phase(concurrency, duration, append).await;
 
         println!(
-            "{concurrency:>11}  {:>13.0}  {:>8.2}  {:>8.2}  {:>16.0}  {:>8.2}  {:>8.2}  {:>13.2}",
+            "{concurrency:>11}  {:>13.0}  {:>8.2}  {:>8.2}  {:>15.0}  {:>8.2}  {:>16.0}  {:>8.2}  {:>8.2}  {:>13.2}",
             http.per_second(),
             http.percentile_ms(0.5),
             http.percentile_ms(0.99),
+            signed.per_second(),
+            signed.percentile_ms(0.99),
             ceiling.per_second(),
             ceiling.percentile_ms(0.5),
             ceiling.percentile_ms(0.99),
@@ -111,6 +125,37 @@ async fn main() {
     }
 
     under_sql_load(root.path(), &client, &bodies, duration).await;
+}
+
+/// Pushes to the real server on a fresh lake, receipts signed with `audit_key` if given.
+async fn http_phase(
+    root: &std::path::Path,
+    name: &str,
+    client: &reqwest::Client,
+    bodies: &Arc<Bodies>,
+    concurrency: usize,
+    duration: Duration,
+    audit_key: Option<&str>,
+) -> common::PhaseResult {
+    let audit = match audit_key {
+        Some(_) => "[audit]\nsigning_key_env = \"BENCH_AUDIT_KEY\"\n",
+        None => "",
+    };
+    let config = Config::parse(
+        &format!("compact_every = \"off\"\n[institutions.{INSTITUTION}]\nauth = \"none\"\n{audit}"),
+        std::path::Path::new("bench.toml"),
+        root,
+        &|variable| {
+            (variable == "BENCH_AUDIT_KEY").then(|| audit_key.unwrap_or_default().to_string())
+        },
+    )
+    .unwrap();
+    let server = common::LocalServer::start(config, fresh_lake(root, name)).await;
+    let url = format!("http://{}/s360/ticketchecks/{INSTITUTION}", server.address);
+    let post = common::poster(client, bodies, &url);
+    let phase = run_phase(concurrency, duration, post).await;
+    server.stop().await;
+    phase
 }
 
 /// Clients reading large answers at once, beside the pusher.
