@@ -2,7 +2,8 @@
 //!
 //! Owns the metric names, their help texts and the recorder. Labels are bounded: a stream
 //! or institution that is not configured is counted as "unknown", so a scanner hitting
-//! random URLs cannot grow the series without limit. It must never decide anything.
+//! random URLs cannot grow the series without limit. It must never decide anything, and takes
+//! plain values: it imports nothing of the crate, so every module can report to it.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -140,10 +141,11 @@ pub fn accepted(stream: &str, institution: &str, records: usize, bytes: usize, d
     }
 }
 
-pub fn compaction(summary: &crate::compact::PassSummary) {
-    gauge!(COMPACTION_LAG).set(summary.lag_seconds.unwrap_or(0.0));
-    for (table, rows) in &summary.rows {
-        counter!(COMPACTED_ROWS, "table" => *table).increment(*rows);
+/// A pass's lag and the rows it wrote, by table.
+pub fn compaction(lag_seconds: Option<f64>, rows: impl IntoIterator<Item = (&'static str, u64)>) {
+    gauge!(COMPACTION_LAG).set(lag_seconds.unwrap_or(0.0));
+    for (table, rows) in rows {
+        counter!(COMPACTED_ROWS, "table" => table).increment(rows);
     }
 }
 
@@ -178,17 +180,24 @@ pub fn postgres_sign_in_refused() {
     counter!(POSTGRES_SIGN_INS_REFUSED).increment(1);
 }
 
-/// One stream's freshness and lag, as of the scrape.
-pub fn source_status(source: &crate::status::SourceStatus) {
+/// One stream's freshness and lag, as of the scrape: its state as a gauge value, the age
+/// of its last body and of its oldest event not yet in the tables, in seconds.
+pub fn source_status(
+    stream: &str,
+    institution: &str,
+    state: f64,
+    last_body_age: Option<f64>,
+    oldest_pending_age: Option<f64>,
+) {
     let labels = [
-        ("stream", source.stream.as_str().to_string()),
-        ("institution", source.institution.clone()),
+        ("stream", stream.to_string()),
+        ("institution", institution.to_string()),
     ];
-    gauge!(STREAM_STATE, &labels).set(source.state.gauge());
-    if let Some(age) = source.last_body_age_seconds {
+    gauge!(STREAM_STATE, &labels).set(state);
+    if let Some(age) = last_body_age {
         gauge!(LAST_BODY_AGE, &labels).set(age);
     }
-    gauge!(OLDEST_PENDING_AGE, &labels).set(source.oldest_pending_age_seconds.unwrap_or(0.0));
+    gauge!(OLDEST_PENDING_AGE, &labels).set(oldest_pending_age.unwrap_or(0.0));
 }
 
 pub fn lake_probe(succeeded: bool) {

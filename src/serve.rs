@@ -395,7 +395,10 @@ async fn compact_in_background(
         let error = match pass.await {
             Ok(Ok(summary)) => {
                 health.succeeded();
-                crate::metrics::compaction(&summary);
+                crate::metrics::compaction(
+                    summary.lag_seconds,
+                    summary.rows.iter().map(|(table, rows)| (*table, *rows)),
+                );
                 if summary.events > 0 || summary.files_merged > 0 {
                     tracing::info!(
                         events = summary.events,

@@ -464,7 +464,13 @@ impl StatusBoard {
     /// Sets the gauges of `/metrics` to what they are `now`.
     pub fn publish(&self, now: DateTime<Utc>) {
         for source in self.overview(now).sources {
-            crate::metrics::source_status(&source);
+            crate::metrics::source_status(
+                source.stream.as_str(),
+                &source.institution,
+                source.state.gauge(),
+                source.last_body_age_seconds,
+                source.oldest_pending_age_seconds,
+            );
         }
     }
 }
