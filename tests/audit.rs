@@ -49,9 +49,9 @@ async fn receive_on_past_days(workspace: &Workspace, days_ago: &[u32]) {
     }
 }
 
-/// A signed lake: bodies on three past days, compacted, so their days are sealed and
-/// digested. Returns the workspace and the public key.
-async fn sealed_lake() -> (Workspace, String) {
+/// A lake with a signing key that received bodies on three past days, not compacted yet.
+/// Returns the workspace and the public key.
+async fn signed_lake() -> (Workspace, String) {
     let key = {
         let bare = Workspace::new("");
         stdout(&bare.run(&["audit", "new-key"])).trim().to_string()
@@ -64,11 +64,17 @@ async fn sealed_lake() -> (Workspace, String) {
         &[("TEST_AUDIT_KEY", &key)],
     );
     receive_on_past_days(&workspace, &[12, 11, 10]).await;
-    compact(&workspace, "compact");
     let public_key = stdout(&workspace.run(&["audit", "public-key"]))
         .trim()
         .to_string();
     assert_eq!(public_key.len(), 64, "{public_key}");
+    (workspace, public_key)
+}
+
+/// A signed lake whose three days are compacted, so sealed and digested.
+async fn sealed_lake() -> (Workspace, String) {
+    let (workspace, public_key) = signed_lake().await;
+    compact(&workspace, "compact");
     (workspace, public_key)
 }
 
@@ -544,20 +550,7 @@ fn rewrite_commit_log(lake: &Path, source: &str, day: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_cut_at_its_end_is_caught_by_its_signed_head_and_by_the_auditors_record() {
-    let key = stdout(&Workspace::new("").run(&["audit", "new-key"]))
-        .trim()
-        .to_string();
-    let workspace = Workspace::with_env(
-        &format!(
-            "{}[audit]\nsigning_key_env = \"TEST_AUDIT_KEY\"\n",
-            venues_on_past_days()
-        ),
-        &[("TEST_AUDIT_KEY", &key)],
-    );
-    receive_on_past_days(&workspace, &[12, 11, 10]).await;
-    let public_key = stdout(&workspace.run(&["audit", "public-key"]))
-        .trim()
-        .to_string();
+    let (workspace, public_key) = signed_lake().await;
     let lake = workspace.lake();
     let heads_file = workspace.path().join("auditor-heads.json");
     let verify_heads = |extra: &[&str]| {
