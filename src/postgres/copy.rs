@@ -10,7 +10,6 @@
 //! sends them.
 
 use std::fmt::Debug;
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -24,14 +23,16 @@ use datafusion::sql::sqlparser::parser::Parser;
 use futures::{Sink, SinkExt};
 use pgwire::api::portal::Format;
 use pgwire::api::query::send_ready_for_query;
-use pgwire::api::results::{FieldInfo, Tag};
+use pgwire::api::results::Tag;
 use pgwire::api::{ClientInfo, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::data::DataRow;
 
-use super::{Session, commands, connection_of, query_error, say_who_asks, wire};
+use super::{
+    ROW_OVERHEAD, RowEncoder, Session, commands, connection_of, query_error, say_who_asks,
+};
 use crate::query::{Encoder, Held, QueryError};
 
 /// A `COPY ... TO STDOUT` as read from its text: the query whose rows it sends, and how.
@@ -216,19 +217,19 @@ fn one_byte(c: char, what: &str) -> PgWireResult<u8> {
     }
 }
 
-/// An answer's batches as COPY lines, one per row, each value written as the text format
-/// of the wire writes it (so a copied value reads as a queried one).
+/// An answer's batches as COPY lines, one per row: the rows the wire's text format
+/// encodes, each rewritten as a line (so a copied value reads as a queried one).
 #[derive(Clone)]
 struct CopyEncoder {
     format: CopyFormat,
-    fields: Arc<Vec<FieldInfo>>,
+    rows: RowEncoder,
 }
 
 impl Encoder for CopyEncoder {
     type Chunk = Vec<Bytes>;
 
     fn start(&mut self, schema: &SchemaRef) -> Result<Option<Vec<Bytes>>, QueryError> {
-        self.fields = Arc::new(wire::fields(schema, &Format::UnifiedText));
+        self.rows.start(schema)?;
         if !self.format.header {
             return Ok(None);
         }
@@ -244,8 +245,7 @@ impl Encoder for CopyEncoder {
     }
 
     fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<Bytes>, QueryError> {
-        let rows = wire::rows(std::slice::from_ref(batch), &self.fields)
-            .map_err(|e| QueryError::Unwritable(Box::new(e)))?;
+        let rows = self.rows.batch(batch)?;
         Ok(rows.iter().map(|row| self.format.line(row)).collect())
     }
 
@@ -254,12 +254,10 @@ impl Encoder for CopyEncoder {
     }
 
     fn size(lines: &Vec<Bytes>) -> usize {
-        lines.iter().map(|line| line.len() + LINE_OVERHEAD).sum()
+        // A line costs what a data row does besides its bytes.
+        lines.iter().map(|line| line.len() + ROW_OVERHEAD).sum()
     }
 }
-
-/// What a line costs besides its bytes: its buffer and its place in a vector.
-const LINE_OVERHEAD: usize = 48;
 
 impl CopyFormat {
     /// One data row (as the wire's text format encodes it) as a COPY line.
@@ -405,7 +403,7 @@ impl Session {
                 None,
                 CopyEncoder {
                     format,
-                    fields: Arc::default(),
+                    rows: RowEncoder::new(Format::UnifiedText),
                 },
             )
             .await;

@@ -526,6 +526,15 @@ struct RowEncoder {
     fields: Arc<Vec<FieldInfo>>,
 }
 
+impl RowEncoder {
+    fn new(format: Format) -> RowEncoder {
+        RowEncoder {
+            format,
+            fields: Arc::default(),
+        }
+    }
+}
+
 impl Encoder for RowEncoder {
     type Chunk = Vec<DataRow>;
 
@@ -839,10 +848,7 @@ impl Session {
                 parameters,
                 caller.visibility(),
                 Some(self.shared.max_rows),
-                RowEncoder {
-                    format: format.clone(),
-                    fields: Arc::default(),
-                },
+                RowEncoder::new(format.clone()),
             )
             .await;
         record_query(caller, &result, started, &text);
